@@ -1,0 +1,42 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both create .venv if missing.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: install demo test test-fast lint bench ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## demo: simulate a few days of observations and run the nightly flow on the embedded default
+demo: $(STAMP)
+	$(BIN)/oceanml simulate --days 3 --devices 8 --per-day 60
+	$(BIN)/oceanml run nightly
+
+## test: the whole suite (unit, data, model, flows, integration)
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not integration"
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python bench/pipeline.py
+
+## ui: the Prefect UI on loopback, showing the runs the CLI made
+ui: $(STAMP)
+	$(BIN)/prefect server start --host 127.0.0.1
+
+clean:
+	rm -rf .oceanml data/manifests data/datasets data/versions dvc.lock

@@ -1,0 +1,38 @@
+"""The nightly lifecycle: ingest -> enrich -> dataset -> train -> evaluate -> drift -> promote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.dataset import build_dataset_task
+from tasks.drift import drift_task
+from tasks.enrich import enrich_task
+from tasks.evaluate import evaluate_task
+from tasks.ingest import ingest_task
+from tasks.promote import promote_task
+from tasks.summary import summary_task
+from tasks.train import train_task
+
+
+@flow(name="nightly", log_prints=True)
+def nightly(
+    model: str = "plastic-detector", max_epochs: int | None = None, backbone: str | None = None
+) -> dict[str, Any]:
+    """Run every stage once for ``model``; each stage is idempotent, so a re-run adds nothing."""
+    ingest = ingest_task()
+    enrich = enrich_task(wait_for=[ingest])
+    dataset = build_dataset_task(model, wait_for=[enrich])
+    drift = drift_task.submit(model, dataset["version"])  # runs beside training
+    train = train_task(model, dataset["version"], max_epochs=max_epochs, backbone=backbone)
+    evaluation = evaluate_task(model, dataset["version"], train["model_version"])
+    promote = promote_task(model, evaluation, wait_for=[drift])
+    results = {"ingest": ingest, "enrich": enrich, "dataset": dataset, "train": train,
+               "evaluate": evaluation, "drift": drift.result(), "promote": promote}
+    print(summary_task(model, results))
+    return results
+
+
+if __name__ == "__main__":
+    nightly()

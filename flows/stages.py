@@ -1,0 +1,63 @@
+"""Each stage as its own small flow, for running one step from the CLI (`oceanml run <stage>`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from tasks.dataset import build_dataset_task, latest_dataset_task
+from tasks.drift import drift_task
+from tasks.enrich import enrich_task
+from tasks.evaluate import evaluate_task
+from tasks.ingest import ingest_task
+from tasks.promote import promote_task
+from tasks.train import latest_training_task, train_task
+
+
+@flow(name="ingest")
+def ingest_flow() -> dict[str, Any]:
+    return ingest_task()
+
+
+@flow(name="enrich")
+def enrich_flow() -> dict[str, Any]:
+    return enrich_task()
+
+
+@flow(name="dataset")
+def dataset_flow(model: str = "plastic-detector") -> dict[str, Any]:
+    return build_dataset_task(model)
+
+
+@flow(name="train")
+def train_flow(
+    model: str = "plastic-detector", dataset_version: str | None = None,
+    max_epochs: int | None = None, backbone: str | None = None,
+) -> dict[str, Any]:
+    version = dataset_version or latest_dataset_task(model)
+    return train_task(model, version, max_epochs=max_epochs, backbone=backbone)
+
+
+@flow(name="evaluate")
+def evaluate_flow(model: str = "plastic-detector") -> dict[str, Any]:
+    latest = latest_training_task(model)
+    return evaluate_task(model, latest["dataset_version"], latest["model_version"])
+
+
+@flow(name="drift")
+def drift_flow(model: str = "plastic-detector") -> dict[str, Any]:
+    return drift_task(model, latest_dataset_task(model))
+
+
+@flow(name="promote")
+def promote_flow(model: str = "plastic-detector") -> dict[str, Any]:
+    latest = latest_training_task(model)
+    evaluation = evaluate_task(model, latest["dataset_version"], latest["model_version"])
+    return promote_task(model, evaluation)
+
+
+STAGE_FLOWS = {
+    "ingest": ingest_flow, "enrich": enrich_flow, "dataset": dataset_flow, "train": train_flow,
+    "evaluate": evaluate_flow, "drift": drift_flow, "promote": promote_flow,
+}

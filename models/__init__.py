@@ -1,0 +1,1 @@
+"""The model zoo: specs, backbones, the LightningModule and the LightningDataModule."""

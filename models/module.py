@@ -1,0 +1,84 @@
+"""One LightningModule for every spec of the zoo: classification or regression."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from models.net import OceanNet
+
+
+def _metrics(task: str, num_outputs: int, prefix: str) -> torchmetrics.MetricCollection:
+    if task == "classification":
+        metrics = {
+            "acc": torchmetrics.Accuracy(task="multiclass", num_classes=num_outputs),
+            "macro_f1": torchmetrics.F1Score(
+                task="multiclass", num_classes=num_outputs, average="macro"
+            ),
+        }
+    else:
+        metrics = {"mae": torchmetrics.MeanAbsoluteError(), "mse": torchmetrics.MeanSquaredError()}
+    return torchmetrics.MetricCollection(metrics, prefix=prefix)
+
+
+class OceanModule(L.LightningModule):
+    """Wraps an injected backbone; the hyperparameters saved are everything but the backbone."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        task: str,
+        num_outputs: int,
+        lr: float = 2e-3,
+        weight_decay: float = 1e-4,
+        max_epochs: int = 10,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.net = OceanNet(backbone, feature_dim, num_outputs, task)
+        self.train_metrics = _metrics(task, num_outputs, "train/")
+        self.val_metrics = _metrics(task, num_outputs, "val/")
+        self.test_metrics = _metrics(task, num_outputs, "test/")
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        images, targets = batch
+        out = self(images)
+        if self.hparams.task == "classification":
+            return F.cross_entropy(out, targets), out.argmax(dim=1), targets
+        return F.mse_loss(out, targets), out, targets
+
+    def _step(self, batch: Any, stage: str, metrics: torchmetrics.MetricCollection) -> torch.Tensor:
+        loss, preds, targets = self.model_step(batch)
+        metrics.update(preds, targets)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True,
+                 batch_size=targets.shape[0])
+        self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train", self.train_metrics)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test", self.test_metrics)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=max(self.hparams.max_epochs, 1)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,166 @@
+"""The ``oceanml`` command: simulate data, run any flow locally, inspect what was stored.
+
+Heavy imports (Prefect, torch, MLflow) happen inside the commands that need them, so
+``oceanml --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime
+from enum import Enum, StrEnum
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="OceanML: the ocean-monitoring ML lifecycle as Prefect flows.",
+                  no_args_is_help=True)
+datasets_app = typer.Typer(help="Dataset versions (DVC) recorded in the metadata DB.",
+                           no_args_is_help=True)
+app.add_typer(datasets_app, name="datasets")
+
+STAGES = ("nightly", "ingest", "enrich", "dataset", "train", "evaluate", "drift", "promote")
+Stage = Enum("Stage", {s: s for s in STAGES}, type=str)
+
+
+class Scenario(StrEnum):
+    normal = "normal"
+    storm = "storm"
+    bloom = "bloom"
+
+
+@app.command()
+def simulate(
+    days: Annotated[int, typer.Option(help="Days of observations, ending today (UTC).")] = 3,
+    devices: Annotated[int, typer.Option(help="Buoys, drones and cameras.")] = 8,
+    per_day: Annotated[int, typer.Option(help="Observations per device per day.")] = 60,
+    scenario: Annotated[Scenario, typer.Option(help="Shifts the sea state.")] = Scenario.normal,
+    seed: int = 0,
+    end: Annotated[datetime | None, typer.Option(help="Last day (default: today).")] = None,
+    out: Annotated[str | None, typer.Option(help="Landing URL (default: settings).")] = None,
+    faults: Annotated[bool, typer.Option(help="Add the bad files the field sends.")] = True,
+) -> None:
+    """Write simulated observations (JPEG + JSON sidecar) into the landing prefix."""
+    from datetime import UTC
+
+    from oceanml.settings import get_settings
+    from oceanml.simulator import simulate as generate
+    from oceanml.simulator import write_landing
+    from oceanml.store import filesystem
+
+    settings = get_settings()
+    landing = filesystem(out or settings.landing_url, settings)
+    stream = generate(days=days, devices=devices, per_day=per_day, scenario=scenario.value,
+                      seed=seed, end=end.replace(tzinfo=UTC) if end else None)
+    counts = write_landing(landing, stream, faults=faults, progress=True)
+    typer.echo(f"simulated {counts['observations']} observations ({scenario.value}) into "
+               f"{out or settings.landing_url}: {counts['files_written']} files written, "
+               f"{counts['fault_files']} fault files")
+
+
+@app.command()
+def run(
+    stage: Annotated[Stage, typer.Argument(help="The nightly flow, or one stage alone.")],
+    model: Annotated[str, typer.Option(help="Model of the zoo.")] = "plastic-detector",
+    max_epochs: Annotated[int | None, typer.Option(help="Override params.yaml.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="e.g. resnet18 on a CPU.")] = None,
+) -> None:
+    """Run a flow locally through Prefect (ephemeral API unless PREFECT_API_URL is set)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    name = stage.value
+    if name == "nightly":
+        from flows.nightly import nightly
+
+        nightly(model=model, max_epochs=max_epochs, backbone=backbone)
+        return
+    from flows.stages import STAGE_FLOWS
+
+    kwargs = {"model": model} if name not in ("ingest", "enrich") else {}
+    if name == "train":
+        kwargs.update(max_epochs=max_epochs, backbone=backbone)
+    result = STAGE_FLOWS[name](**kwargs)
+    typer.echo(json.dumps(result, indent=2, default=str))
+
+
+@app.command()
+def rejects(limit: int = 20) -> None:
+    """What ingestion refused, newest first, with the reason."""
+    from sqlalchemy import func, select
+
+    from oceanml.db import Reject, session_factory
+    from oceanml.settings import get_settings
+
+    with session_factory(get_settings().db_url)() as session:
+        counts = session.execute(select(Reject.reason, func.count()).group_by(Reject.reason)).all()
+        rows = session.scalars(select(Reject).order_by(Reject.id.desc()).limit(limit)).all()
+    typer.echo("by reason: " + ", ".join(f"{r}={n}" for r, n in counts))
+    for row in rows:
+        typer.echo(f"{row.rejected_at:%Y-%m-%d %H:%M} {row.reason:18} {row.source_key}  {row.detail}")
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """The settings in force (secrets masked)."""
+    from oceanml.settings import get_settings
+
+    for key, value in get_settings().public_dict().items():
+        typer.echo(f"{key} = {value}")
+
+
+@datasets_app.command("list")
+def datasets_list(model: str | None = None) -> None:
+    """Every recorded dataset version, newest first."""
+    from sqlalchemy import select
+
+    from oceanml.db import Dataset, session_factory
+    from oceanml.settings import get_settings
+
+    with session_factory(get_settings().db_url)() as session:
+        query = select(Dataset).order_by(Dataset.id.desc())
+        rows = session.scalars(query.where(Dataset.name == model) if model else query).all()
+    for row in rows:
+        typer.echo(f"{row.created_at:%Y-%m-%d %H:%M} {row.name:20} {row.version} {row.split_counts}")
+
+
+@datasets_app.command("show")
+def datasets_show(version: str) -> None:
+    """Counts per split and class of one version."""
+    from sqlalchemy import select
+
+    from oceanml.db import Dataset, session_factory
+    from oceanml.settings import get_settings
+
+    with session_factory(get_settings().db_url)() as session:
+        row = session.scalar(select(Dataset).where(Dataset.version == version))
+    if row is None:
+        raise typer.BadParameter(f"no dataset version {version}")
+    typer.echo(json.dumps({"name": row.name, "version": row.version, "path": row.path,
+                           "split_counts": row.split_counts, "class_counts": row.class_counts,
+                           "created_at": str(row.created_at), "flow_run_id": row.flow_run_id},
+                          indent=2))
+
+
+@datasets_app.command("checkout")
+def datasets_checkout(version: str) -> None:
+    """Restore a version from the DVC remote into data/versions/, verified by hash."""
+    from sqlalchemy import select
+
+    from oceanml.db import Dataset, session_factory
+    from oceanml.settings import get_settings
+    from tasks.dataset import local_dataset
+
+    settings = get_settings()
+    with session_factory(settings.db_url)() as session:
+        row = session.scalar(select(Dataset).where(Dataset.version == version))
+    if row is None:
+        raise typer.BadParameter(f"no dataset version {version}")
+    typer.echo(str(local_dataset(settings, row.name, version)))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

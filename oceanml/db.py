@@ -1,0 +1,231 @@
+"""The metadata schema (SQLAlchemy 2.0), one definition for SQLite and PostgreSQL.
+
+Every stage records what it decided here, pointing back to MLflow run ids, model versions,
+DVC dataset versions and Prefect flow run ids, so a number in a report can be traced.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: DateTime(timezone=True)}
+
+
+SENSOR_COLUMNS = (
+    "water_temp_c",
+    "salinity_psu",
+    "ph",
+    "turbidity_ntu",
+    "chlorophyll_ug_l",
+    "dissolved_oxygen_mg_l",
+)
+
+
+class Observation(Base):
+    """One accepted observation: an image and/or readings with time, place and device."""
+
+    __tablename__ = "observations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    source_key: Mapped[str] = mapped_column(Text)
+    device_id: Mapped[str] = mapped_column(String(64), index=True)
+    device_type: Mapped[str] = mapped_column(String(32))
+    observed_at: Mapped[datetime] = mapped_column(index=True)
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    water_temp_c: Mapped[float | None] = mapped_column(Float)
+    salinity_psu: Mapped[float | None] = mapped_column(Float)
+    ph: Mapped[float | None] = mapped_column(Float)
+    turbidity_ntu: Mapped[float | None] = mapped_column(Float)
+    chlorophyll_ug_l: Mapped[float | None] = mapped_column(Float)
+    dissolved_oxygen_mg_l: Mapped[float | None] = mapped_column(Float)
+    extra_readings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    image_key: Mapped[str | None] = mapped_column(Text)
+    image_width: Mapped[int | None] = mapped_column(Integer)
+    image_height: Mapped[int | None] = mapped_column(Integer)
+    image_stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    llm_tags: Mapped[list[str] | None] = mapped_column(JSON)
+    llm_description: Mapped[str | None] = mapped_column(Text)
+    enrichment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    ingest_flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class IngestedFile(Base):
+    """Ledger of landing keys already handled, so ingestion is incremental and idempotent."""
+
+    __tablename__ = "ingested_files"
+
+    source_key: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(128))
+    outcome: Mapped[str] = mapped_column(String(16))  # ingested | rejected
+    observation_id: Mapped[int | None] = mapped_column(ForeignKey("observations.id"))
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Reject(Base):
+    """What ingestion refused, with the reason: nothing is lost silently."""
+
+    __tablename__ = "rejects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_key: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str] = mapped_column(String(64), index=True)
+    detail: Mapped[str] = mapped_column(Text, default="")
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    rejected_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EnrichmentCache(Base):
+    """LLM answers keyed by (content hash, prompt version, provider, model): re-runs are free."""
+
+    __tablename__ = "enrichment_cache"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    tags: Mapped[list[str]] = mapped_column(JSON)
+    description: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Dataset(Base):
+    """A DVC-versioned dataset; ``version`` is the DVC hash of the shard directory."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (UniqueConstraint("name", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    split_counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    class_counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    reference_stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TrainingRun(Base):
+    """One training of (model, dataset version, params); ``training_key`` makes it idempotent."""
+
+    __tablename__ = "training_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    training_key: Mapped[str] = mapped_column(String(64), unique=True)
+    dataset_version: Mapped[str] = mapped_column(String(64))
+    mlflow_run_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(16))
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Evaluation(Base):
+    """Challenger and champion scored on the same test split."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        UniqueConstraint("model_name", "model_version", "champion_version", "dataset_version"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(16))
+    champion_version: Mapped[str] = mapped_column(String(16), default="")
+    dataset_version: Mapped[str] = mapped_column(String(64))
+    challenger_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    champion_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DriftRecord(Base):
+    """Per-feature drift of recent observations against the champion's training data."""
+
+    __tablename__ = "drift_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    reference_dataset_version: Mapped[str] = mapped_column(String(64))
+    n_current: Mapped[int] = mapped_column(Integer)
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    features: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Promotion(Base):
+    """Every promotion decision, either way, with its reason."""
+
+    __tablename__ = "promotions"
+    __table_args__ = (UniqueConstraint("model_name", "challenger_version", "champion_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64))
+    challenger_version: Mapped[str] = mapped_column(String(16))
+    champion_version: Mapped[str] = mapped_column(String(16), default="")
+    promoted: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets WAL and a busy timeout so tasks may write concurrently."""
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, future=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def init_db(engine: Engine) -> None:
+    """Create missing tables (idempotent)."""
+    Base.metadata.create_all(engine)
+
+
+@lru_cache(maxsize=8)
+def session_factory(url: str) -> sessionmaker:
+    """A sessionmaker over a ready schema: the one entry point stages use."""
+    engine = make_engine(url)
+    init_db(engine)
+    return sessionmaker(engine, expire_on_commit=False)

@@ -1,0 +1,67 @@
+"""MLflow tracking and registry through ``MlflowClient`` with explicit run ids.
+
+The fluent API keeps the active run in thread-local state, which collides when Prefect runs
+tasks concurrently; every call here names its run, model and version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from oceanml.settings import Settings
+
+CHAMPION = "champion"
+PREVIOUS = "previous-champion"
+
+
+def client(settings: Settings) -> MlflowClient:
+    uri = settings.mlflow_tracking_uri
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def ensure_experiment(mlc: MlflowClient, name: str, artifact_location: str | None) -> str:
+    experiment = mlc.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    return mlc.create_experiment(name, artifact_location=artifact_location)
+
+
+def ensure_registered_model(mlc: MlflowClient, name: str, description: str = "") -> None:
+    try:
+        mlc.get_registered_model(name)
+    except MlflowException:
+        mlc.create_registered_model(name, description=description)
+
+
+def version_by_tag(mlc: MlflowClient, name: str, tag: str, value: str) -> ModelVersion | None:
+    """The newest version of ``name`` carrying ``tag=value`` (how training stays idempotent)."""
+    found = mlc.search_model_versions(f"name = '{name}' and tags.`{tag}` = '{value}'")
+    return max(found, key=lambda v: int(v.version)) if found else None
+
+
+def alias_version(mlc: MlflowClient, name: str, alias: str = CHAMPION) -> ModelVersion | None:
+    try:
+        return mlc.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def set_champion(mlc: MlflowClient, name: str, version: str) -> str | None:
+    """Move ``champion`` to ``version``; the old one keeps ``previous-champion`` for rollback."""
+    old = alias_version(mlc, name)
+    if old is not None and old.version != version:
+        mlc.set_registered_model_alias(name, PREVIOUS, old.version)
+    mlc.set_registered_model_alias(name, CHAMPION, version)
+    return old.version if old else None
+
+
+def load_model(mlc: MlflowClient, name: str, version: str) -> Any:
+    """The ``nn.Module`` of one registered version, loaded without touching global MLflow state."""
+    import mlflow.pytorch
+
+    uri = mlc.get_model_version_download_uri(name, version)
+    return mlflow.pytorch.load_model(uri, map_location="cpu")

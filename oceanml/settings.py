@@ -1,0 +1,86 @@
+"""One settings object for every part of OceanML.
+
+Embedded defaults live under ``.oceanml/`` (SQLite, local lake, local MLflow, local DVC
+remote, offline ``heuristic`` LLM) so the demo needs no server; every URL can point at a real
+server instead through ``OCEANML_*`` environment variables or a ``.env`` file. Building the
+object does no I/O: directories are created by the stage that writes into them.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _file_url(path: Path) -> str:
+    return path.resolve().as_uri()
+
+
+class Settings(BaseSettings):
+    """Where OceanML reads and writes, and the knobs an operator sets per deployment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="OCEANML_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    home: Path = Field(Path(".oceanml"), description="Root of the embedded default state.")
+    project_dir: Path = Field(
+        Path("."), description="Root of the DVC project (where dvc.yaml and params.yaml live)."
+    )
+
+    db_url: str | None = Field(None, description="SQLAlchemy URL; SQLite under home by default.")
+    landing_url: str | None = Field(None, description="fsspec URL where devices drop files.")
+    lake_url: str | None = Field(None, description="fsspec URL of the content-addressed lake.")
+    mlflow_tracking_uri: str | None = None
+    mlflow_artifact_uri: str | None = Field(
+        None, description="Artifact root for new MLflow experiments (local folder by default)."
+    )
+    dvc_remote_url: str | None = Field(None, description="DVC remote (folder or s3:// URL).")
+    s3_endpoint_url: str | None = Field(None, description="For S3-compatible stores.")
+
+    llm_provider: Literal["heuristic", "openai"] = "heuristic"
+    llm_base_url: str | None = None
+    llm_model: str = "heuristic-v1"
+    llm_api_key: SecretStr | None = None
+
+    model_name: str = Field("plastic-detector", description="Model of the zoo the flows train.")
+    experiment_name: str = "oceanml"
+    max_image_bytes: int = Field(5_000_000, description="Larger files are rejected.")
+    max_image_pixels: int = Field(4096 * 4096, description="Decompression-bomb guard.")
+    ingest_chunk_size: int = Field(500, description="Files per chunk: bounds memory.")
+    drift_window_days: float = Field(2.0, description="Recent observations compared with ref.")
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        home = self.home
+        self.db_url = self.db_url or f"sqlite:///{(home / 'oceanml.db').resolve()}"
+        self.landing_url = self.landing_url or _file_url(home / "landing")
+        self.lake_url = self.lake_url or _file_url(home / "lake")
+        self.mlflow_tracking_uri = (
+            self.mlflow_tracking_uri or f"sqlite:///{(home / 'mlflow.db').resolve()}"
+        )
+        self.mlflow_artifact_uri = self.mlflow_artifact_uri or _file_url(home / "mlartifacts")
+        self.dvc_remote_url = self.dvc_remote_url or str((home / "dvc-remote").resolve())
+        return self
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return (self.home / "checkpoints").resolve()
+
+    @property
+    def prefect_home(self) -> Path:
+        return (self.home / "prefect").resolve()
+
+    def public_dict(self) -> dict[str, object]:
+        """Settings safe to print or log: secrets stay masked."""
+        return {k: (str(v) if isinstance(v, SecretStr) else v) for k, v in self}
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings; tests call ``get_settings.cache_clear()`` after changing env."""
+    return Settings()

@@ -1,0 +1,357 @@
+"""A seeded simulator of the ocean-monitoring network.
+
+It writes what devices would drop into the landing prefix: a JPEG per observation whose content
+follows its labels (floating debris, algae, turbidity, waves, glare, noise) and a JSON sidecar
+with device, time, place and sensor readings that are physically plausible and correlated with
+the scene. Scenarios shift the distributions (``storm``: turbid dark water, high waves;
+``bloom``: green water, high chlorophyll) so that drift is real. The same arguments give the
+same files, so re-running it changes nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from oceanml.labels import (
+    ALGAE_LEVELS,
+    DEBRIS_LEVELS,
+    DEBRIS_TYPES,
+    POLLUTION_LEVELS,
+    water_quality_indices,
+)
+from oceanml.store import Location
+
+Scenario = Literal["normal", "storm", "bloom"]
+DEVICE_TYPES = ("buoy", "drone", "camera")
+
+
+@dataclass(frozen=True)
+class ScenarioParams:
+    debris_p: tuple[float, float, float]
+    algae_p: tuple[float, float, float, float]
+    turbidity_median: float
+    wave_height_m: float
+    salinity_shift: float
+    darkness: float
+
+
+SCENARIOS: dict[str, ScenarioParams] = {
+    "normal": ScenarioParams((0.45, 0.35, 0.20), (0.6, 0.25, 0.1, 0.05), 2.0, 0.6, 0.0, 0.0),
+    "storm": ScenarioParams((0.25, 0.35, 0.40), (0.7, 0.2, 0.07, 0.03), 25.0, 3.0, -2.5, 0.35),
+    "bloom": ScenarioParams((0.45, 0.35, 0.20), (0.05, 0.15, 0.35, 0.45), 4.0, 0.5, 0.0, 0.05),
+}
+CHLOROPHYLL_BY_ALGAE = (1.0, 4.0, 12.0, 35.0)  # µg/L medians per algae level
+DEBRIS_COUNT = {"none": (0, 0), "light": (1, 3), "severe": (6, 14)}
+
+
+@dataclass
+class Device:
+    device_id: str
+    device_type: str
+    lat: float
+    lon: float
+
+
+@dataclass
+class SimulatedObservation:
+    """One observation before it is written: the scene, its readings and labels."""
+
+    stem: str
+    device: Device
+    observed_at: datetime
+    lat: float
+    lon: float
+    readings: dict[str, float]
+    labels: dict[str, object]
+    annotated: bool
+    image: bytes = field(repr=False)
+
+    def sidecar(self) -> dict:
+        doc = {
+            "observation_id": self.stem,
+            "device_id": self.device.device_id,
+            "device_type": self.device.device_type,
+            "observed_at": self.observed_at.isoformat().replace("+00:00", "Z"),
+            "lat": round(self.lat, 5),
+            "lon": round(self.lon, 5),
+            "readings": self.readings,
+            "firmware": "sim-1.4",
+        }
+        if self.annotated:
+            doc["labels"] = self.labels
+        return doc
+
+
+def make_devices(n: int, rng: np.random.Generator) -> list[Device]:
+    """Devices along the Bay of Biscay coast: buoys offshore, cameras on the shore, drones between."""
+    devices = []
+    for i in range(n):
+        kind = DEVICE_TYPES[i % len(DEVICE_TYPES)]
+        lat = 43.3 + 1.5 * rng.random()
+        lon = -9.0 + 7.0 * rng.random()
+        devices.append(Device(f"{kind}-{i:03d}", kind, lat, lon))
+    return devices
+
+
+def _lognormal(rng: np.random.Generator, median: float, sigma: float) -> float:
+    return float(median * math.exp(sigma * rng.standard_normal()))
+
+
+def simulate_readings(
+    rng: np.random.Generator, params: ScenarioParams, lat: float, when: datetime, algae: int
+) -> dict[str, float]:
+    """Readings that co-vary as in the sea: blooms raise chlorophyll, pH and day-time oxygen,
+    storms raise turbidity and freshen the surface, warm water holds less oxygen."""
+    day_of_year = when.timetuple().tm_yday
+    hour = when.hour + when.minute / 60
+    temp = (
+        15.0
+        + 4.0 * math.sin(2 * math.pi * (day_of_year - 110) / 365)
+        - 0.8 * (lat - 44.0)
+        + 0.6 * math.sin(2 * math.pi * (hour - 9) / 24)
+        + 0.8 * algae
+        + 0.4 * rng.standard_normal()
+    )
+    chlorophyll = _lognormal(rng, CHLOROPHYLL_BY_ALGAE[algae], 0.35)
+    turbidity = _lognormal(rng, params.turbidity_median * (1 + 0.3 * algae), 0.4)
+    salinity = 35.2 + params.salinity_shift - 0.02 * turbidity + 0.25 * rng.standard_normal()
+    saturation = 14.62 - 0.3898 * temp + 0.006969 * temp**2 - 0.05 * (salinity - 35) / 5
+    daylight = max(0.0, math.sin(math.pi * (hour - 6) / 12))
+    photosynthesis = 0.06 * chlorophyll * (daylight - 0.35)
+    oxygen = saturation + photosynthesis + 0.02 * min(turbidity, 40) + 0.25 * rng.standard_normal()
+    ph = 8.08 + 0.012 * chlorophyll * daylight - 0.004 * turbidity + 0.03 * rng.standard_normal()
+    return {
+        "water_temp_c": round(temp, 3),
+        "salinity_psu": round(max(salinity, 0.0), 3),
+        "ph": round(ph, 3),
+        "turbidity_ntu": round(turbidity, 3),
+        "chlorophyll_ug_l": round(chlorophyll, 3),
+        "dissolved_oxygen_mg_l": round(max(oxygen, 0.0), 3),
+    }
+
+
+def _water(
+    rng: np.random.Generator, size: int, params: ScenarioParams, algae: int, turbidity: float,
+    hour: float,
+) -> np.ndarray:
+    """Water colour from algae and sediment, waves as travelling stripes, light from the sun."""
+    blue = np.array([18.0, 72.0, 128.0])
+    green = np.array([46.0, 118.0, 58.0])
+    brown = np.array([92.0, 84.0, 62.0])
+    algae_mix = algae / 3 * 0.8
+    sediment_mix = min(turbidity / 40.0, 1.0) * 0.7
+    base = blue * (1 - algae_mix) + green * algae_mix
+    base = base * (1 - sediment_mix) + brown * sediment_mix
+    sun = max(0.0, math.sin(math.pi * (hour - 6) / 12))
+    base = base * (0.45 + 0.55 * sun) * (1 - params.darkness)
+
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)
+    angle = rng.uniform(0, math.pi)
+    freq = rng.uniform(0.25, 0.5) / (1 + 0.15 * params.wave_height_m)
+    phase = rng.uniform(0, 2 * math.pi)
+    amplitude = 6 + 9 * params.wave_height_m
+    waves = amplitude * np.sin(freq * (x * math.cos(angle) + y * math.sin(angle)) + phase)
+    img = base[None, None, :] + waves[..., None] * np.array([0.6, 0.8, 1.0])
+
+    if rng.random() < 0.35 * sun:  # sun glare
+        cy, cx = rng.uniform(0, size, 2)
+        radius = rng.uniform(size / 10, size / 4)
+        glare = 140 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))
+        img = img + glare[..., None]
+    for _ in range(int(algae * 2.5)):  # algae patches
+        cy, cx = rng.uniform(0, size, 2)
+        radius = rng.uniform(4, 14)
+        patch = np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * radius**2))
+        img = img + patch[..., None] * np.array([-10.0, 45.0, -25.0])
+    return img
+
+
+DEBRIS_COLOURS = {
+    "bottle": [(200, 230, 240), (60, 140, 70), (40, 90, 200)],
+    "bag": [(235, 235, 235), (250, 250, 220)],
+    "net": [(40, 160, 80), (230, 110, 30), (20, 60, 160)],
+    "metal": [(150, 150, 155), (110, 105, 100)],
+    "glass": [(120, 190, 120), (140, 90, 40)],
+    "other": [(220, 40, 40), (240, 200, 30), (250, 120, 180)],
+}
+
+
+def _draw_debris(draw: ImageDraw.ImageDraw, rng: np.random.Generator, kind: str, size: int) -> None:
+    """One floating object whose shape and colour follow its type."""
+    colour = DEBRIS_COLOURS[kind][rng.integers(len(DEBRIS_COLOURS[kind]))]
+    cx, cy = rng.uniform(4, size - 4, 2)
+    s = rng.uniform(2.5, 7.0) * size / 96
+    if kind == "bottle":
+        w, h = s * 0.7, s * 2.2
+        draw.rounded_rectangle([cx - w, cy - h, cx + w, cy + h], radius=2, fill=colour)
+    elif kind == "bag":
+        draw.ellipse([cx - 1.6 * s, cy - s, cx + 1.6 * s, cy + 1.2 * s], fill=colour)
+    elif kind == "net":
+        for k in range(-2, 3):
+            draw.line([cx - 2 * s, cy + k * s / 1.5, cx + 2 * s, cy + k * s / 1.5], fill=colour)
+            draw.line([cx + k * s / 1.5, cy - 2 * s, cx + k * s / 1.5, cy + 2 * s], fill=colour)
+    elif kind == "metal":
+        draw.rectangle([cx - s, cy - s * 0.6, cx + s, cy + s * 0.6], fill=colour)
+        draw.line([cx - s, cy - s * 0.6, cx + s, cy - s * 0.6], fill=(240, 240, 240))
+    elif kind == "glass":
+        draw.polygon([(cx, cy - s), (cx + s, cy + s * 0.5), (cx - s, cy + s * 0.7)], fill=colour)
+    else:
+        draw.ellipse([cx - s, cy - s, cx + s, cy + s], fill=colour)
+
+
+def render_image(
+    rng: np.random.Generator,
+    params: ScenarioParams,
+    *,
+    debris_level: str,
+    debris_type: str,
+    algae: int,
+    turbidity: float,
+    hour: float,
+    size: int = 96,
+) -> bytes:
+    """A JPEG of the scene: debris count follows the level, the dominant type most objects."""
+    water = _water(rng, size, params, algae, turbidity, hour)
+    img = Image.fromarray(np.clip(water, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(img)
+    lo, hi = DEBRIS_COUNT[debris_level]
+    for _ in range(int(rng.integers(lo, hi + 1))):
+        kind = debris_type if rng.random() < 0.8 else DEBRIS_TYPES[rng.integers(len(DEBRIS_TYPES))]
+        _draw_debris(draw, rng, kind, size)
+    arr = np.asarray(img, dtype=np.float32)
+    arr = arr + rng.normal(0, 3 + 5 * params.darkness + 2 * rng.random(), arr.shape)
+    buf = io.BytesIO()
+    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "JPEG", quality=85)
+    return buf.getvalue()
+
+
+def pollution_level(debris_level: str, turbidity: float, algae: int) -> str:
+    score = DEBRIS_LEVELS.index(debris_level) * 1.2 + min(turbidity / 20, 1.5) + 0.5 * algae
+    return POLLUTION_LEVELS[min(int(score), len(POLLUTION_LEVELS) - 1)]
+
+
+def simulate(
+    *,
+    days: int,
+    devices: int,
+    per_day: int,
+    scenario: Scenario = "normal",
+    seed: int = 0,
+    end: datetime | None = None,
+    annotated_fraction: float = 0.6,
+    image_size: int = 96,
+) -> Iterator[SimulatedObservation]:
+    """Yield observations over ``days`` ending at ``end`` (default: today 00:00 UTC)."""
+    params = SCENARIOS[scenario]
+    end = end or datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    rng = np.random.default_rng([seed, days, devices, per_day, list(SCENARIOS).index(scenario)])
+    fleet = make_devices(devices, np.random.default_rng(seed))
+    start = end - timedelta(days=days)
+    for day in range(days):
+        for device in fleet:
+            for k in range(per_day):
+                minutes = rng.uniform(0, 24 * 60)
+                when = start + timedelta(days=day, minutes=float(minutes))
+                when = when.replace(microsecond=0)
+                debris_level = DEBRIS_LEVELS[rng.choice(3, p=params.debris_p)]
+                debris_type = DEBRIS_TYPES[rng.integers(len(DEBRIS_TYPES))]
+                algae = int(rng.choice(4, p=params.algae_p))
+                jitter = 0.05 if device.device_type == "drone" else 0.0005
+                lat = device.lat + jitter * rng.standard_normal()
+                lon = device.lon + jitter * rng.standard_normal()
+                readings = simulate_readings(rng, params, lat, when, algae)
+                hour = when.hour + when.minute / 60
+                image = render_image(
+                    rng, params, debris_level=debris_level, debris_type=debris_type,
+                    algae=algae, turbidity=readings["turbidity_ntu"], hour=hour, size=image_size,
+                )
+                labels: dict[str, object] = {
+                    "plastic-detector": debris_level,
+                    "algae-bloom": ALGAE_LEVELS[algae],
+                    "water-quality": water_quality_indices(readings),
+                    "coastal-pollution": pollution_level(
+                        debris_level, readings["turbidity_ntu"], algae
+                    ),
+                }
+                if debris_level != "none":
+                    labels["debris-classifier"] = debris_type
+                stem = f"{device.device_id}-{when:%Y%m%dT%H%M%S}-{scenario[:1]}{seed}-{k:03d}"
+                yield SimulatedObservation(
+                    stem=stem, device=device, observed_at=when, lat=lat, lon=lon,
+                    readings=readings, labels=labels,
+                    annotated=bool(rng.random() < annotated_fraction), image=image,
+                )
+
+
+def _write(landing: Location, key: str, data: bytes, overwrite: bool) -> bool:
+    path = landing.path(key)
+    if not overwrite and landing.fs.exists(path):
+        return False
+    landing.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with landing.fs.open(path, "wb") as fh:
+        fh.write(data)
+    return True
+
+
+def observation_keys(obs: SimulatedObservation) -> tuple[str, str]:
+    prefix = f"{obs.observed_at:%Y-%m-%d}/{obs.device.device_id}/{obs.stem}"
+    return f"{prefix}.jpg", f"{prefix}.json"
+
+
+def write_faults(landing: Location, sample: SimulatedObservation, overwrite: bool) -> int:
+    """The bad input the field really sends: truncated image, broken or partial sidecars,
+    an orphan image, a re-sent duplicate and an impossible reading. Ingestion must quarantine
+    each one and keep the rest of the batch."""
+    day = f"{sample.observed_at:%Y-%m-%d}/faults"
+    doc = sample.sidecar()
+    missing = {k: v for k, v in doc.items() if k not in ("observed_at", "lat")}
+    impossible = dict(doc, readings=dict(doc["readings"], ph=19.5))
+    files = {
+        f"{day}/truncated.jpg": sample.image[: len(sample.image) // 3],
+        f"{day}/truncated.json": json.dumps(dict(doc, observation_id="truncated")).encode(),
+        f"{day}/notjson.jpg": sample.image,
+        f"{day}/notjson.json": b"{device_id: buoy-000, this is not json",
+        f"{day}/missing-fields.jpg": sample.image,
+        f"{day}/missing-fields.json": json.dumps(missing).encode(),
+        f"{day}/orphan.jpg": sample.image,
+        f"{day}/duplicate.jpg": sample.image,
+        f"{day}/duplicate.json": json.dumps(doc).encode(),
+        f"{day}/impossible-ph.jpg": sample.image,
+        f"{day}/impossible-ph.json": json.dumps(impossible).encode(),
+    }
+    return sum(_write(landing, k, v, overwrite) for k, v in files.items())
+
+
+def write_landing(
+    landing: Location,
+    observations: Iterator[SimulatedObservation],
+    *,
+    faults: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, int]:
+    """Write observations (and optionally faults) under ``landing``; existing files are kept."""
+    written = observations_seen = 0
+    first: SimulatedObservation | None = None
+    iterator = observations
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(observations, desc="simulate", unit="obs")
+    for obs in iterator:
+        observations_seen += 1
+        first = first or obs
+        image_key, sidecar_key = observation_keys(obs)
+        written += _write(landing, image_key, obs.image, overwrite)
+        written += _write(landing, sidecar_key, json.dumps(obs.sidecar()).encode(), overwrite)
+    fault_files = write_faults(landing, first, overwrite) if faults and first else 0
+    return {"observations": observations_seen, "files_written": written, "fault_files": fault_files}

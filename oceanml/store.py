@@ -1,0 +1,68 @@
+"""The object store behind every URL: local folders (``file://``) or S3 via s3fs.
+
+Everything that reads landing files or writes the lake goes through :func:`filesystem`, so
+swapping the embedded folder for a bucket is a settings change, not a code change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import fsspec
+from fsspec.core import url_to_fs
+
+from oceanml.settings import Settings
+
+
+@dataclass(frozen=True)
+class Location:
+    """A filesystem plus the root path inside it that a URL names."""
+
+    fs: fsspec.AbstractFileSystem
+    root: str
+
+    def path(self, key: str) -> str:
+        return f"{self.root.rstrip('/')}/{key.lstrip('/')}"
+
+    def relative(self, path: str) -> str:
+        root = self.root.rstrip("/") + "/"
+        return path[len(root) :] if path.startswith(root) else path
+
+
+def filesystem(url: str, settings: Settings | None = None) -> Location:
+    """Open ``url`` with the storage options the settings imply (S3 endpoint for MinIO & co)."""
+    options: dict = {}
+    if url.startswith("s3://") and settings and settings.s3_endpoint_url:
+        options["client_kwargs"] = {"endpoint_url": settings.s3_endpoint_url}
+    fs, root = url_to_fs(url, **options)
+    return Location(fs=fs, root=root)
+
+
+def sha256_hex(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
+
+
+def content_key(digest: str, suffix: str) -> str:
+    """Content-addressed lake key: two fan-out levels keep directories small."""
+    return f"images/{digest[:2]}/{digest[2:4]}/{digest}{suffix}"
+
+
+def put_if_absent(lake: Location, key: str, data: bytes) -> None:
+    """Write a blob once; content addressing makes an existing key already correct."""
+    path = lake.path(key)
+    if lake.fs.exists(path):
+        return
+    parent = path.rsplit("/", 1)[0]
+    lake.fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{digest_suffix(data)}"
+    with lake.fs.open(tmp, "wb") as fh:
+        fh.write(data)
+    lake.fs.mv(tmp, path)
+
+
+def digest_suffix(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=4).hexdigest()

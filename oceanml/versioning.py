@@ -1,0 +1,97 @@
+"""DVC plumbing: init, remote, ``repro``, ``push`` and restore-by-version.
+
+DVC runs as a subprocess (``python -m dvc``): its CLI is the stable interface, and it installs
+signal handlers that do not work from the worker threads Prefect runs tasks in.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+
+class DvcError(RuntimeError):
+    """A DVC command failed; the message carries its output."""
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Stage commands call ``python``: put this interpreter's bin first so they find our deps."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, **(extra or {}), "PATH": path, "DVC_NO_ANALYTICS": "1",
+            "DVC_NO_UPDATER": "1"}
+
+
+def dvc(project_dir: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    """Run one DVC command in ``project_dir`` and return its output."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env(env),
+        capture_output=True, text=True,
+    )
+    if proc.returncode != 0:
+        raise DvcError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    return proc.stdout
+
+
+def _in_git(project_dir: Path) -> bool:
+    proc = subprocess.run(
+        ["git", "rev-parse", "--show-toplevel"], cwd=project_dir, capture_output=True, text=True
+    )
+    return proc.returncode == 0 and Path(proc.stdout.strip()).resolve() == project_dir.resolve()
+
+
+def ensure_repo(project_dir: Path, remote_url: str, s3_endpoint_url: str | None = None) -> None:
+    """Make ``project_dir`` a DVC repo (if needed) whose default remote is ``remote_url``.
+
+    The remote goes to ``.dvc/config.local`` so each machine points at its own store without
+    touching the committed config.
+    """
+    if not (project_dir / ".dvc").is_dir():
+        dvc(project_dir, "init", *([] if _in_git(project_dir) else ["--no-scm"]))
+    if "://" not in remote_url:
+        Path(remote_url).mkdir(parents=True, exist_ok=True)
+    dvc(project_dir, "remote", "add", "--local", "--force", "--default", "oceanml", remote_url)
+    if s3_endpoint_url:
+        dvc(project_dir, "remote", "modify", "--local", "oceanml", "endpointurl", s3_endpoint_url)
+
+
+def locked_out_hash(project_dir: Path, stage: str) -> str | None:
+    """The DVC hash of ``stage``'s first output as ``dvc.lock`` records it (the version)."""
+    lock = project_dir / "dvc.lock"
+    if not lock.exists():
+        return None
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    outs = stages.get(stage, {}).get("outs") or []
+    return outs[0]["md5"].removesuffix(".dir") if outs else None
+
+
+def repro(project_dir: Path, stage: str, env: dict[str, str] | None = None) -> str:
+    """Reproduce one stage (DVC skips it when deps and params are unchanged); its version."""
+    dvc(project_dir, "repro", "--single-item", stage, env=env)
+    version = locked_out_hash(project_dir, stage)
+    if version is None:
+        raise DvcError(f"dvc.lock has no output hash for stage {stage}")
+    return version
+
+
+def push(project_dir: Path, stage: str) -> None:
+    dvc(project_dir, "push", stage)
+
+
+def restore(project_dir: Path, version: str, dest: Path) -> Path:
+    """Fetch dataset ``version`` from the remote into ``dest`` (inside the project), verified.
+
+    A one-off ``.dvc`` file names the version's directory hash; ``dvc pull`` downloads and
+    checks every file against it, so a corrupt or missing object fails loudly.
+    """
+    dest = dest.resolve()
+    pointer = dest.with_name(dest.name + ".dvc")
+    pointer.parent.mkdir(parents=True, exist_ok=True)
+    pointer.write_text(yaml.safe_dump(
+        {"outs": [{"md5": f"{version}.dir", "path": dest.name, "hash": "md5"}]}
+    ))
+    dvc(project_dir, "pull", "--force", str(pointer.relative_to(project_dir.resolve())))
+    return dest

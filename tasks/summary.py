@@ -1,0 +1,68 @@
+"""The nightly summary: what happened, in one page, printed and as a Prefect artifact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from oceanml.settings import get_settings
+
+
+def _metric(result: dict[str, Any], name: str) -> str:
+    value = (result.get("challenger") or {}).get("overall", {}).get(name)
+    return f"{value:.3f}" if isinstance(value, float) else "-"
+
+
+def nightly_summary(model: str, results: dict[str, dict[str, Any]], where: dict[str, str]) -> str:
+    """Markdown of every stage's outcome, saying plainly when a stage had nothing to do."""
+    ingest, enrich = results["ingest"], results["enrich"]
+    dataset, train = results["dataset"], results["train"]
+    evaluation, drift, promote = results["evaluate"], results["drift"], results["promote"]
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(ingest["reasons"].items())) or "none"
+    rows = [
+        ("ingest", f"{ingest['ingested']} new observations, {ingest['rejected']} rejected "
+                   f"({reasons}), {ingest['already_known']} already known"
+                   + (" - nothing new" if not ingest["ingested"] else "")),
+        ("enrich", f"{enrich['enriched']} enriched by {enrich['provider']}/{enrich['model']} "
+                   f"({enrich['requests']} requests, {enrich['cache_hits']} cached, "
+                   f"{enrich['failed']} failed)" + (" - nothing to do" if not enrich["enriched"]
+                                                    and not enrich["failed"] else "")),
+        ("dataset", f"`{dataset['version']}` " + ("new version" if dataset["created"]
+                                                  else "unchanged: no new version")
+                    + f", splits {dataset['split_counts']}"),
+        ("train", f"{model} v{train['model_version']} "
+                  + ("(already trained on this data and params: reused)" if train["reused"]
+                     else "(new)")),
+        ("evaluate", f"test accuracy {_metric(evaluation, 'accuracy')}, macro-F1 "
+                     f"{_metric(evaluation, 'macro_f1')}; champion "
+                     + (f"v{evaluation['champion_version']}" if evaluation["champion_version"]
+                        else "none")),
+        ("drift", ("DETECTED - " if drift["drifted"] else "none - ") + drift["reason"]),
+        ("promote", ("PROMOTED - " if promote["promoted"] else "not promoted - ")
+                    + promote["reason"]
+                    + ("" if promote["decided_now"] else " (no new decision)")),
+    ]
+    lines = [f"# OceanML nightly: `{model}`", "", "| stage | outcome |", "|---|---|"]
+    lines += [f"| {stage} | {text} |" for stage, text in rows]
+    lines += ["", "Where to look:", ""] + [f"- {k}: {v}" for k, v in where.items()]
+    return "\n".join(lines)
+
+
+def where_to_look() -> dict[str, str]:
+    settings = get_settings()
+    return {
+        "MLflow": f"`mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}`",
+        "Prefect UI": "`prefect server start`, then http://127.0.0.1:4200 (runs, logs, artifacts)",
+        "metadata DB": f"`{settings.db_url}`",
+        "rejects": "`oceanml rejects`",
+    }
+
+
+@task(name="summary")
+def summary_task(model: str, results: dict[str, dict[str, Any]]) -> str:
+    """Publish the summary as a markdown artifact and return it."""
+    text = nightly_summary(model, results, where_to_look())
+    create_markdown_artifact(text, key="nightly-summary", description=f"nightly run of {model}")
+    return text

@@ -1,0 +1,222 @@
+"""Train: a zoo spec on a dataset version with Lightning, logged and registered in MLflow.
+
+A training is identified by (model, dataset version, params): if the registry already holds a
+version with that key, nothing is trained again. Checkpoints live under
+``<checkpoint_dir>/<model>/<key>/`` with the MLflow run id beside them, so a killed or retried
+run resumes from ``last.ckpt`` into the same MLflow run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prefect import get_run_logger, task
+from sqlalchemy import select
+
+from models.zoo import ModelSpec, get_spec
+from oceanml.db import TrainingRun, session_factory
+from oceanml.lineage import flow_run_id, git_commit
+from oceanml.registry import client as mlflow_client
+from oceanml.registry import ensure_experiment, ensure_registered_model, version_by_tag
+from oceanml.settings import Settings, get_settings
+from oceanml.store import sha256_hex
+from tasks.dataset import local_dataset
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """The ``train.<model>`` section of ``params.yaml`` plus run-time overrides."""
+
+    backbone: str | None = None
+    image_size: int = 64
+    max_epochs: int = 4
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 7
+    patience: int = 3
+    weights: str | None = None
+    num_workers: int = 0
+    accelerator: str = "auto"
+    devices: str | int = "auto"
+
+    @classmethod
+    def load(cls, params_file: Path, model: str, **overrides: Any) -> TrainParams:
+        section = (yaml.safe_load(params_file.read_text()).get("train") or {}).get(model, {})
+        section.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**section)
+
+    def training_key(self, spec: ModelSpec, dataset_version: str) -> str:
+        """What makes two trainings the same: spec, data and the params that change the result."""
+        relevant = {k: v for k, v in asdict(self).items()
+                    if k not in ("num_workers", "accelerator", "devices")}
+        doc = json.dumps([spec.to_dict(), dataset_version, relevant], sort_keys=True)
+        return sha256_hex(doc.encode())[:32]
+
+
+@dataclass
+class TrainOutcome:
+    model_version: str
+    run_id: str
+    training_key: str
+    metrics: dict[str, float]
+    reused: bool
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+
+def _precision() -> str:
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _run_id(mlc, ckpt_dir: Path, experiment_id: str, spec: ModelSpec, tags: dict) -> str:
+    """The MLflow run of this training: the one a previous attempt started, or a new one."""
+    marker = ckpt_dir / "mlflow_run_id"
+    if marker.exists():
+        return marker.read_text().strip()
+    run = mlc.create_run(experiment_id, run_name=f"{spec.name}-{tags['dataset_version'][:8]}",
+                            tags=tags)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text(run.info.run_id)
+    return run.info.run_id
+
+
+def _log_model(mlc, run_id: str, net: Any, image_size: int) -> None:
+    """Store the inference net as an MLflow pytorch model with signature and input example."""
+    import mlflow.pytorch
+    import numpy as np
+    import torch
+    from mlflow.models import infer_signature
+
+    example = np.zeros((1, 3, image_size, image_size), dtype=np.float32)
+    with torch.no_grad():
+        output = net(torch.from_numpy(example)).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model"
+        mlflow.pytorch.save_model(
+            net, path, signature=infer_signature(example, output), input_example=example,
+            serialization_format="pickle",
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "oceanml"],
+        )
+        mlc.log_artifacts(run_id, str(path), "model")
+
+
+def train_model(
+    spec: ModelSpec,
+    dataset_dir: Path,
+    dataset_version: str,
+    params: TrainParams,
+    settings: Settings,
+    lineage: dict[str, str],
+    *,
+    progress_bar: bool = False,
+) -> TrainOutcome:
+    """Fit, test, log and register one model version (or reuse the identical one)."""
+    mlc = mlflow_client(settings)
+    experiment_id = ensure_experiment(mlc, settings.experiment_name, settings.mlflow_artifact_uri)
+    ensure_registered_model(mlc, spec.name, f"{spec.task} of {', '.join(spec.outputs)}")
+    key = params.training_key(spec, dataset_version)
+    existing = version_by_tag(mlc, spec.name, "training_key", key)
+    if existing is not None:
+        metrics = mlc.get_run(existing.run_id).data.metrics
+        return TrainOutcome(existing.version, existing.run_id, key, dict(metrics), reused=True)
+
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from models.backbones import build_backbone
+    from models.datamodule import ShardDataModule
+    from models.module import OceanModule
+
+    tags = {**lineage, "dataset_version": dataset_version, "training_key": key,
+            "model_spec": json.dumps(spec.to_dict())}
+    ckpt_dir = settings.checkpoint_dir / spec.name / key
+    run_id = _run_id(mlc, ckpt_dir, experiment_id, spec, tags)
+    L.seed_everything(params.seed, workers=True, verbose=False)
+    backbone, feature_dim = build_backbone(spec.backbone, params.weights)
+    module = OceanModule(backbone, feature_dim, spec.task, spec.num_outputs, lr=params.lr,
+                         weight_decay=params.weight_decay, max_epochs=params.max_epochs)
+    data = ShardDataModule(dataset_dir, spec, params.batch_size, params.num_workers)
+    monitor, mode = spec.monitor
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
+                                 save_last=True)
+    trainer = L.Trainer(
+        max_epochs=params.max_epochs,
+        accelerator=params.accelerator,
+        devices=params.devices,
+        precision=_precision(),
+        logger=MLFlowLogger(experiment_name=settings.experiment_name,
+                            tracking_uri=settings.mlflow_tracking_uri, run_id=run_id),
+        callbacks=[checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=params.patience)],
+        default_root_dir=ckpt_dir,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=5,
+    )
+    last = ckpt_dir / "last.ckpt"
+    trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
+    trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    net = module.net.eval().cpu()
+    _log_model(mlc, run_id, net, params.image_size)
+    mlc.log_dict(run_id, {"spec": spec.to_dict(), "params": asdict(params)}, "spec.json")
+    run = mlc.get_run(run_id)
+    version = mlc.create_model_version(
+        spec.name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags,
+        description=f"trained on dataset {dataset_version} at {lineage.get('git_commit', '?')}",
+    )
+    mlc.set_terminated(run_id)
+    return TrainOutcome(version.version, run_id, key, metrics, reused=False,
+                        artifacts={"checkpoint": str(checkpoint.best_model_path)})
+
+
+@task(name="train", retries=1, retry_delay_seconds=30, timeout_seconds=12 * 3600)
+def train_task(
+    model: str, dataset_version: str, max_epochs: int | None = None, backbone: str | None = None
+) -> dict[str, Any]:
+    """Train (or reuse) a version of ``model`` on ``dataset_version`` and record it."""
+    settings = get_settings()
+    project = settings.project_dir.resolve()
+    params = TrainParams.load(project / "params.yaml", model, max_epochs=max_epochs,
+                              backbone=backbone)
+    spec = get_spec(model, backbone=params.backbone, input_size=params.image_size)
+    data_dir = local_dataset(settings, model, dataset_version)
+    lineage = {"git_commit": git_commit(project), "prefect_flow_run_id": flow_run_id() or ""}
+    outcome = train_model(spec, data_dir, dataset_version, params, settings, lineage,
+                          progress_bar=sys.stderr.isatty())
+    sessions = session_factory(settings.db_url)
+    with sessions() as session:
+        if session.scalar(select(TrainingRun).where(
+                TrainingRun.training_key == outcome.training_key)) is None:
+            session.add(TrainingRun(
+                model_name=model, training_key=outcome.training_key,
+                dataset_version=dataset_version, mlflow_run_id=outcome.run_id,
+                model_version=outcome.model_version, metrics=outcome.metrics,
+                flow_run_id=flow_run_id()))
+            session.commit()
+    get_run_logger().info("train: %s v%s (%s), metrics %s", model, outcome.model_version,
+                          "reused" if outcome.reused else "new", outcome.metrics)
+    return asdict(outcome)
+
+
+@task(name="latest-training")
+def latest_training_task(model: str) -> dict[str, str]:
+    """The newest recorded training of ``model``: its version and dataset."""
+    settings = get_settings()
+    with session_factory(settings.db_url)() as session:
+        row = session.scalar(select(TrainingRun).where(TrainingRun.model_name == model)
+                             .order_by(TrainingRun.id.desc()).limit(1))
+    if row is None:
+        raise ValueError(f"no training of {model!r} yet: run `oceanml run train` first")
+    return {"model_version": row.model_version, "dataset_version": row.dataset_version}

@@ -1,0 +1,164 @@
+"""Validation of what devices send: sidecar schema, physical ranges, decodable images.
+
+Every refusal is a :class:`Rejection` with a short machine-readable reason and a detail a
+person can act on; ingestion stores it in ``rejects`` instead of failing the batch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from oceanml.db import SENSOR_COLUMNS
+
+
+class Rejection(Exception):
+    """Why one input was refused; ``reason`` is a stable code, ``detail`` says what to fix."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _reading(lo: float, hi: float) -> Any:
+    return Field(None, ge=lo, le=hi, allow_inf_nan=False)
+
+
+class Readings(BaseModel):
+    """Known sensors with physical ranges; unknown readings are kept as extras."""
+
+    model_config = ConfigDict(extra="allow")
+
+    water_temp_c: float | None = _reading(-3.0, 40.0)
+    salinity_psu: float | None = _reading(0.0, 45.0)
+    ph: float | None = _reading(4.0, 10.0)
+    turbidity_ntu: float | None = _reading(0.0, 4000.0)
+    chlorophyll_ug_l: float | None = _reading(0.0, 500.0)
+    dissolved_oxygen_mg_l: float | None = _reading(0.0, 25.0)
+
+
+class Sidecar(BaseModel):
+    """The JSON a device sends beside each image."""
+
+    model_config = ConfigDict(extra="allow")
+
+    device_id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    device_type: str = Field("unknown", max_length=32)
+    observed_at: AwareDatetime
+    lat: float = Field(ge=-90.0, le=90.0, allow_inf_nan=False)
+    lon: float = Field(ge=-180.0, le=180.0, allow_inf_nan=False)
+    readings: Readings = Field(default_factory=Readings)
+    labels: dict[str, Any] = Field(default_factory=dict)
+
+
+RANGE_ERRORS = {"greater_than_equal", "less_than_equal", "finite_number"}
+
+
+def _describe(err: ValidationError) -> tuple[str, str]:
+    errors = err.errors(include_url=False, include_input=True)
+    reason = "out_of_range" if all(e["type"] in RANGE_ERRORS for e in errors) else "schema"
+    parts = [
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        + (f" (got {e['input']!r})" if e["type"] in RANGE_ERRORS else "")
+        for e in errors[:5]
+    ]
+    return reason, "; ".join(parts)
+
+
+def parse_sidecar(raw: bytes, *, now: datetime | None = None, max_skew_s: float = 600) -> Sidecar:
+    """Decode and validate a sidecar; a timestamp from the future beyond the skew is refused."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejection("sidecar_not_utf8", str(exc)) from exc
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise Rejection("sidecar_not_json", f"{exc.msg} at line {exc.lineno}") from exc
+    if not isinstance(doc, dict):
+        raise Rejection("schema", f"sidecar must be a JSON object, got {type(doc).__name__}")
+    try:
+        sidecar = Sidecar.model_validate(doc)
+    except ValidationError as exc:
+        raise Rejection(*_describe(exc)) from exc
+    now = now or datetime.now(UTC)
+    if sidecar.observed_at > now + timedelta(seconds=max_skew_s):
+        raise Rejection("timestamp_future", f"observed_at {sidecar.observed_at.isoformat()}")
+    return sidecar
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    width: int
+    height: int
+    format: str
+    stats: dict[str, float]
+
+
+def image_stats(img: Image.Image) -> dict[str, float]:
+    """Cheap colour statistics of the scene: inputs of the heuristic tagger and drift checks."""
+    arr = np.asarray(img.convert("RGB").resize((32, 32)), dtype=np.float32) / 255.0
+    r, g, b = arr[..., 0].mean(), arr[..., 1].mean(), arr[..., 2].mean()
+    total = r + g + b + 1e-6
+    grey = arr.mean(axis=2)
+    return {
+        "brightness": round(float(grey.mean()), 4),
+        "contrast": round(float(grey.std()), 4),
+        "red": round(float(r), 4),
+        "green": round(float(g), 4),
+        "blue": round(float(b), 4),
+        "green_ratio": round(float(g / total), 4),
+        "saturation": round(float((arr.max(axis=2) - arr.min(axis=2)).mean()), 4),
+    }
+
+
+def _image_rejection(exc: Exception) -> Rejection:
+    """PIL words truncation several ways ("image file is truncated", "Truncated File Read")."""
+    reason = "image_truncated" if "truncated" in str(exc).lower() else "image_undecodable"
+    return Rejection(reason, f"{type(exc).__name__}: {exc}")
+
+
+def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
+    """Refuse oversized, undecodable, truncated or decompression-bomb images."""
+    if len(data) > max_bytes:
+        raise Rejection("image_too_large", f"{len(data)} bytes > limit {max_bytes}")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except Exception as exc:  # PIL raises several types for garbage input
+        raise _image_rejection(exc) from exc
+    width, height = img.size
+    if width * height > max_pixels:
+        raise Rejection("decompression_bomb", f"{width}x{height} pixels > limit {max_pixels}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img.load()
+    except Exception as exc:
+        raise _image_rejection(exc) from exc
+    return ImageInfo(width, height, img.format or "unknown", image_stats(img))
+
+
+def observation_row(sidecar: Sidecar) -> dict[str, Any]:
+    """Typed columns for known sensors, JSON for the rest."""
+    readings = sidecar.readings.model_dump()
+    known = {name: readings.pop(name) for name in SENSOR_COLUMNS}
+    extra = {k: v for k, v in readings.items() if v is not None}
+    return {
+        "device_id": sidecar.device_id,
+        "device_type": sidecar.device_type,
+        "observed_at": sidecar.observed_at.astimezone(UTC),
+        "lat": sidecar.lat,
+        "lon": sidecar.lon,
+        **known,
+        "extra_readings": extra,
+        "labels": sidecar.labels,
+    }
