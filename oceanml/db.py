@@ -35,6 +35,9 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON, datetime: DateTime(timezone=True)}
 
 
+# Python None must be SQL NULL (not JSON 'null') so "IS NULL" finds pending rows.
+NULLABLE_JSON = JSON(none_as_null=True)
+
 SENSOR_COLUMNS = (
     "water_temp_c",
     "salinity_psu",
@@ -70,9 +73,9 @@ class Observation(Base):
     image_height: Mapped[int | None] = mapped_column(Integer)
     image_stats: Mapped[dict[str, Any]] = mapped_column(default=dict)
     labels: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    llm_tags: Mapped[list[str] | None] = mapped_column(JSON)
+    llm_tags: Mapped[list[str] | None] = mapped_column(NULLABLE_JSON)
     llm_description: Mapped[str | None] = mapped_column(Text)
-    enrichment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    enrichment: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
     ingest_flow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
@@ -162,7 +165,7 @@ class Evaluation(Base):
     champion_version: Mapped[str] = mapped_column(String(16), default="")
     dataset_version: Mapped[str] = mapped_column(String(64))
     challenger_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    champion_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    champion_metrics: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

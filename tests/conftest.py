@@ -1,0 +1,52 @@
+"""Shared fixtures: a throw-away OceanML home and DVC project per test, real SQLite, real files."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from oceanml.db import session_factory  # noqa: E402
+from oceanml.settings import Settings, get_settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_project(root: Path, params_overrides: dict | None = None) -> Path:
+    """A git repo holding the real dvc.yaml and params.yaml, as a user's clone would."""
+    (root / ".dvc").mkdir(parents=True, exist_ok=True)
+    for name in ("dvc.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
+        shutil.copy(REPO / name, root / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for section, values in (params_overrides or {}).items():
+        params[section].update(values)
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "."], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "init"], cwd=root, check=True)
+    return root
+
+
+@pytest.fixture
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """Settings pointing every store into ``tmp_path``, read the way production reads them."""
+    monkeypatch.setenv("OCEANML_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OCEANML_PROJECT_DIR", str(tmp_path / "project"))
+    monkeypatch.chdir(tmp_path)
+    get_settings.cache_clear()
+    yield get_settings()
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def sessions(settings: Settings):
+    return session_factory(settings.db_url)

@@ -1,0 +1,77 @@
+"""Data tests: splits, leakage, shard stability and reference statistics of a built dataset."""
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from oceanml.simulator import simulate, write_landing
+from oceanml.store import filesystem
+from tasks.dataset import select_manifest, write_manifest
+from tasks.ingest import ingest
+from tasks.shards import DRIFT_FEATURES, SPLITS, DatasetParams, build, split_of
+
+END = datetime(2026, 11, 20, tzinfo=UTC)
+PARAMS = DatasetParams(label_key="plastic-detector", image_size=32, shard_rows=8)
+
+
+def grow(settings, sessions, days: int, end: datetime) -> None:
+    obs = simulate(days=days, devices=3, per_day=12, end=end, seed=days)
+    write_landing(filesystem(settings.landing_url), obs, faults=False)
+    ingest(settings, sessions, now=end)
+
+
+def build_version(settings, sessions, out: Path) -> dict:
+    manifest = out.parent / f"{out.name}.csv"
+    write_manifest(select_manifest(sessions, PARAMS.label_key), manifest)
+    return build(manifest, out, PARAMS, settings)
+
+
+def hashes(out: Path, split: str) -> list[str]:
+    return [h for shard in sorted(out.glob(f"{split}-*.parquet"))
+            for h in pq.read_table(shard, columns=["content_hash"]).column(0).to_pylist()]
+
+
+def test_split_is_a_function_of_the_id_with_the_configured_ratios() -> None:
+    ids = [f"{i:064x}" for i in range(20000)]
+    splits = [split_of(i, (0.8, 0.1, 0.1)) for i in ids]
+    assert splits == [split_of(i, (0.8, 0.1, 0.1)) for i in ids]
+    assert splits.count("train") / len(ids) == pytest.approx(0.8, abs=0.02)
+    assert splits.count("test") / len(ids) == pytest.approx(0.1, abs=0.02)
+
+
+def test_no_observation_is_in_two_splits_and_only_labelled_ones_are_in(settings, sessions, tmp_path):
+    grow(settings, sessions, 2, END)
+    card = build_version(settings, sessions, tmp_path / "v1")
+    by_split = {s: set(hashes(tmp_path / "v1", s)) for s in SPLITS}
+    assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
+    assert not (by_split["val"] & by_split["test"])
+    assert sum(map(len, by_split.values())) == sum(card["split_counts"].values())
+    labelled = len(select_manifest(sessions, "plastic-detector"))
+    assert sum(card["split_counts"].values()) == labelled < 2 * 3 * 12
+
+
+def test_growth_keeps_splits_and_leaves_old_shards_byte_identical(settings, sessions, tmp_path):
+    grow(settings, sessions, 2, END)
+    build_version(settings, sessions, tmp_path / "v1")
+    grow(settings, sessions, 1, END.replace(day=21))  # a later day arrives
+    build_version(settings, sessions, tmp_path / "v2")
+    for split in SPLITS:
+        old, new = hashes(tmp_path / "v1", split), hashes(tmp_path / "v2", split)
+        assert new[: len(old)] == old  # same items, same split, same order
+    full_old = sorted((tmp_path / "v1").glob("train-*.parquet"))[:-1]  # the last may be partial
+    assert full_old
+    for shard in full_old:
+        assert shard.read_bytes() == (tmp_path / "v2" / shard.name).read_bytes()
+
+
+def test_reference_statistics_cover_every_drift_feature(settings, sessions, tmp_path) -> None:
+    import json
+
+    grow(settings, sessions, 2, END)
+    build_version(settings, sessions, tmp_path / "v1")
+    stats = json.loads((tmp_path / "v1" / "reference_stats.json").read_text())
+    assert set(stats["numeric"]) == set(DRIFT_FEATURES)
+    assert stats["n"] == len(hashes(tmp_path / "v1", "train"))
+    assert all(len(f["edges"]) >= 2 for f in stats["numeric"].values())

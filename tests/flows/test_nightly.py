@@ -1,0 +1,112 @@
+"""The nightly flow end to end on a tiny simulated batch, run twice, under Prefect's harness."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import func, select
+
+from oceanml.db import Dataset, Observation, Promotion, Reject, TrainingRun, session_factory
+from oceanml.registry import CHAMPION, alias_version
+from oceanml.registry import client as mlflow_client
+from oceanml.settings import get_settings
+from oceanml.simulator import simulate, write_landing
+from oceanml.store import filesystem
+from tests.conftest import make_project
+
+pytestmark = pytest.mark.slow
+MODEL = "plastic-detector"
+FAULT_REASONS = {"image_truncated": 1, "sidecar_not_json": 1, "schema": 1, "missing_sidecar": 1,
+                 "duplicate": 1, "out_of_range": 1}
+
+
+def digests(root: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def runs(prefect_harness, tmp_path_factory):
+    """Simulate a small batch, then run the nightly flow twice; tests assert on what it left."""
+    from flows.nightly import nightly
+
+    root = tmp_path_factory.mktemp("nightly")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OCEANML_HOME", str(root / "home"))
+        mp.setenv("OCEANML_PROJECT_DIR", str(root / "project"))
+        get_settings.cache_clear()
+        settings = get_settings()
+        make_project(root / "project", {"promote": {"floor": 0.0}})
+        stream = simulate(days=2, devices=4, per_day=30, seed=5)
+        write_landing(filesystem(settings.landing_url), stream, faults=True)
+        first_state = nightly(max_epochs=1, backbone="resnet18", return_state=True)
+        first = first_state.result()
+        second = nightly(max_epochs=1, backbone="resnet18")
+        yield SimpleNamespace(settings=settings, first=first, second=second,
+                              flow_run_id=str(first_state.state_details.flow_run_id),
+                              sessions=session_factory(settings.db_url), project=root / "project")
+    get_settings.cache_clear()
+
+
+def test_the_db_holds_the_observations_and_the_rejects_with_reasons(runs) -> None:
+    with runs.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Observation)) == 2 * 4 * 30
+        reasons = Counter(s.scalars(select(Reject.reason)).all())
+        enriched = s.scalar(select(func.count()).select_from(Observation)
+                            .where(Observation.llm_tags.is_not(None)))
+    assert dict(reasons) == FAULT_REASONS
+    assert enriched == 2 * 4 * 30
+    assert runs.first["ingest"]["ingested"] == 240 and runs.first["ingest"]["rejected"] == 6
+
+
+def test_the_registry_holds_a_champion_with_lineage_tags(runs) -> None:
+    champion = alias_version(mlflow_client(runs.settings), MODEL, CHAMPION)
+    assert champion is not None
+    assert champion.version == runs.first["train"]["model_version"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=runs.project, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    assert champion.tags["dataset_version"] == runs.first["dataset"]["version"]
+    assert champion.tags["git_commit"] == head
+    assert champion.tags["prefect_flow_run_id"] == runs.flow_run_id
+    assert champion.tags["promotion"] == "promoted"
+    with runs.sessions() as s:
+        promotion = s.scalar(select(Promotion))
+        dataset = s.scalar(select(Dataset))
+    assert promotion.promoted and promotion.flow_run_id == runs.flow_run_id
+    assert dataset.version == champion.tags["dataset_version"]
+    assert dataset.reference_stats["numeric"]
+
+
+def test_dvc_restores_the_dataset_version_from_its_remote(runs) -> None:
+    from tasks.dataset import dataset_dir, local_dataset
+
+    version = runs.first["dataset"]["version"]
+    workspace = dataset_dir(runs.settings, MODEL)
+    before = digests(workspace)
+    shutil.rmtree(workspace)
+    shutil.rmtree(runs.project / ".dvc" / "cache")  # only the remote holds the bytes now
+    restored = local_dataset(runs.settings, MODEL, version)
+    assert restored != workspace and digests(restored) == before
+
+
+def test_a_second_run_adds_nothing(runs) -> None:
+    second = runs.second
+    assert second["ingest"]["ingested"] == 0 and second["ingest"]["rejected"] == 0
+    assert second["enrich"]["enriched"] == 0 and second["enrich"]["requests"] == 0
+    assert not second["dataset"]["created"]
+    assert second["dataset"]["version"] == runs.first["dataset"]["version"]
+    assert second["train"]["reused"]
+    assert second["train"]["model_version"] == runs.first["train"]["model_version"]
+    assert not second["promote"]["decided_now"]
+    versions = mlflow_client(runs.settings).search_model_versions(f"name = '{MODEL}'")
+    assert len(versions) == 1
+    with runs.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Dataset)) == 1
+        assert s.scalar(select(func.count()).select_from(TrainingRun)) == 1
+        assert s.scalar(select(func.count()).select_from(Promotion)) == 1
+        assert s.scalar(select(func.count()).select_from(Reject)) == 6

@@ -1,0 +1,95 @@
+"""Ingestion against real files and a real SQLite DB."""
+
+import json
+from datetime import UTC, datetime
+
+from sqlalchemy import func, select
+
+from oceanml.db import Observation, Reject
+from oceanml.simulator import observation_keys, simulate, write_landing
+from oceanml.store import filesystem
+from tasks.ingest import ingest
+
+END = datetime(2026, 11, 20, tzinfo=UTC)
+FAULT_REASONS = {"image_truncated": 1, "sidecar_not_json": 1, "schema": 1, "missing_sidecar": 1,
+                 "duplicate": 1, "out_of_range": 1}
+
+
+def land(settings, **kwargs) -> list:
+    obs = list(simulate(days=1, devices=3, per_day=10, end=END, **kwargs))
+    write_landing(filesystem(settings.landing_url), iter(obs), faults=kwargs.get("seed", 0) == 0)
+    return obs
+
+
+def counts(sessions) -> tuple[int, dict[str, int]]:
+    with sessions() as s:
+        n = s.scalar(select(func.count()).select_from(Observation))
+        reasons = dict(s.execute(select(Reject.reason, func.count()).group_by(Reject.reason)).all())
+    return n, reasons
+
+
+def test_bad_files_are_quarantined_and_the_rest_ingested(settings, sessions) -> None:
+    settings.ingest_chunk_size = 7  # several chunks, and the duplicate in another chunk
+    obs = land(settings)
+    result = ingest(settings, sessions, now=END)
+    assert result.ingested == len(obs) == 30
+    assert dict(result.reasons) == FAULT_REASONS
+    n, reasons = counts(sessions)
+    assert n == 30 and reasons == FAULT_REASONS
+    lake = filesystem(settings.lake_url)
+    with sessions() as s:
+        row = s.scalar(select(Observation).limit(1))
+    assert lake.fs.exists(lake.path(row.image_key))
+    assert row.image_key.startswith(f"images/{row.content_hash[:2]}/")
+    assert row.image_stats["brightness"] > 0 and row.water_temp_c is not None
+
+
+def test_a_second_run_reads_nothing_and_changes_nothing(settings, sessions) -> None:
+    land(settings)
+    ingest(settings, sessions, now=END)
+    again = ingest(settings, sessions, now=END)
+    assert (again.seen, again.ingested, again.rejected) == (0, 0, 0)
+    assert again.already_known == 30 + 6
+    assert counts(sessions) == (30, FAULT_REASONS)
+
+
+def test_new_files_are_ingested_incrementally(settings, sessions) -> None:
+    land(settings)
+    ingest(settings, sessions, now=END)
+    land(settings, seed=1)
+    result = ingest(settings, sessions, now=END)
+    assert (result.ingested, result.rejected) == (30, 0)
+    assert counts(sessions)[0] == 60
+
+
+def test_a_resent_copy_under_a_new_key_is_a_duplicate_and_stored_rows_stay(settings, sessions):
+    obs = land(settings)
+    ingest(settings, sessions, now=END)
+    with sessions() as s:
+        before = {o.content_hash: (o.source_key, o.water_temp_c) for o in s.scalars(select(Observation))}
+    landing = filesystem(settings.landing_url)
+    image_key, sidecar_key = observation_keys(obs[0])
+    for key, new_key in ((image_key, "resent/a.jpg"), (sidecar_key, "resent/a.json")):
+        landing.fs.makedirs(landing.path("resent"), exist_ok=True)
+        landing.fs.pipe_file(landing.path(new_key), landing.fs.cat_file(landing.path(key)))
+    result = ingest(settings, sessions, now=END)
+    assert dict(result.reasons) == {"duplicate": 1}
+    with sessions() as s:
+        after = {o.content_hash: (o.source_key, o.water_temp_c) for o in s.scalars(select(Observation))}
+    assert after == before
+
+
+def test_a_corrupted_resend_of_a_known_key_is_rejected_without_touching_the_stored_row(
+    settings, sessions
+) -> None:
+    obs = land(settings)
+    ingest(settings, sessions, now=END)
+    landing = filesystem(settings.landing_url)
+    _, sidecar_key = observation_keys(obs[1])
+    doc = json.loads(landing.fs.cat_file(landing.path(sidecar_key)))
+    landing.fs.pipe_file(landing.path(sidecar_key), json.dumps({**doc, "lat": "north"}).encode())
+    result = ingest(settings, sessions, now=END)
+    assert dict(result.reasons) == {"schema": 1}
+    with sessions() as s:
+        stored = s.scalar(select(Observation).where(Observation.source_key == observation_keys(obs[1])[0]))
+    assert stored is not None and stored.lat == doc["lat"]

@@ -1,0 +1,34 @@
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from oceanml.settings import Settings
+
+
+def test_embedded_defaults_live_under_home(tmp_path: Path) -> None:
+    s = Settings(home=tmp_path / "h")
+    assert s.db_url == f"sqlite:///{tmp_path / 'h' / 'oceanml.db'}"
+    assert s.lake_url == (tmp_path / "h" / "lake").as_uri()
+    assert s.mlflow_tracking_uri.startswith("sqlite:///") and s.llm_provider == "heuristic"
+
+
+def test_building_settings_creates_nothing(tmp_path: Path) -> None:
+    Settings(home=tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_urls_come_from_the_environment(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OCEANML_DB_URL", "postgresql+psycopg://u@db/oceanml")
+    monkeypatch.setenv("OCEANML_LAKE_URL", "s3://bucket/lake")
+    s = Settings(home=tmp_path)
+    assert s.db_url == "postgresql+psycopg://u@db/oceanml"
+    assert s.lake_url == "s3://bucket/lake"
+
+
+def test_secrets_are_masked(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("OCEANML_LLM_API_KEY", "sk-very-secret")
+    s = Settings(home=tmp_path)
+    assert isinstance(s.llm_api_key, SecretStr)
+    assert s.llm_api_key.get_secret_value() == "sk-very-secret"
+    assert "sk-very-secret" not in repr(s)
+    assert "sk-very-secret" not in str(s.public_dict())

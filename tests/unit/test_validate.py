@@ -1,0 +1,83 @@
+import io
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from PIL import Image
+
+from tasks.validate import Rejection, inspect_image, observation_row, parse_sidecar
+
+NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
+GOOD = {
+    "device_id": "buoy-001", "device_type": "buoy", "observed_at": "2026-11-20T10:00:00Z",
+    "lat": 43.5, "lon": -3.2,
+    "readings": {"water_temp_c": 14.2, "ph": 8.1, "turbidity_ntu": 2.0, "wind_knots": 12},
+}
+
+
+def jpeg(size=(32, 32), colour=(20, 80, 130)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def reason(raw: bytes) -> str:
+    with pytest.raises(Rejection) as err:
+        parse_sidecar(raw, now=NOW)
+    return err.value.reason
+
+
+def test_a_good_sidecar_keeps_known_and_extra_readings() -> None:
+    row = observation_row(parse_sidecar(json.dumps(GOOD).encode(), now=NOW))
+    assert row["water_temp_c"] == 14.2 and row["salinity_psu"] is None
+    assert row["extra_readings"] == {"wind_knots": 12}
+    assert row["observed_at"] == datetime(2026, 11, 20, 10, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"\xff\xfe not utf8", "sidecar_not_utf8"),
+        (b"{device_id: x", "sidecar_not_json"),
+        (b"[1, 2]", "schema"),
+        (json.dumps({k: v for k, v in GOOD.items() if k != "lat"}).encode(), "schema"),
+        (json.dumps({**GOOD, "device_id": "../../etc"}).encode(), "schema"),
+        (json.dumps({**GOOD, "observed_at": "2026-11-20T10:00:00"}).encode(), "schema"),
+        (json.dumps({**GOOD, "lat": 91}).encode(), "out_of_range"),
+        (json.dumps({**GOOD, "readings": {"ph": 19.5}}).encode(), "out_of_range"),
+        (b'{"device_id": "b", "observed_at": "2026-11-20T10:00:00Z", "lat": NaN, "lon": 0}',
+         "out_of_range"),
+        (json.dumps({**GOOD, "observed_at": (NOW + timedelta(hours=2)).isoformat()}).encode(),
+         "timestamp_future"),
+    ],
+)
+def test_bad_sidecars_are_refused_with_a_reason(raw: bytes, expected: str) -> None:
+    assert reason(raw) == expected
+
+
+def test_out_of_range_detail_names_field_and_value() -> None:
+    with pytest.raises(Rejection) as err:
+        parse_sidecar(json.dumps({**GOOD, "readings": {"ph": 19.5}}).encode(), now=NOW)
+    assert "readings.ph" in err.value.detail and "19.5" in err.value.detail
+
+
+def test_a_good_image_gives_size_and_colour_stats() -> None:
+    info = inspect_image(jpeg(), max_bytes=10**6, max_pixels=10**6)
+    assert (info.width, info.height) == (32, 32)
+    assert info.stats["blue"] > info.stats["green"] > info.stats["red"]
+
+
+@pytest.mark.parametrize(
+    ("data", "limits", "expected"),
+    [
+        (jpeg()[:200], {}, "image_truncated"),
+        (b"GIF89a-not-really", {}, "image_undecodable"),
+        (b"\x00" * 100, {}, "image_undecodable"),
+        (jpeg(), {"max_bytes": 100}, "image_too_large"),
+        (jpeg((200, 200)), {"max_pixels": 100 * 100}, "decompression_bomb"),
+    ],
+)
+def test_bad_images_are_refused_with_a_reason(data: bytes, limits: dict, expected: str) -> None:
+    with pytest.raises(Rejection) as err:
+        inspect_image(data, **{"max_bytes": 10**6, "max_pixels": 10**6, **limits})
+    assert err.value.reason == expected
