@@ -54,7 +54,9 @@ def enrich_batch(
         for row in session.scalars(select(EnrichmentCache).where(EnrichmentCache.key.in_(keys.values())))
     }
     now = datetime.now(UTC)
-    provenance = {"provider": provider.name, "model": provider.model, "prompt": PROMPT_VERSION}
+    provenance = {"provider": provider.name, "model": provider.model, "prompt": PROMPT_VERSION,
+                  "at": now.isoformat()}
+    updates: list[dict] = []
     for obs in batch:
         key = keys[obs.id]
         if key in cached:
@@ -70,13 +72,11 @@ def enrich_batch(
                 continue
             tags, description = answer.tags, answer.description
             session.add(EnrichmentCache(key=key, tags=tags, description=description))
-        session.execute(
-            update(Observation)
-            .where(Observation.id == obs.id)
-            .values(llm_tags=tags, llm_description=description,
-                    enrichment={**provenance, "at": now.isoformat()})
-        )
+        updates.append({"id": obs.id, "llm_tags": tags, "llm_description": description,
+                        "enrichment": provenance})
         result.enriched += 1
+    if updates:
+        session.execute(update(Observation), updates)  # bulk UPDATE by primary key
     session.commit()
 
 
