@@ -36,7 +36,7 @@ class TrainParams:
     backbone: str | None = None
     image_size: int = 64
     max_epochs: int = 4
-    batch_size: int = 64
+    batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 7

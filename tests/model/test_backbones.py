@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision import models as tvm
+
+from models.backbones import build_backbone
+from models.net import OceanNet
+from models.zoo import ZOO, get_spec
+
+
+@pytest.mark.parametrize("name", sorted({spec.backbone for spec in ZOO.values()} |
+                                        {"resnet18", "mobilenet_v3_small"}))
+def test_every_backbone_builds_headless_and_feeds_a_sized_head(name: str) -> None:
+    backbone, features = build_backbone(name)
+    net = OceanNet(backbone, features, 3, "classification").eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 3)
+
+
+def test_regression_outputs_stay_in_the_unit_interval() -> None:
+    spec = get_spec("water-quality", backbone="resnet18")
+    backbone, features = build_backbone(spec.backbone)
+    out = OceanNet(backbone, features, spec.num_outputs, spec.task)(torch.randn(4, 3, 32, 32) * 5)
+    assert out.shape == (4, 5) and out.min() >= 0 and out.max() <= 1
+
+
+def test_local_pretrained_weights_are_loaded(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    reference = tvm.resnet18(weights=None)
+    path = tmp_path / "resnet18-local.pt"
+    torch.save(reference.state_dict(), path)
+    backbone, _ = build_backbone("resnet18", path)
+    assert torch.equal(backbone.conv1.weight, reference.conv1.weight)
+    fresh, _ = build_backbone("resnet18")
+    assert not torch.equal(fresh.conv1.weight, reference.conv1.weight)
+
+
+def test_unknown_model_names_say_what_exists() -> None:
+    with pytest.raises(KeyError, match="plastic-detector"):
+        get_spec("kraken-detector")
