@@ -3,7 +3,7 @@
 # its SQLAlchemy URL. Needs root (apt-get, runuser), as on CI; on a laptop point
 # OCEANML_TEST_PG_URL at any PostgreSQL instead.
 set -euo pipefail
-PORT=${OCEANML_TEST_PG_PORT:-55432}
+PORT=${OCEANML_TEST_PG_PORT:-$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then
   apt-get update -qq >&2
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >&2
