@@ -123,9 +123,8 @@ def datasets_list(model: str | None = None) -> None:
         typer.echo(f"{row.created_at:%Y-%m-%d %H:%M} {row.name:20} {row.version} {row.split_counts}")
 
 
-@datasets_app.command("show")
-def datasets_show(version: str) -> None:
-    """Counts per split and class of one version."""
+def _dataset(version: str):
+    """The recorded dataset row of ``version``, or a clear CLI error."""
     from sqlalchemy import select
 
     from oceanml.db import Dataset, session_factory
@@ -134,7 +133,14 @@ def datasets_show(version: str) -> None:
     with session_factory(get_settings().db_url)() as session:
         row = session.scalar(select(Dataset).where(Dataset.version == version))
     if row is None:
-        raise typer.BadParameter(f"no dataset version {version}")
+        raise typer.BadParameter(f"no dataset version {version} (see `oceanml datasets list`)")
+    return row
+
+
+@datasets_app.command("show")
+def datasets_show(version: str) -> None:
+    """Counts per split and class of one version."""
+    row = _dataset(version)
     typer.echo(json.dumps({"name": row.name, "version": row.version, "path": row.path,
                            "split_counts": row.split_counts, "class_counts": row.class_counts,
                            "created_at": str(row.created_at), "flow_run_id": row.flow_run_id},
@@ -144,18 +150,11 @@ def datasets_show(version: str) -> None:
 @datasets_app.command("checkout")
 def datasets_checkout(version: str) -> None:
     """Restore a version from the DVC remote into data/versions/, verified by hash."""
-    from sqlalchemy import select
-
-    from oceanml.db import Dataset, session_factory
     from oceanml.settings import get_settings
     from tasks.dataset import local_dataset
 
-    settings = get_settings()
-    with session_factory(settings.db_url)() as session:
-        row = session.scalar(select(Dataset).where(Dataset.version == version))
-    if row is None:
-        raise typer.BadParameter(f"no dataset version {version}")
-    typer.echo(str(local_dataset(settings, row.name, version)))
+    row = _dataset(version)
+    typer.echo(str(local_dataset(get_settings(), row.name, version)))
 
 
 def main() -> None:
