@@ -95,7 +95,8 @@ class OpenAIProvider:
         if not settings.llm_base_url:
             raise ValueError("OCEANML_LLM_BASE_URL is required for the openai provider")
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-        return cls(settings.llm_base_url, settings.llm_model, key)
+        return cls(settings.llm_base_url, settings.llm_model, key,
+                   timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries)
 
     def messages(self, request: EnrichmentRequest) -> list[dict[str, Any]]:
         data = {"device_type": request.device_type, "readings": request.readings,

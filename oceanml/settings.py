@@ -46,6 +46,13 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_model: str = "heuristic-v1"
     llm_api_key: SecretStr | None = None
+    llm_concurrency: int = Field(8, ge=1, description="Provider calls in flight at once.")
+    llm_timeout_s: float = 30.0
+    llm_max_retries: int = 4
+    llm_max_requests: int | None = Field(None, description="Per-run cap; the rest waits.")
+    llm_max_tokens: int | None = Field(None, description="Per-run cap; the rest waits.")
+    llm_cost_per_1k_prompt: float = Field(0.0, description="For the cost estimate.")
+    llm_cost_per_1k_completion: float = 0.0
 
     model_name: str = Field("plastic-detector", description="Model of the zoo the flows train.")
     experiment_name: str = "oceanml"

@@ -27,8 +27,12 @@ def nightly_summary(model: str, results: dict[str, dict[str, Any]], where: dict[
                    + (" - nothing new" if not ingest["ingested"] else "")),
         ("enrich", f"{enrich['enriched']} enriched by {enrich['provider']}/{enrich['model']} "
                    f"({enrich['requests']} requests, {enrich['cache_hits']} cached, "
-                   f"{enrich['failed']} failed)" + (" - nothing to do" if not enrich["enriched"]
-                                                    and not enrich["failed"] else "")),
+                   f"{enrich['failed']} failed, {enrich['left']} left"
+                   + (f": {enrich['stopped']}" if enrich["stopped"] else "") + ")"
+                   + (f", {enrich['prompt_tokens'] + enrich['completion_tokens']} tokens, "
+                      f"~${enrich['cost']:.4f}" if enrich["prompt_tokens"] else "")
+                   + (" - nothing to do" if not enrich["enriched"] and not enrich["failed"]
+                      else "")),
         ("dataset", f"`{dataset['version']}` " + ("new version" if dataset["created"]
                                                   else "unchanged: no new version")
                     + f", splits {dataset['split_counts']}"),

@@ -37,6 +37,8 @@ class OpenAIStub:
         self.script: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -80,6 +82,15 @@ class OpenAIStub:
                 with stub._lock:
                     stub.requests.append(body)
                     stub.headers.append(dict(self.headers))
+                    stub.in_flight += 1
+                    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                try:
+                    self._answer(body)
+                finally:
+                    with stub._lock:
+                        stub.in_flight -= 1
+
+            def _answer(self, body: dict[str, Any]) -> None:
                 behaviour = stub.next_behaviour()
                 if stub.latency_s or behaviour == "slow":
                     time.sleep(stub.latency_s or 2.0)

@@ -138,3 +138,34 @@ def test_settings_choose_the_provider(monkeypatch, tmp_path, stub) -> None:
     monkeypatch.setenv("OCEANML_LLM_MODEL", "qwen-vl")
     p = make_provider(Settings(home=tmp_path))
     assert (p.name, p.model) == ("openai", "qwen-vl") and p.enrich(REQUEST).tags
+
+
+def test_calls_run_concurrently_up_to_the_bound(settings, sessions) -> None:
+    n = populated(settings, sessions)
+    with OpenAIStub(latency_s=0.2) as slow:
+        result = enrich(sessions, provider(slow), concurrency=4)
+    assert result.enriched == n
+    assert slow.max_in_flight == 4
+
+
+def test_the_request_budget_stops_cleanly_and_leaves_the_rest(stub, settings, sessions) -> None:
+    from tasks.enrich import Budget
+
+    n = populated(settings, sessions)
+    first = enrich(sessions, provider(stub), budget=Budget(max_requests=4), concurrency=2)
+    assert (first.enriched, first.requests, first.left) == (4, 4, n - 4)
+    assert first.stopped == "request budget of 4 spent"
+    assert len(stub.requests) == 4
+    rest = enrich(sessions, provider(stub))
+    assert (rest.enriched, rest.left) == (n - 4, 0)
+
+
+def test_the_token_budget_stops_after_the_batch_that_spent_it(stub, settings, sessions) -> None:
+    from tasks.enrich import Budget
+
+    n = populated(settings, sessions)
+    result = enrich(sessions, provider(stub), budget=Budget(max_tokens=300), concurrency=1)
+    # 140 tokens a request; batches of 4 * concurrency: the first batch spends 560 >= 300
+    assert (result.enriched, result.left) == (4, n - 4)
+    assert "token budget of 300 spent" in result.stopped
+    assert result.prompt_tokens + result.completion_tokens == 560
