@@ -7,14 +7,14 @@ request; a failed item stays un-enriched and is tried again on the next run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import get_run_logger, task
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
 from oceanml.db import SENSOR_COLUMNS, EnrichmentCache, Observation, session_factory
 from oceanml.llm import (
@@ -63,58 +63,63 @@ def request_for(obs: Observation) -> EnrichmentRequest:
     )
 
 
-def _ask(provider: EnrichmentProvider, obs: Observation) -> Enrichment | Exception:
+@dataclass(frozen=True)
+class Item:
+    """What a provider call needs and what its result is written back to."""
+
+    obs_id: int
+    key: str
+    request: EnrichmentRequest
+
+
+def _ask(provider: EnrichmentProvider, item: Item) -> tuple[Item, Enrichment | Exception]:
     try:
-        return provider.enrich(request_for(obs))
-    except Exception as exc:  # one item's failure never fails the batch
-        return exc
+        return item, provider.enrich(item.request)
+    except Exception as exc:  # one item's failure never fails the run
+        return item, exc
 
 
-def enrich_batch(
-    session: Session,
-    batch: list[Observation],
-    provider: EnrichmentProvider,
-    result: EnrichResult,
-    *,
-    concurrency: int = 1,
-    max_new: int | None = None,
-) -> None:
-    """Enrich one batch: cached answers first, then at most ``max_new`` provider calls,
-    ``concurrency`` at a time; one commit."""
-    keys = {obs.id: cache_key(obs.content_hash, provider) for obs in batch}
-    cached = {
-        row.key: row
-        for row in session.scalars(select(EnrichmentCache).where(EnrichmentCache.key.in_(keys.values())))
-    }
-    misses = [obs for obs in batch if keys[obs.id] not in cached][:max_new]
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        answers = dict(zip([o.id for o in misses], pool.map(lambda o: _ask(provider, o), misses),
-                           strict=True))
-    result.requests += len(misses)
-    provenance = {"provider": provider.name, "model": provider.model, "prompt": PROMPT_VERSION,
-                  "at": datetime.now(UTC).isoformat()}
-    updates: list[dict] = []
-    for obs in batch:
-        key = keys[obs.id]
-        if key in cached:
-            tags, description = cached[key].tags, cached[key].description
-            result.cache_hits += 1
-        elif obs.id in answers:
-            answer = answers[obs.id]
-            if isinstance(answer, Exception):
-                result.failed += 1
-                result.errors[obs.content_hash] = f"{type(answer).__name__}: {answer}"[:500]
-                continue
-            tags, description = answer.tags, answer.description
-            session.add(EnrichmentCache(key=key, tags=tags, description=description))
-        else:
-            continue  # over budget: stays pending for the next run
-        updates.append({"id": obs.id, "llm_tags": tags, "llm_description": description,
-                        "enrichment": provenance})
-        result.enriched += 1
-    if updates:
-        session.execute(update(Observation), updates)  # bulk UPDATE by primary key
-    session.commit()
+class _Writer:
+    """Buffers answers and writes them in chunks: one bulk UPDATE and one commit per flush."""
+
+    def __init__(self, sessions: sessionmaker, provider: EnrichmentProvider,
+                 result: EnrichResult, flush_every: int = 200) -> None:
+        self.sessions = sessions
+        self.result = result
+        self.flush_every = flush_every
+        self.provenance = {"provider": provider.name, "model": provider.model,
+                           "prompt": PROMPT_VERSION, "at": datetime.now(UTC).isoformat()}
+        self.updates: list[dict[str, Any]] = []
+        self.cache_rows: list[EnrichmentCache] = []
+
+    def cached(self, obs_id: int, row: EnrichmentCache) -> None:
+        self.result.cache_hits += 1
+        self._add(obs_id, row.tags, row.description)
+
+    def answered(self, item: Item, answer: Enrichment | Exception) -> None:
+        if isinstance(answer, Exception):
+            self.result.failed += 1
+            self.result.errors[item.request.content_hash] = f"{type(answer).__name__}: {answer}"[:500]
+            return
+        self.cache_rows.append(EnrichmentCache(key=item.key, tags=answer.tags,
+                                               description=answer.description))
+        self._add(item.obs_id, answer.tags, answer.description)
+
+    def _add(self, obs_id: int, tags: list[str], description: str) -> None:
+        self.updates.append({"id": obs_id, "llm_tags": tags, "llm_description": description,
+                             "enrichment": self.provenance})
+        self.result.enriched += 1
+        if len(self.updates) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.updates:
+            return
+        with self.sessions() as session:
+            session.add_all(self.cache_rows)
+            session.execute(update(Observation), self.updates)  # bulk UPDATE by primary key
+            session.commit()
+        self.updates, self.cache_rows = [], []
 
 
 def _tokens(provider: EnrichmentProvider) -> tuple[int, int]:
@@ -122,12 +127,28 @@ def _tokens(provider: EnrichmentProvider) -> tuple[int, int]:
     return (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
 
 
-def _over_budget(result: EnrichResult, provider: EnrichmentProvider, budget: Budget) -> str:
+def _over_budget(result: EnrichResult, provider: EnrichmentProvider, budget: Budget,
+                 tokens_before: tuple[int, int]) -> str:
     if budget.max_requests is not None and result.requests >= budget.max_requests:
         return f"request budget of {budget.max_requests} spent"
-    if budget.max_tokens is not None and sum(_tokens(provider)) >= budget.max_tokens:
+    spent = sum(_tokens(provider)) - sum(tokens_before)
+    if budget.max_tokens is not None and spent >= budget.max_tokens:
         return f"token budget of {budget.max_tokens} spent"
     return ""
+
+
+def _page(sessions: sessionmaker, ids: list[int], provider: EnrichmentProvider
+          ) -> tuple[list[Item], dict[int, EnrichmentCache]]:
+    """One page of pending observations: the calls to make and the answers already cached."""
+    with sessions() as session:
+        batch = session.scalars(select(Observation).where(Observation.id.in_(ids))
+                                .order_by(Observation.id)).all()
+        items = [Item(o.id, cache_key(o.content_hash, provider), request_for(o)) for o in batch]
+        rows = session.scalars(select(EnrichmentCache).where(
+            EnrichmentCache.key.in_([i.key for i in items]))).all()
+    by_key = {row.key: row for row in rows}
+    cached = {i.obs_id: by_key[i.key] for i in items if i.key in by_key}
+    return [i for i in items if i.obs_id not in cached], cached
 
 
 def enrich(
@@ -141,36 +162,53 @@ def enrich(
 ) -> EnrichResult:
     """Enrich every observation that has no tags yet, within the budget.
 
-    With a token budget, batches shrink to ``4 * concurrency`` items, so the cap is passed by
-    at most that many requests.
+    Calls stream through one pool with at most ``2 * concurrency`` submitted at a time, so a
+    slow or rate-limited item never holds up the others; answers are written in chunks as they
+    arrive. Budgets are checked before each call, so a token cap is passed by at most the calls
+    in flight.
     """
     budget = budget or Budget()
-    if budget.max_tokens is not None:
-        batch_size = min(batch_size, 4 * max(1, concurrency))
     result = EnrichResult()
     tokens_before = _tokens(provider)
     with sessions() as session:
         pending = session.scalars(
             select(Observation.id).where(Observation.llm_tags.is_(None)).order_by(Observation.id)
         ).all()
-    for start in range(0, len(pending), batch_size):
-        result.stopped = _over_budget(result, provider, budget)
-        if result.stopped:
-            break
-        ids = pending[start : start + batch_size]
-        max_new = None if budget.max_requests is None else budget.max_requests - result.requests
-        with sessions() as session:
-            batch = session.scalars(select(Observation).where(Observation.id.in_(ids))).all()
-            enrich_batch(session, list(batch), provider, result, concurrency=concurrency,
-                         max_new=max_new)
-        if progress:
-            progress(min(start + batch_size, len(pending)), len(pending))
+    writer = _Writer(sessions, provider, result)
+    in_flight: set[Future] = set()
+
+    def collect(block_until_one: bool) -> None:
+        nonlocal in_flight
+        done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED if block_until_one
+                               else ALL_COMPLETED)
+        for future in done:
+            writer.answered(*future.result())
+
+    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+        for start in range(0, len(pending), batch_size):
+            items, cached = _page(sessions, pending[start : start + batch_size], provider)
+            for obs_id, row in cached.items():
+                writer.cached(obs_id, row)
+            for item in items:
+                result.stopped = _over_budget(result, provider, budget, tokens_before)
+                if result.stopped:
+                    break
+                while len(in_flight) >= 2 * max(1, concurrency):
+                    collect(block_until_one=True)
+                in_flight.add(pool.submit(_ask, provider, item))
+                result.requests += 1
+            if progress:
+                progress(min(start + batch_size, len(pending)), len(pending))
+            if result.stopped:
+                break
+        collect(block_until_one=False)
+    writer.flush()
     tokens_after = _tokens(provider)
     result.prompt_tokens = tokens_after[0] - tokens_before[0]
     result.completion_tokens = tokens_after[1] - tokens_before[1]
     result.left = len(pending) - result.enriched
-    if result.left > result.failed and not result.stopped:  # the last batch hit the cap
-        result.stopped = _over_budget(result, provider, budget)
+    if result.left > result.failed and not result.stopped:  # the last call hit the cap
+        result.stopped = _over_budget(result, provider, budget, tokens_before)
     return result
 
 

@@ -2,13 +2,15 @@
 
 The stand-in for a paid LLM endpoint in tests and benchmarks. ``script`` is a list of
 behaviours consumed one per request (then ``default``): ``good``, ``slow``, ``429``, ``500``,
-``503``, ``invalid_json``, ``off_vocab``, ``injection``. A good answer is derived from the
+``503``, ``invalid_json``, ``off_vocab``, ``injection``; ``mix`` draws them at random
+(seeded) by share, e.g. ``{"429": 0.10, "500": 0.02}``. A good answer is derived from the
 readings in the request, so tests can check what was stored.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 import time
@@ -30,8 +32,11 @@ def answer_for(body: dict[str, Any]) -> dict[str, Any]:
 
 class OpenAIStub:
     def __init__(self, default: str = "good", latency_s: float = 0.0,
-                 retry_after: str = "1") -> None:
+                 retry_after: str = "1", mix: dict[str, float] | None = None,
+                 seed: int = 0) -> None:
         self.default = default
+        self.mix = mix or {}
+        self._rng = random.Random(seed)
         self.latency_s = latency_s
         self.retry_after = retry_after
         self.script: deque[str] = deque()
@@ -57,8 +62,16 @@ class OpenAIStub:
         self._server.server_close()
 
     def next_behaviour(self) -> str:
+        """The scripted behaviour, else one drawn from ``mix`` (seeded), else the default."""
         with self._lock:
-            return self.script.popleft() if self.script else self.default
+            if self.script:
+                return self.script.popleft()
+            draw = self._rng.random()
+            for behaviour, share in self.mix.items():
+                if draw < share:
+                    return behaviour
+                draw -= share
+            return self.default
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         stub = self
