@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+
+import httpx
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -46,10 +50,27 @@ def populate(home: Path, items: int) -> object:
     return sessions
 
 
+@contextmanager
+def stub_process(latency: float, seed: int):
+    """The OpenAI-protocol stub in its own process, so it does not share our GIL."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.openai_server", "--latency", str(latency),
+         "--mix", "429=0.10,500=0.02", "--seed", str(seed)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def stats(base_url: str) -> dict:
+    return httpx.get(base_url + "/stats").json()
+
+
 def run(items: int, concurrency: int, latency: float, root: Path) -> None:
     from oceanml.openai_provider import OpenAIProvider
     from tasks.enrich import enrich
-    from tests.openai_server import OpenAIStub
 
     class TimedProvider(OpenAIProvider):
         """Records the longest single item (its answers plus its retry waits)."""
@@ -64,18 +85,19 @@ def run(items: int, concurrency: int, latency: float, root: Path) -> None:
                 TimedProvider.longest = max(TimedProvider.longest, time.perf_counter() - t0)
 
     sessions = populate(root / f"c{concurrency}", items)
-    with OpenAIStub(latency_s=latency, mix={"429": 0.10, "500": 0.02}, seed=concurrency) as stub:
-        provider = TimedProvider(stub.base_url, "bench-model", "sk-bench", backoff_s=0.5)
+    with stub_process(latency, concurrency) as base_url:
+        provider = TimedProvider(base_url, "bench-model", "sk-bench", backoff_s=0.5,
+                                 max_connections=concurrency)
         start = time.perf_counter()
         first = enrich(sessions, provider, concurrency=concurrency)
         wall = time.perf_counter() - start
-        http_requests = len(stub.requests)
+        http_requests = stats(base_url)["requests"]
         ideal = (http_requests * latency + provider.usage.retry_wait_s) / concurrency
         bound = max(ideal, provider.longest)  # no scheduler beats its slowest item
         start = time.perf_counter()
         enrich(sessions, provider, concurrency=concurrency)
         rerun = time.perf_counter() - start
-        rerun_requests = len(stub.requests) - http_requests
+        rerun_requests = stats(base_url)["requests"] - http_requests
     tag = f"c{concurrency}"
     lost = items - first.enriched - first.failed
     print(f"figure {tag}_items {items} count")

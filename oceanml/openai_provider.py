@@ -79,11 +79,15 @@ class OpenAIProvider:
         max_retries: int = 4,
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
+        max_connections: int = 8,
     ) -> None:
         self.model = model
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # keep one connection alive per concurrent call: reconnecting costs more than a request
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections)
         self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
-                                    timeout=timeout_s)
+                                    timeout=timeout_s, limits=limits)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -96,7 +100,8 @@ class OpenAIProvider:
             raise ValueError("OCEANML_LLM_BASE_URL is required for the openai provider")
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         return cls(settings.llm_base_url, settings.llm_model, key,
-                   timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries)
+                   timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries,
+                   max_connections=settings.llm_concurrency)
 
     def messages(self, request: EnrichmentRequest) -> list[dict[str, Any]]:
         data = {"device_type": request.device_type, "readings": request.readings,

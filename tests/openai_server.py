@@ -90,6 +90,11 @@ class OpenAIStub:
                 self.end_headers()
                 self.wfile.write(raw)
 
+            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                with stub._lock:
+                    stats = {"requests": len(stub.requests), "max_in_flight": stub.max_in_flight}
+                self._send(200, stats)
+
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub._lock:
@@ -131,3 +136,24 @@ class OpenAIStub:
                 })
 
         return Handler
+
+
+def main() -> None:
+    """Serve in a process of its own (benchmarks): prints the base URL, then serves until killed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="OpenAI-protocol stub on loopback")
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--retry-after", default="1")
+    parser.add_argument("--mix", default="", help="e.g. 429=0.10,500=0.02")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    mix = {k: float(v) for k, v in (p.split("=") for p in args.mix.split(",") if p)}
+    with OpenAIStub(latency_s=args.latency, retry_after=args.retry_after, mix=mix,
+                    seed=args.seed) as stub:
+        print(stub.base_url, flush=True)
+        threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()
