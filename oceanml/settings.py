@@ -8,6 +8,7 @@ object does no I/O: directories are created by the stage that writes into them.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -58,6 +59,13 @@ class Settings(BaseSettings):
     experiment_name: str = "oceanml"
     max_image_bytes: int = Field(5_000_000, description="Larger files are rejected.")
     max_image_pixels: int = Field(4096 * 4096, description="Decompression-bomb guard.")
+    max_sidecar_bytes: int = Field(64_000, description="Larger sidecars are rejected unread.")
+    max_table_bytes: int = Field(256_000_000, description="Larger CSV/Parquet files too.")
+    max_clock_skew_s: float = Field(600.0, description="How far in the future a device may be.")
+    oldest_observation: datetime = Field(datetime(2000, 1, 1, tzinfo=UTC),
+                                         description="Older timestamps are refused.")
+    device_registry_url: str | None = Field(
+        None, description="fsspec URL of known device ids; unknown devices are refused.")
     ingest_chunk_size: int = Field(500, description="Files per chunk: bounds memory.")
     drift_window_days: float = Field(2.0, description="Recent observations compared with ref.")
 

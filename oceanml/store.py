@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import fsspec
 from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
 
 from oceanml.settings import Settings
 
@@ -56,9 +57,11 @@ def put_if_absent(lake: Location, key: str, data: bytes) -> None:
     path = lake.path(key)
     if lake.fs.exists(path):
         return
-    parent = path.rsplit("/", 1)[0]
-    lake.fs.makedirs(parent, exist_ok=True)
-    tmp = f"{path}.tmp-{digest_suffix(data)}"
+    if not isinstance(lake.fs, LocalFileSystem):
+        lake.fs.pipe_file(path, data)  # an object-store PUT is atomic already
+        return
+    lake.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.tmp-{digest_suffix(data)}"  # never a half-written blob under its real key
     with lake.fs.open(tmp, "wb") as fh:
         fh.write(data)
     lake.fs.mv(tmp, path)

@@ -9,6 +9,8 @@ of work, never stored data.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +21,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from prefect import get_run_logger, task
-from sqlalchemy import insert, select
+from sqlalchemy import JSON, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from oceanml.db import IngestedFile, Observation, Reject, session_factory
@@ -27,29 +29,46 @@ from oceanml.lineage import flow_run_id
 from oceanml.progress import StageProgress
 from oceanml.settings import Settings, get_settings
 from oceanml.store import Location, content_key, filesystem, put_if_absent, sha256_hex
-from tasks.validate import Rejection, inspect_image, observation_row, parse_sidecar
+from tasks.validate import (
+    Limits,
+    Rejection,
+    check_key,
+    check_observation,
+    inspect_image,
+    observation_row,
+    parse_sidecar,
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SIDECAR_SUFFIX = ".json"
+TABLE_SUFFIXES = (".csv", ".parquet")
+TABLE_COLUMNS = ("device_id", "device_type", "observed_at", "lat", "lon")
 
 Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One landing unit: an image and its sidecar sharing a stem (either may be missing)."""
+    """One landing unit: an image and its sidecar sharing a stem (either may be missing), or
+    a table of sensor-only readings (CSV or Parquet, one observation per row)."""
 
     key: str
     image_key: str | None
     sidecar_key: str | None
     fingerprint: str
+    sizes: tuple[tuple[str, int], ...] = ()
+    table_key: str | None = None
+
+    def size(self, key: str) -> int:
+        return dict(self.sizes).get(key, 0)
 
 
 @dataclass
 class Prepared:
-    """A candidate after reading and validation: an accepted row or a rejection."""
+    """One observation after reading and validation: an accepted row or a rejection."""
 
     candidate: Candidate
+    source_key: str
     content_hash: str | None = None
     row: dict[str, Any] | None = None
     image: bytes | None = None
@@ -78,39 +97,59 @@ def _fingerprint(info: dict[str, Any]) -> str:
 
 
 def pair_files(listing: dict[str, dict[str, Any]]) -> list[Candidate]:
-    """Group landing keys by stem into image/sidecar pairs, in a stable order."""
+    """Group landing keys by stem into image/sidecar pairs and tables, in a stable order."""
     stems: dict[str, dict[str, str]] = {}
+    tables: list[Candidate] = []
     for key in sorted(listing):
         path = PurePosixPath(key)
         suffix = path.suffix.lower()
+        if suffix in TABLE_SUFFIXES:
+            tables.append(Candidate(key, None, None, _fingerprint(listing[key]),
+                                    ((key, int(listing[key].get("size") or 0)),), table_key=key))
+            continue
         kind = "image" if suffix in IMAGE_SUFFIXES else "sidecar" if suffix == SIDECAR_SUFFIX else "other"
         stems.setdefault(str(path.with_suffix("")), {})[kind] = key
     candidates = []
     for parts in stems.values():
         image, sidecar = parts.get("image"), parts.get("sidecar")
-        key = image or sidecar or parts["other"]
-        prints = [_fingerprint(listing[k]) for k in (image, sidecar, parts.get("other")) if k]
-        candidates.append(Candidate(key, image, sidecar, "|".join(prints)))
-    return candidates
+        keys = [k for k in (image, sidecar, parts.get("other")) if k]
+        candidates.append(Candidate(
+            image or sidecar or parts["other"], image, sidecar,
+            "|".join(_fingerprint(listing[k]) for k in keys),
+            tuple((k, int(listing[k].get("size") or 0)) for k in keys),
+        ))
+    return candidates + tables
 
 
-def prepare(candidate: Candidate, landing: Location, settings: Settings, now: datetime) -> Prepared:
-    """Read and validate one candidate; never raises for bad input."""
-    prepared = Prepared(candidate)
+def _check_size(candidate: Candidate, key: str, limit: int, what: str) -> None:
+    if candidate.size(key) > limit:
+        raise Rejection(f"{what}_too_large", f"{key}: {candidate.size(key)} bytes > limit {limit}")
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
+                 limits: Limits) -> Prepared:
+    """Read and validate an image with its sidecar; sizes are checked before reading."""
+    prepared = Prepared(candidate, candidate.key)
     try:
+        check_key(candidate.key)
         if candidate.image_key is None:
             kind = "missing_image" if candidate.sidecar_key else "unsupported_file"
             raise Rejection(kind, f"no image beside {candidate.key}")
         if candidate.sidecar_key is None:
             raise Rejection("missing_sidecar", f"no JSON sidecar beside {candidate.image_key}")
+        _check_size(candidate, candidate.image_key, settings.max_image_bytes, "image")
+        _check_size(candidate, candidate.sidecar_key, settings.max_sidecar_bytes, "sidecar")
         image = landing.fs.cat_file(landing.path(candidate.image_key))
         raw_sidecar = landing.fs.cat_file(landing.path(candidate.sidecar_key))
-        sidecar = parse_sidecar(raw_sidecar, now=now)
+        sidecar = parse_sidecar(raw_sidecar, limits=limits)
         info = inspect_image(
             image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
-        canonical = json.dumps(json.loads(raw_sidecar), sort_keys=True, separators=(",", ":"))
-        prepared.content_hash = sha256_hex(image, b"\0", canonical.encode())
+        prepared.content_hash = sha256_hex(image, b"\0", _canonical(json.loads(raw_sidecar)))
         prepared.image = image
         prepared.image_suffix = PurePosixPath(candidate.image_key).suffix.lower()
         prepared.row = {
@@ -122,6 +161,78 @@ def prepare(candidate: Candidate, landing: Location, settings: Settings, now: da
     except Rejection as rejection:
         prepared.rejection = rejection
     return prepared
+
+
+def _number(value: Any) -> Any:
+    """CSV cells are text: numbers become floats ('nan'/'inf' too, so ranges refuse them)."""
+    if not isinstance(value, str):
+        return value
+    if value.strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def read_table(data: bytes, suffix: str) -> list[dict[str, Any]]:
+    """Rows of a CSV (UTF-8, header row) or Parquet file as dicts."""
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    text = data.decode("utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def row_document(row: dict[str, Any]) -> dict[str, Any]:
+    """A table row in the sidecar's shape: the known columns, every other column a reading."""
+    doc = {k: row.get(k) for k in TABLE_COLUMNS if row.get(k) not in (None, "")}
+    for k in ("lat", "lon"):
+        if k in doc:
+            doc[k] = _number(doc[k])
+    if isinstance(doc.get("observed_at"), datetime) and doc["observed_at"].tzinfo is None:
+        doc["observed_at"] = doc["observed_at"].replace(tzinfo=UTC)
+    doc["readings"] = {k: _number(v) for k, v in row.items()
+                       if k not in TABLE_COLUMNS and v not in (None, "")}
+    return doc
+
+
+def prepare_table(candidate: Candidate, landing: Location, settings: Settings,
+                  limits: Limits) -> list[Prepared]:
+    """One prepared observation per row; a file that cannot be read at all is one rejection."""
+    key = candidate.table_key
+    try:
+        check_key(key)
+        _check_size(candidate, key, settings.max_table_bytes, "table")
+        rows = read_table(landing.fs.cat_file(landing.path(key)), PurePosixPath(key).suffix.lower())
+    except Rejection as rejection:
+        return [Prepared(candidate, key, rejection=rejection)]
+    except UnicodeDecodeError as exc:
+        return [Prepared(candidate, key, rejection=Rejection("table_not_utf8", str(exc)))]
+    except Exception as exc:  # pyarrow and csv raise many types for a broken file
+        return [Prepared(candidate, key,
+                         rejection=Rejection("table_unreadable", f"{type(exc).__name__}: {exc}"))]
+    prepared = []
+    for index, row in enumerate(rows):
+        item = Prepared(candidate, f"{key}#row={index + 1}")
+        try:
+            doc = row_document(row)
+            obs = check_observation(doc, limits)
+            item.content_hash = sha256_hex(b"row\0", _canonical(doc))
+            item.row = observation_row(obs)
+        except Rejection as rejection:
+            item.rejection = rejection
+        prepared.append(item)
+    return prepared
+
+
+def prepare(candidate: Candidate, landing: Location, settings: Settings,
+            limits: Limits) -> list[Prepared]:
+    """Read and validate one candidate; never raises for bad input."""
+    if candidate.table_key is not None:
+        return prepare_table(candidate, landing, settings, limits)
+    return [prepare_pair(candidate, landing, settings, limits)]
 
 
 def list_new(
@@ -138,73 +249,123 @@ def list_new(
     return new, len(candidates) - len(new)
 
 
+def load_device_registry(settings: Settings) -> frozenset[str] | None:
+    """Known device ids (one per line, or a CSV with a ``device_id`` column), if configured."""
+    if not settings.device_registry_url:
+        return None
+    location = filesystem(settings.device_registry_url, settings)
+    text = location.fs.cat_file(location.root).decode("utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and "device_id" in lines[0].split(","):
+        return frozenset(row["device_id"] for row in csv.DictReader(io.StringIO(text)))
+    return frozenset(lines)
+
+
 def _chunks(items: list[Candidate], size: int) -> Iterator[list[Candidate]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _classify(prepared: list[Prepared], existing: dict[str, str]) -> tuple[
+        dict[str, Prepared], list[Prepared], set[str]]:
+    """Accepted (by content hash), rejected, and candidate keys merely re-listed."""
+    accepted: dict[str, Prepared] = {}
+    rejected: list[Prepared] = []
+    unchanged: set[str] = set()
+    for p in prepared:
+        if p.rejection is None and (p.content_hash in existing or p.content_hash in accepted):
+            first = existing.get(p.content_hash) or accepted[p.content_hash].source_key
+            if first == p.source_key:  # the same file re-listed (e.g. touched): nothing new
+                unchanged.add(p.candidate.key)
+                continue
+            p.rejection = Rejection("duplicate", f"same content as {first}")
+        if p.rejection is not None:
+            rejected.append(p)
+        else:
+            accepted[p.content_hash] = p
+    return accepted, rejected, unchanged
+
+
+def insert_observations(session: Session, rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Insert rows and return their ids by content hash: COPY on PostgreSQL, else one
+    multi-row INSERT ... RETURNING (SQLAlchemy's insertmanyvalues)."""
+    if not rows:
+        return {}
+    if session.get_bind().dialect.name == "postgresql":
+        _copy_observations(session, rows)
+        found = session.execute(select(Observation.content_hash, Observation.id).where(
+            Observation.content_hash.in_([r["content_hash"] for r in rows])))
+        return dict(found.all())
+    returned = session.execute(
+        insert(Observation).returning(Observation.id, Observation.content_hash), rows)
+    return {content_hash: obs_id for obs_id, content_hash in returned}
+
+
+def _copy_observations(session: Session, rows: list[dict[str, Any]]) -> None:
+    """PostgreSQL COPY: Python-side defaults are filled here, JSON columns sent as text."""
+    table = Observation.__table__
+    columns = [c for c in table.columns if c.name != "id"]
+    now = datetime.now(UTC)
+    defaults = {"created_at": now, "updated_at": now, "extra_readings": {}, "image_stats": {},
+                "labels": {}}
+    json_columns = {c.name for c in columns if isinstance(c.type, JSON)}
+    names = ", ".join(c.name for c in columns)
+    cursor = session.connection().connection.driver_connection.cursor()
+    with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            values = []
+            for c in columns:
+                value = row.get(c.name, defaults.get(c.name))
+                values.append(json.dumps(value) if c.name in json_columns and value is not None
+                              else value)
+            copy.write_row(values)
 
 
 def store_chunk(
     session: Session, lake: Location, prepared: Iterable[Prepared], flow_run_id: str | None
 ) -> IngestResult:
     """Write one validated chunk: blobs first (content-addressed, harmless if orphaned), then
-    observations, rejects and ledger rows in a single transaction."""
+    observations, rejects and one ledger row per landing file in a single transaction."""
     result = IngestResult()
-    prepared = list(prepared)
+    prepared = [p for group in prepared for p in group]
     hashes = [p.content_hash for p in prepared if p.content_hash]
-    existing = dict(
-        session.execute(
-            select(Observation.content_hash, Observation.source_key).where(
-                Observation.content_hash.in_(hashes)
-            )
-        ).all()
-    ) if hashes else {}
-    accepted: dict[str, Prepared] = {}
-    rejects: list[dict[str, Any]] = []
-    ledger: list[dict[str, Any]] = []
-    for p in prepared:
-        result.seen += 1
-        key = p.candidate.key
-        if p.rejection is None and (p.content_hash in existing or p.content_hash in accepted):
-            first = existing.get(p.content_hash) or accepted[p.content_hash].candidate.key
-            if first == key:  # the same file re-listed (e.g. touched): nothing new
-                ledger.append({"source_key": key, "fingerprint": p.candidate.fingerprint,
-                               "outcome": "ingested"})
-                continue
-            p.rejection = Rejection("duplicate", f"same content as {first}")
-        if p.rejection is not None:
-            rejects.append({"source_key": key, "reason": p.rejection.reason,
-                            "detail": p.rejection.detail[:2000], "content_hash": p.content_hash,
-                            "flow_run_id": flow_run_id})
-            ledger.append({"source_key": key, "fingerprint": p.candidate.fingerprint,
-                           "outcome": "rejected"})
-            result.rejected += 1
-            result.reasons[p.rejection.reason] += 1
-            continue
-        accepted[p.content_hash] = p
+    existing = dict(session.execute(
+        select(Observation.content_hash, Observation.source_key)
+        .where(Observation.content_hash.in_(hashes))).all()) if hashes else {}
+    accepted, rejected, unchanged = _classify(prepared, existing)
+    result.seen = len(prepared)
 
+    images = {h: p for h, p in accepted.items() if p.image is not None}
+    keys = {h: content_key(h, p.image_suffix) for h, p in images.items()}
     with ThreadPoolExecutor(max_workers=8) as pool:
-        keys = {h: content_key(h, p.image_suffix) for h, p in accepted.items()}
-        list(pool.map(lambda h: put_if_absent(lake, keys[h], accepted[h].image), accepted))
-
+        list(pool.map(lambda h: put_if_absent(lake, keys[h], images[h].image), images))
     rows = [
-        {**p.row, "content_hash": h, "source_key": p.candidate.key, "image_key": keys[h],
+        {**p.row, "content_hash": h, "source_key": p.source_key, "image_key": keys.get(h),
          "ingest_flow_run_id": flow_run_id}
         for h, p in accepted.items()
     ]
-    ids: dict[str, int] = {}
-    if rows:
-        returned = session.execute(
-            insert(Observation).returning(Observation.id, Observation.content_hash), rows
-        )
-        ids = {content_hash: obs_id for obs_id, content_hash in returned}
-    for h, p in accepted.items():
-        ledger.append({"source_key": p.candidate.key, "fingerprint": p.candidate.fingerprint,
-                       "outcome": "ingested", "observation_id": ids.get(h)})
-    if rejects:
-        session.execute(insert(Reject), rejects)
-    _upsert_ledger(session, ledger)
-    session.commit()
+    ids = insert_observations(session, rows)
+    if rejected:
+        session.execute(insert(Reject), [
+            {"source_key": p.source_key, "reason": p.rejection.reason,
+             "detail": p.rejection.detail[:2000], "content_hash": p.content_hash,
+             "flow_run_id": flow_run_id} for p in rejected])
+    for p in rejected:
+        result.reasons[p.rejection.reason] += 1
+    result.rejected = len(rejected)
     result.ingested = len(rows)
+
+    ledger: dict[str, dict[str, Any]] = {}
+    for p in prepared:  # one row per landing file; "ingested" if any of its rows was
+        entry = ledger.setdefault(p.candidate.key, {
+            "source_key": p.candidate.key, "fingerprint": p.candidate.fingerprint,
+            "outcome": "rejected", "observation_id": None})
+        if p.candidate.key in unchanged or (p.rejection is None and p.content_hash in accepted):
+            entry["outcome"] = "ingested"
+            if p.candidate.table_key is None and p.content_hash in ids:
+                entry["observation_id"] = ids[p.content_hash]
+    _upsert_ledger(session, list(ledger.values()))
+    session.commit()
     return result
 
 
@@ -216,7 +377,7 @@ def _upsert_ledger(session: Session, rows: list[dict[str, Any]]) -> None:
     for old in session.scalars(select(IngestedFile).where(IngestedFile.source_key.in_(keys))):
         session.delete(old)
     session.flush()
-    session.execute(insert(IngestedFile), [{"observation_id": None, **r} for r in rows])
+    session.execute(insert(IngestedFile), rows)
 
 
 def ingest(
@@ -230,7 +391,8 @@ def ingest(
     """Ingest everything new under the landing URL; returns counts and reject reasons."""
     landing = filesystem(settings.landing_url, settings)
     lake = filesystem(settings.lake_url, settings)
-    now = now or datetime.now(UTC)
+    limits = Limits(now=now or datetime.now(UTC), max_skew_s=settings.max_clock_skew_s,
+                    oldest=settings.oldest_observation, devices=load_device_registry(settings))
     if not landing.fs.exists(landing.root):
         return IngestResult()
     with sessions() as session:
@@ -239,7 +401,7 @@ def ingest(
     total = IngestResult(already_known=skipped)
     with ThreadPoolExecutor(max_workers=8) as pool:
         for chunk in _chunks(candidates, settings.ingest_chunk_size):
-            prepared = pool.map(lambda c: prepare(c, landing, settings, now), chunk)
+            prepared = pool.map(lambda c: prepare(c, landing, settings, limits), chunk)
             with sessions() as session:
                 total.merge(store_chunk(session, lake, prepared, flow_run_id))
             if progress:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -74,8 +75,39 @@ def _describe(err: ValidationError) -> tuple[str, str]:
     return reason, "; ".join(parts)
 
 
-def parse_sidecar(raw: bytes, *, now: datetime | None = None, max_skew_s: float = 600) -> Sidecar:
-    """Decode and validate a sidecar; a timestamp from the future beyond the skew is refused."""
+@dataclass(frozen=True)
+class Limits:
+    """What an observation must respect beyond its schema; built once per ingestion run."""
+
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    max_skew_s: float = 600.0
+    oldest: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    devices: frozenset[str] | None = None  # a registry of known device ids, when configured
+
+
+def check_observation(doc: Any, limits: Limits) -> Sidecar:
+    """Validate one observation document (a sidecar, or a row of a sensor table)."""
+    if not isinstance(doc, dict):
+        raise Rejection("schema", f"an observation must be an object, got {type(doc).__name__}")
+    try:
+        obs = Sidecar.model_validate(doc)
+    except ValidationError as exc:
+        raise Rejection(*_describe(exc)) from exc
+    if obs.observed_at > limits.now + timedelta(seconds=limits.max_skew_s):
+        raise Rejection("timestamp_future", f"observed_at {obs.observed_at.isoformat()} is after "
+                                            f"now + {limits.max_skew_s:.0f} s")
+    if obs.observed_at < limits.oldest:
+        raise Rejection("timestamp_too_old", f"observed_at {obs.observed_at.isoformat()} is "
+                                             f"before {limits.oldest.date()}")
+    if limits.devices is not None and obs.device_id not in limits.devices:
+        raise Rejection("unknown_device", f"device {obs.device_id!r} is not in the registry")
+    return obs
+
+
+def parse_sidecar(raw: bytes, *, now: datetime | None = None, max_skew_s: float = 600,
+                  limits: Limits | None = None) -> Sidecar:
+    """Decode and validate a sidecar: UTF-8, JSON, schema, ranges, time and device."""
+    limits = limits or Limits(now=now or datetime.now(UTC), max_skew_s=max_skew_s)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -84,16 +116,19 @@ def parse_sidecar(raw: bytes, *, now: datetime | None = None, max_skew_s: float 
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise Rejection("sidecar_not_json", f"{exc.msg} at line {exc.lineno}") from exc
-    if not isinstance(doc, dict):
-        raise Rejection("schema", f"sidecar must be a JSON object, got {type(doc).__name__}")
-    try:
-        sidecar = Sidecar.model_validate(doc)
-    except ValidationError as exc:
-        raise Rejection(*_describe(exc)) from exc
-    now = now or datetime.now(UTC)
-    if sidecar.observed_at > now + timedelta(seconds=max_skew_s):
-        raise Rejection("timestamp_future", f"observed_at {sidecar.observed_at.isoformat()}")
-    return sidecar
+    return check_observation(doc, limits)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_key(key: str) -> None:
+    """Landing keys become ``source_key`` rows and log lines: refuse traversal and control chars."""
+    parts = key.replace("\\", "/").split("/")
+    if _CONTROL.search(key):
+        raise Rejection("bad_key", f"control character in key {key!r}")
+    if key.startswith(("/", "\\")) or ".." in parts:
+        raise Rejection("bad_key", f"path traversal in key {key!r}")
 
 
 @dataclass(frozen=True)

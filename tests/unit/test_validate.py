@@ -81,3 +81,32 @@ def test_bad_images_are_refused_with_a_reason(data: bytes, limits: dict, expecte
     with pytest.raises(Rejection) as err:
         inspect_image(data, **{"max_bytes": 10**6, "max_pixels": 10**6, **limits})
     assert err.value.reason == expected
+
+
+def test_time_and_device_limits() -> None:
+    from tasks.validate import Limits, check_observation
+
+    limits = Limits(now=NOW, devices=frozenset({"buoy-001"}))
+    doc = json.loads(json.dumps(GOOD))
+    assert check_observation(doc, limits).device_id == "buoy-001"
+    for changes, expected in (({"observed_at": "1970-01-01T00:00:00Z"}, "timestamp_too_old"),
+                              ({"device_id": "buoy-999"}, "unknown_device")):
+        with pytest.raises(Rejection) as err:
+            check_observation({**doc, **changes}, limits)
+        assert err.value.reason == expected
+
+
+@pytest.mark.parametrize("key", ["../etc/passwd.jpg", "a/../../b.json", "/abs/x.jpg",
+                                 "a\\..\\b.jpg", "bell\x07.jpg", "new\nline.json"])
+def test_keys_with_traversal_or_control_characters_are_refused(key: str) -> None:
+    from tasks.validate import check_key
+
+    with pytest.raises(Rejection) as err:
+        check_key(key)
+    assert err.value.reason == "bad_key"
+
+
+def test_ordinary_keys_pass() -> None:
+    from tasks.validate import check_key
+
+    check_key("2026-11-20/buoy-001/buoy-001-20261120T100000-n0-001.jpg")
