@@ -239,6 +239,7 @@ def list_new(
     landing: Location, known: dict[str, str]
 ) -> tuple[list[Candidate], int]:
     """Candidates not yet in the ledger with the same fingerprint, and how many were skipped."""
+    landing.fs.invalidate_cache()  # object-store listings are cached per process
     listing = {
         landing.relative(path): info
         for path, info in landing.fs.find(landing.root, detail=True).items()

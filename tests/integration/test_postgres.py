@@ -22,15 +22,24 @@ def test_ingest_and_enrich_on_postgres_are_idempotent(settings, pg_url) -> None:
     settings.ingest_chunk_size = 25
     write_landing(filesystem(settings.landing_url),
                   simulate(days=1, devices=4, per_day=20, end=END), faults=True)
-    first = ingest(settings, sessions, now=END)
-    assert (first.ingested, first.rejected) == (80, 6)
-    assert enrich(sessions, HeuristicProvider()).enriched == 80
+    landing = filesystem(settings.landing_url)
+    landing.fs.makedirs(landing.path("tables"), exist_ok=True)
+    landing.fs.pipe_file(landing.path("tables/readings.csv"), (
+        "device_id,device_type,observed_at,lat,lon,ph,wind_knots\n"
+        "buoy-9,buoy,2026-11-19T10:00:00Z,43.5,-3.2,8.1,12\n"
+        "buoy-9,buoy,2026-11-19T11:00:00Z,43.5,-3.2,nan,12\n").encode())
+    first = ingest(settings, sessions, now=END)  # COPY on PostgreSQL
+    assert (first.ingested, first.rejected) == (81, 7)
+    assert enrich(sessions, HeuristicProvider()).enriched == 81
     again = ingest(settings, sessions, now=END)
-    assert (again.ingested, again.rejected, again.already_known) == (0, 0, 86)
+    assert (again.ingested, again.rejected, again.already_known) == (0, 0, 87)
     assert enrich(sessions, HeuristicProvider()).requests == 0
     with sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Observation)) == 80
-        assert s.scalar(select(func.count()).select_from(Reject)) == 6
-        row = s.scalar(select(Observation).order_by(Observation.id).limit(1))
+        assert s.scalar(select(func.count()).select_from(Observation)) == 81
+        assert s.scalar(select(func.count()).select_from(Reject)) == 7
+        row = s.scalar(select(Observation).where(Observation.image_key.is_not(None)).limit(1))
+        sensor = s.scalar(select(Observation).where(Observation.device_id == "buoy-9"))
     assert row.observed_at.tzinfo is not None and row.llm_tags
-    assert row.image_stats["brightness"] > 0
+    assert row.image_stats["brightness"] > 0 and row.labels is not None
+    assert sensor.image_key is None and sensor.extra_readings == {"wind_knots": 12.0}
+    assert sensor.ph == 8.1 and sensor.created_at is not None

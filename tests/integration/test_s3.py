@@ -1,0 +1,52 @@
+"""Landing and lake on S3, served by moto's S3 server on loopback."""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import select
+
+from oceanml.db import Observation
+from oceanml.simulator import simulate, write_landing
+from oceanml.store import filesystem
+from tasks.ingest import ingest
+
+pytestmark = pytest.mark.integration
+END = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                        ("AWS_DEFAULT_REGION", "us-east-1")):
+        monkeypatch.setenv(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def test_ingest_from_an_s3_landing_into_an_s3_lake(settings, sessions, s3) -> None:
+    settings.s3_endpoint_url = s3
+    settings.landing_url = "s3://ocean/landing"
+    settings.lake_url = "s3://ocean/lake"
+    landing = filesystem(settings.landing_url, settings)
+    landing.fs.mkdir("ocean")
+    write_landing(landing, simulate(days=1, devices=2, per_day=5, end=END), faults=True)
+    first = ingest(settings, sessions, now=END)
+    assert (first.ingested, first.rejected) == (10, 6)
+    lake = filesystem(settings.lake_url, settings)
+    with sessions() as s:
+        keys = [o.image_key for o in s.scalars(select(Observation))]
+    assert len(keys) == 10 and all(lake.fs.exists(lake.path(k)) for k in keys)
+    again = ingest(settings, sessions, now=END)
+    assert (again.seen, again.already_known) == (0, 16)  # ETags in the ledger
+    write_landing(landing, simulate(days=1, devices=2, per_day=5, end=END, seed=3), faults=False)
+    assert ingest(settings, sessions, now=END).ingested == 10
