@@ -25,9 +25,9 @@ def test_ingest_and_enrich_on_postgres_are_idempotent(settings, pg_url) -> None:
     landing = filesystem(settings.landing_url)
     landing.fs.makedirs(landing.path("tables"), exist_ok=True)
     landing.fs.pipe_file(landing.path("tables/readings.csv"), (
-        "device_id,device_type,observed_at,lat,lon,ph,wind_knots\n"
-        "buoy-9,buoy,2026-11-19T10:00:00Z,43.5,-3.2,8.1,12\n"
-        "buoy-9,buoy,2026-11-19T11:00:00Z,43.5,-3.2,nan,12\n").encode())
+        b"device_id,device_type,observed_at,lat,lon,ph,wind_knots\n"
+        b"buoy-9,buoy,2026-11-19T10:00:00Z,43.5,-3.2,8.1,12\n"
+        b"buoy-9,buoy,2026-11-19T11:00:00Z,43.5,-3.2,nan,12\n"))
     first = ingest(settings, sessions, now=END)  # COPY on PostgreSQL
     assert (first.ingested, first.rejected) == (81, 7)
     assert enrich(sessions, HeuristicProvider()).enriched == 81
