@@ -103,7 +103,7 @@ def our_rows(home: Path, db_url: str | None) -> tuple[list[str], list[tuple]]:
     engine = create_engine(db_url or f"sqlite:///{home / 'oceanml.db'}")
     with engine.connect() as conn:
         result = conn.execute(text("SELECT * FROM observations ORDER BY id"))
-        columns = [c for c in result if c != "id"]
+        columns = [c for c in result.keys() if c != "id"]  # noqa: SIM118 - a Result, not a dict
         rows = [tuple(r._mapping[c] for c in columns) for r in result]
     engine.dispose()
     return columns, rows

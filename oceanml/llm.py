@@ -40,7 +40,9 @@ class EnrichmentRequest:
     device_type: str
     readings: dict[str, float | None]
     image_stats: dict[str, float]
-    metadata: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # free text from the device: data
+    image_key: str | None = None
+    image: bytes | None = field(default=None, repr=False)  # loaded only for vision models
 
 
 @dataclass(frozen=True)

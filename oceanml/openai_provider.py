@@ -9,6 +9,7 @@ and jitter. A malformed answer raises, which fails that item only.
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import threading
@@ -39,6 +40,10 @@ RESPONSE_SCHEMA = {
     "additionalProperties": False,
 }
 RETRY_AFTER_STATUSES = {429, 503}
+
+
+def _mime(image: bytes) -> str:
+    return "image/png" if image.startswith(b"\x89PNG") else "image/jpeg"
 
 
 class ProviderError(RuntimeError):
@@ -80,8 +85,10 @@ class OpenAIProvider:
         backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
         max_connections: int = 8,
+        vision: bool = False,
     ) -> None:
         self.model = model
+        self.vision = vision
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # keep one connection alive per concurrent call: reconnecting costs more than a request
         limits = httpx.Limits(max_connections=max_connections,
@@ -101,15 +108,20 @@ class OpenAIProvider:
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         return cls(settings.llm_base_url, settings.llm_model, key,
                    timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries,
-                   max_connections=settings.llm_concurrency)
+                   max_connections=settings.llm_concurrency, vision=settings.llm_vision)
 
     def messages(self, request: EnrichmentRequest) -> list[dict[str, Any]]:
         data = {"device_type": request.device_type, "readings": request.readings,
                 "image_statistics": request.image_stats, "metadata": request.metadata,
                 "allowed_tags": list(TAG_VOCABULARY)}
         block = json.dumps(data, sort_keys=True, default=str)
+        text = f"Observation data:\n```json\n{block}\n```"
+        if not (self.vision and request.image):
+            return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]
+        url = f"data:{_mime(request.image)};base64,{base64.b64encode(request.image).decode()}"
         return [{"role": "system", "content": SYSTEM_PROMPT},
-                {"role": "user", "content": f"Observation data:\n```json\n{block}\n```"}]
+                {"role": "user", "content": [{"type": "text", "text": text},
+                                             {"type": "image_url", "image_url": {"url": url}}]}]
 
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(self.max_retries + 1):

@@ -47,6 +47,7 @@ class Settings(BaseSettings):
     llm_base_url: str | None = None
     llm_model: str = "heuristic-v1"
     llm_api_key: SecretStr | None = None
+    llm_vision: bool = Field(False, description="Send images (data URLs) to the model.")
     llm_concurrency: int = Field(8, ge=1, description="Provider calls in flight at once.")
     llm_timeout_s: float = 30.0
     llm_max_retries: int = 4

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +26,7 @@ from oceanml.llm import (
 )
 from oceanml.progress import StageProgress
 from oceanml.settings import Settings, get_settings
-from oceanml.store import sha256_hex
+from oceanml.store import Location, filesystem, sha256_hex
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,13 @@ class EnrichResult:
     errors: dict[str, str] = field(default_factory=dict)
 
 
+def _wants_images(provider: EnrichmentProvider) -> bool:
+    return bool(getattr(provider, "vision", False))
+
+
 def cache_key(content_hash: str, provider: EnrichmentProvider) -> str:
-    return sha256_hex(f"{content_hash}|{PROMPT_VERSION}|{provider.name}|{provider.model}".encode())
+    prompt = PROMPT_VERSION + ("+image" if _wants_images(provider) else "")
+    return sha256_hex(f"{content_hash}|{prompt}|{provider.name}|{provider.model}".encode())
 
 
 def request_for(obs: Observation) -> EnrichmentRequest:
@@ -60,6 +65,8 @@ def request_for(obs: Observation) -> EnrichmentRequest:
         device_type=obs.device_type,
         readings={name: getattr(obs, name) for name in SENSOR_COLUMNS},
         image_stats=obs.image_stats or {},
+        metadata=obs.extra_readings or {},
+        image_key=obs.image_key,
     )
 
 
@@ -72,9 +79,15 @@ class Item:
     request: EnrichmentRequest
 
 
-def _ask(provider: EnrichmentProvider, item: Item) -> tuple[Item, Enrichment | Exception]:
+def _ask(provider: EnrichmentProvider, item: Item, lake: Location | None
+         ) -> tuple[Item, Enrichment | Exception]:
+    """One provider call; a vision model gets the image, read here in the worker thread so
+    only the images of calls in flight are in memory."""
     try:
-        return item, provider.enrich(item.request)
+        request = item.request
+        if _wants_images(provider) and lake is not None and request.image_key:
+            request = replace(request, image=lake.fs.cat_file(lake.path(request.image_key)))
+        return item, provider.enrich(request)
     except Exception as exc:  # one item's failure never fails the run
         return item, exc
 
@@ -159,6 +172,7 @@ def enrich(
     concurrency: int = 1,
     budget: Budget | None = None,
     progress: Callable[[int, int], None] | None = None,
+    lake: Location | None = None,
 ) -> EnrichResult:
     """Enrich every observation that has no tags yet, within the budget.
 
@@ -183,6 +197,8 @@ def enrich(
                                else ALL_COMPLETED)
         for future in done:
             writer.answered(*future.result())
+        if progress and done:
+            progress(result.enriched + result.failed, len(pending))
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for start in range(0, len(pending), batch_size):
@@ -195,10 +211,10 @@ def enrich(
                     break
                 while len(in_flight) >= 2 * max(1, concurrency):
                     collect(block_until_one=True)
-                in_flight.add(pool.submit(_ask, provider, item))
+                in_flight.add(pool.submit(_ask, provider, item, lake))
                 result.requests += 1
-            if progress:
-                progress(min(start + batch_size, len(pending)), len(pending))
+            if progress and cached:
+                progress(result.enriched + result.failed, len(pending))
             if result.stopped:
                 break
         collect(block_until_one=False)
@@ -225,7 +241,8 @@ def enrich_task() -> dict[str, Any]:
     budget = Budget(settings.llm_max_requests, settings.llm_max_tokens)
     with StageProgress("enrich", unit="obs") as progress:
         result = enrich(session_factory(settings.db_url), provider, progress=progress,
-                        concurrency=settings.llm_concurrency, budget=budget)
+                        concurrency=settings.llm_concurrency, budget=budget,
+                        lake=filesystem(settings.lake_url, settings))
     logger = get_run_logger()
     logger.info(
         "enrich (%s/%s): %d enriched, %d from cache, %d requests, %d failed, %d left%s",
