@@ -127,7 +127,7 @@ def baseline_pg_copy(columns: list[str], rows: list[tuple], url: str) -> float:
 
     conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
     conn.execute("DROP TABLE IF EXISTS observations_raw")
-    conn.execute("CREATE TABLE observations_raw (LIKE observations)")
+    conn.execute("CREATE TABLE observations_raw AS SELECT * FROM observations WITH NO DATA")
     plain = [tuple(json.dumps(v) if isinstance(v, dict | list) else v for v in r) for r in rows]
     start = time.perf_counter()
     with conn.cursor() as cur, cur.copy(

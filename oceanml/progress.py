@@ -33,6 +33,7 @@ class StageProgress:
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
             self.bar = tqdm(total=total, desc=self.stage, unit=self.unit, disable=None)
+        self.bar.total = total  # may grow, e.g. while a listing is still being walked
         self.bar.n = done
         self.bar.refresh()
         if self.artifact_id is not None:

@@ -235,19 +235,29 @@ def prepare(candidate: Candidate, landing: Location, settings: Settings,
     return [prepare_pair(candidate, landing, settings, limits)]
 
 
-def list_new(
-    landing: Location, known: dict[str, str]
-) -> tuple[list[Candidate], int]:
-    """Candidates not yet in the ledger with the same fingerprint, and how many were skipped."""
+def _known(sessions: sessionmaker, keys: list[str]) -> dict[str, str]:
+    """Ledger fingerprints of ``keys`` (queried in slices: never the whole ledger)."""
+    found: dict[str, str] = {}
+    with sessions() as session:
+        for start in range(0, len(keys), 500):
+            found.update(session.execute(
+                select(IngestedFile.source_key, IngestedFile.fingerprint)
+                .where(IngestedFile.source_key.in_(keys[start : start + 500]))).all())
+    return found
+
+
+def iter_new(landing: Location, sessions: sessionmaker) -> Iterator[tuple[list[Candidate], int]]:
+    """Per landing directory: the candidates not yet in the ledger with the same fingerprint,
+    and how many were. Memory holds one directory's listing, however large the landing grows;
+    an image and its sidecar share a directory, so pairing needs no more."""
     landing.fs.invalidate_cache()  # object-store listings are cached per process
-    listing = {
-        landing.relative(path): info
-        for path, info in landing.fs.find(landing.root, detail=True).items()
-        if info.get("type", "file") == "file"
-    }
-    candidates = pair_files(listing)
-    new = [c for c in candidates if known.get(c.key) != c.fingerprint]
-    return new, len(candidates) - len(new)
+    for _dirpath, _dirs, files in landing.fs.walk(landing.root, detail=True):
+        listing = {landing.relative(info["name"]): info for info in files.values()
+                   if info.get("type", "file") == "file"}
+        candidates = pair_files(listing)
+        known = _known(sessions, [c.key for c in candidates])
+        new = [c for c in candidates if known.get(c.key) != c.fingerprint]
+        yield new, len(candidates) - len(new)
 
 
 def load_device_registry(settings: Settings) -> frozenset[str] | None:
@@ -260,11 +270,6 @@ def load_device_registry(settings: Settings) -> frozenset[str] | None:
     if lines and "device_id" in lines[0].split(","):
         return frozenset(row["device_id"] for row in csv.DictReader(io.StringIO(text)))
     return frozenset(lines)
-
-
-def _chunks(items: list[Candidate], size: int) -> Iterator[list[Candidate]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def _classify(prepared: list[Prepared], existing: dict[str, str]) -> tuple[
@@ -394,19 +399,32 @@ def ingest(
     lake = filesystem(settings.lake_url, settings)
     limits = Limits(now=now or datetime.now(UTC), max_skew_s=settings.max_clock_skew_s,
                     oldest=settings.oldest_observation, devices=load_device_registry(settings))
+    total = IngestResult()
     if not landing.fs.exists(landing.root):
-        return IngestResult()
-    with sessions() as session:
-        known = dict(session.execute(select(IngestedFile.source_key, IngestedFile.fingerprint)).all())
-    candidates, skipped = list_new(landing, known)
-    total = IngestResult(already_known=skipped)
+        return total
+    listed = done = 0
+    chunk: list[Candidate] = []
+
+    def flush(pool: ThreadPoolExecutor) -> None:
+        nonlocal chunk, done
+        prepared = pool.map(lambda c: prepare(c, landing, settings, limits), chunk)
+        with sessions() as session:
+            total.merge(store_chunk(session, lake, prepared, flow_run_id))
+        done += len(chunk)
+        chunk = []
+        if progress:
+            progress(done, listed)  # the total grows as the walk finds more files
+
     with ThreadPoolExecutor(max_workers=8) as pool:
-        for chunk in _chunks(candidates, settings.ingest_chunk_size):
-            prepared = pool.map(lambda c: prepare(c, landing, settings, limits), chunk)
-            with sessions() as session:
-                total.merge(store_chunk(session, lake, prepared, flow_run_id))
-            if progress:
-                progress(total.seen, len(candidates))
+        for new, skipped in iter_new(landing, sessions):
+            total.already_known += skipped
+            listed += len(new)
+            for candidate in new:
+                chunk.append(candidate)
+                if len(chunk) >= settings.ingest_chunk_size:
+                    flush(pool)
+        if chunk:
+            flush(pool)
     return total
 
 
