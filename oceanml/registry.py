@@ -53,10 +53,11 @@ def alias_version(mlc: MlflowClient, name: str, alias: str = CHAMPION) -> ModelV
 def set_champion(mlc: MlflowClient, name: str, version: str) -> str | None:
     """Move ``champion`` to ``version``; the old one keeps ``previous-champion`` for rollback."""
     old = alias_version(mlc, name)
-    if old is not None and old.version != version:
-        mlc.set_registered_model_alias(name, PREVIOUS, old.version)
-    mlc.set_registered_model_alias(name, CHAMPION, version)
-    return old.version if old else None
+    old_version = str(old.version) if old else None  # MLflow 3 returns ints; we store strings
+    if old_version is not None and old_version != str(version):
+        mlc.set_registered_model_alias(name, PREVIOUS, old_version)
+    mlc.set_registered_model_alias(name, CHAMPION, str(version))
+    return old_version
 
 
 def load_model(mlc: MlflowClient, name: str, version: str) -> Any:

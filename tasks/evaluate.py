@@ -217,7 +217,7 @@ def evaluate_task(model: str, dataset_version: str, model_version: str) -> dict[
     settings = get_settings()
     sessions = session_factory(settings.db_url)
     champion = alias_version(mlflow_client(settings), model)
-    champ_v = champion.version if champion else ""
+    champ_v = str(champion.version) if champion else ""
     key = (Evaluation.model_name == model, Evaluation.model_version == model_version,
            Evaluation.champion_version == champ_v, Evaluation.dataset_version == dataset_version)
     with sessions() as session:

@@ -119,8 +119,12 @@ def train_model(
     lineage: dict[str, str],
     *,
     progress_bar: bool = False,
+    callbacks: list[Any] | None = None,
 ) -> TrainOutcome:
-    """Fit, test, log and register one model version (or reuse the identical one)."""
+    """Fit, test, log and register one model version (or reuse the identical one).
+
+    ``callbacks`` are extra Lightning callbacks (progress reporters, fine-tuning schedules).
+    """
     mlc = mlflow_client(settings)
     experiment_id = ensure_experiment(mlc, settings.experiment_name, settings.mlflow_artifact_uri)
     ensure_registered_model(mlc, spec.name, f"{spec.task} of {', '.join(spec.outputs)}")
@@ -128,7 +132,8 @@ def train_model(
     existing = version_by_tag(mlc, spec.name, "training_key", key)
     if existing is not None:
         metrics = mlc.get_run(existing.run_id).data.metrics
-        return TrainOutcome(existing.version, existing.run_id, key, dict(metrics), reused=True)
+        return TrainOutcome(str(existing.version), existing.run_id, key, dict(metrics),
+                            reused=True)
 
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -157,7 +162,8 @@ def train_model(
         precision=_precision(),
         logger=MLFlowLogger(experiment_name=settings.experiment_name,
                             tracking_uri=settings.mlflow_tracking_uri, run_id=run_id),
-        callbacks=[checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=params.patience)],
+        callbacks=[checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=params.patience),
+                   *(callbacks or [])],
         default_root_dir=ckpt_dir,
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
@@ -177,7 +183,7 @@ def train_model(
         description=f"trained on dataset {dataset_version} at {lineage.get('git_commit', '?')}",
     )
     mlc.set_terminated(run_id)
-    return TrainOutcome(version.version, run_id, key, metrics, reused=False,
+    return TrainOutcome(str(version.version), run_id, key, metrics, reused=False,
                         artifacts={"checkpoint": str(checkpoint.best_model_path)})
 
 

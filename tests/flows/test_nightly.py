@@ -67,7 +67,7 @@ def test_the_db_holds_the_observations_and_the_rejects_with_reasons(runs) -> Non
 def test_the_registry_holds_a_champion_with_lineage_tags(runs) -> None:
     champion = alias_version(mlflow_client(runs.settings), MODEL, CHAMPION)
     assert champion is not None
-    assert champion.version == runs.first["train"]["model_version"]
+    assert str(champion.version) == runs.first["train"]["model_version"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=runs.project, capture_output=True,
                           text=True, check=True).stdout.strip()
     assert champion.tags["dataset_version"] == runs.first["dataset"]["version"]
