@@ -12,10 +12,12 @@ import json
 import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import yaml
+from filelock import FileLock
 from prefect import get_run_logger, task
 from sqlalchemy import select
 
@@ -129,11 +131,27 @@ def train_model(
     experiment_id = ensure_experiment(mlc, settings.experiment_name, settings.mlflow_artifact_uri)
     ensure_registered_model(mlc, spec.name, f"{spec.task} of {', '.join(spec.outputs)}")
     key = params.training_key(spec, dataset_version)
-    existing = version_by_tag(mlc, spec.name, "training_key", key)
-    if existing is not None:
-        metrics = mlc.get_run(existing.run_id).data.metrics
-        return TrainOutcome(str(existing.version), existing.run_id, key, dict(metrics),
-                            reused=True)
+    ckpt_dir = settings.checkpoint_dir / spec.name / key
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    # one trainer per key: a retrain started while the nightly trains the same data waits,
+    # then finds the registered version below and reuses it
+    with FileLock(ckpt_dir / ".lock"):
+        existing = version_by_tag(mlc, spec.name, "training_key", key)
+        if existing is not None:
+            metrics = mlc.get_run(existing.run_id).data.metrics
+            return TrainOutcome(str(existing.version), existing.run_id, key, dict(metrics),
+                                reused=True)
+        return _fit_and_register(spec, dataset_dir, dataset_version, params, settings, lineage,
+                                 key, ckpt_dir, experiment_id, progress_bar, callbacks)
+
+
+def _fit_and_register(
+    spec: ModelSpec, dataset_dir: Path, dataset_version: str, params: TrainParams,
+    settings: Settings, lineage: dict[str, str], key: str, ckpt_dir: Path, experiment_id: str,
+    progress_bar: bool, callbacks: list[Any] | None,
+) -> TrainOutcome:
+    """Fit (resuming from ``last.ckpt``), test, log and register; the caller holds the lock."""
+    mlc = mlflow_client(settings)
 
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -145,7 +163,6 @@ def train_model(
 
     tags = {**lineage, "dataset_version": dataset_version, "training_key": key,
             "model_spec": json.dumps(spec.to_dict())}
-    ckpt_dir = settings.checkpoint_dir / spec.name / key
     run_id = _run_id(mlc, ckpt_dir, experiment_id, spec, tags)
     L.seed_everything(params.seed, workers=True, verbose=False)
     backbone, feature_dim = build_backbone(spec.backbone, params.weights)
@@ -226,3 +243,18 @@ def latest_training_task(model: str) -> dict[str, str]:
     if row is None:
         raise ValueError(f"no training of {model!r} yet: run `oceanml run train` first")
     return {"model_version": row.model_version, "dataset_version": row.dataset_version}
+
+
+@task(name="recent-training")
+def recent_training_task(model: str, hours: float) -> dict[str, str] | None:
+    """The training of ``model`` recorded within the last ``hours``, if any (the cool-down)."""
+    if hours <= 0:
+        return None
+    settings = get_settings()
+    since = datetime.now(UTC) - timedelta(hours=hours)
+    with session_factory(settings.db_url)() as session:
+        row = session.scalar(select(TrainingRun).where(
+            TrainingRun.model_name == model, TrainingRun.created_at >= since)
+            .order_by(TrainingRun.id.desc()).limit(1))
+    return None if row is None else {"model_version": row.model_version,
+                                     "created_at": row.created_at.isoformat()}

@@ -33,3 +33,37 @@ def test_prefect_yaml_deploys_the_nightly_schedule(prefect_harness) -> None:
     assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "UTC")
     assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"] == {
         "directory": str(REPO)}
+
+
+def test_drift_events_start_the_retrain_deployment(prefect_harness) -> None:
+    import time
+
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.events import emit_event
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OCEANML_REPO_DIR": str(REPO)}
+    prefect("work-pool", "create", "oceanml-process", "--type", "process", env=env)
+    deployed = prefect("--no-prompt", "deploy", "--name", "retrain", env=env)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("retrain/retrain")
+        assert deployment.global_concurrency_limit.limit == 1  # 3.8 keeps it here
+        assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
+        linked = [a for a in client.read_automations()
+                  if any(getattr(x, "deployment_id", None) == deployment.id for x in a.actions)]
+        assert len(linked) == 1 and linked[0].trigger.expect == {"oceanml.drift.detected"}
+
+    emit_event(event="oceanml.drift.detected",
+               resource={"prefect.resource.id": "oceanml.model.algae-bloom",
+                         "prefect.resource.name": "algae-bloom"},
+               payload={"reason": "5/11 features drifted"})
+    runs = []
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while not runs and time.monotonic() < deadline:
+            time.sleep(1)
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployment.id])))
+    assert len(runs) == 1
+    assert runs[0].parameters["model"] == "algae-bloom"
+    assert runs[0].parameters["reason"] == "5/11 features drifted"

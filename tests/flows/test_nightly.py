@@ -110,3 +110,18 @@ def test_a_second_run_adds_nothing(runs) -> None:
         assert s.scalar(select(func.count()).select_from(TrainingRun)) == 1
         assert s.scalar(select(func.count()).select_from(Promotion)) == 1
         assert s.scalar(select(func.count()).select_from(Reject)) == 6
+
+
+def test_a_retrain_right_after_the_nightly_respects_the_cooldown_and_reuses(runs) -> None:
+    from flows.retrain import retrain
+
+    skipped = retrain(model=MODEL, reason="drift", cooldown_hours=6)
+    assert skipped["skipped"] and skipped["recent"]["model_version"] == \
+        runs.first["train"]["model_version"]
+    forced = retrain(model=MODEL, reason="drift", cooldown_hours=0, max_epochs=1,
+                     backbone="resnet18")
+    assert not forced["skipped"]
+    assert forced["dataset"]["version"] == runs.first["dataset"]["version"]
+    assert forced["train"]["reused"] and not forced["promote"]["decided_now"]
+    versions = mlflow_client(runs.settings).search_model_versions(f"name = '{MODEL}'")
+    assert len(versions) == 1
