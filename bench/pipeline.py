@@ -115,7 +115,8 @@ def run_plain(model: str, epochs: int) -> tuple[dict[str, float], float]:
     timed("drift", drift)
 
     def promote():
-        decision = decide_promotion(evaluation.challenger, None, load_policy(project / "params.yaml"))
+        decision = decide_promotion(evaluation.challenger, None,
+                                    load_policy(project / "params.yaml", model))
         if decision.promote:
             set_champion(mlflow_client(settings), model, trained.model_version)
         return decision

@@ -21,9 +21,14 @@ from oceanml.settings import get_settings
 @dataclass(frozen=True)
 class PromotionPolicy:
     metric: str = "macro_f1"
-    floor: float = 0.5
+    higher_is_better: bool = True
+    floor: float = 0.5  # for a lower-is-better metric, the worst value allowed
     margin: float = 0.01
     max_slice_drop: float = 0.10
+
+    def gain(self, new: float, old: float) -> float:
+        """How much better ``new`` is than ``old`` (negative when worse), in either direction."""
+        return new - old if self.higher_is_better else old - new
 
 
 @dataclass(frozen=True)
@@ -40,28 +45,32 @@ def decide_promotion(
     ``challenger`` / ``champion`` are evaluation reports (``overall`` and ``slices``) on the
     same test split.
     """
-    value = challenger["overall"][policy.metric]
-    if value < policy.floor:
-        return Decision(False, f"{policy.metric} {value:.3f} is below the floor {policy.floor:.3f}")
+    m = policy.metric
+    value = challenger["overall"][m]
+    if policy.gain(value, policy.floor) < 0:
+        side = "below the floor" if policy.higher_is_better else "above the ceiling"
+        return Decision(False, f"{m} {value:.3f} is {side} {policy.floor:.3f}")
     if champion is None:
-        return Decision(True, f"no champion yet; {policy.metric} {value:.3f} passes the floor "
-                              f"{policy.floor:.3f}")
-    best = champion["overall"][policy.metric]
-    if value < best + policy.margin:
-        return Decision(False, f"{policy.metric} {value:.3f} does not beat the champion's "
-                               f"{best:.3f} by the margin {policy.margin:.3f}")
+        return Decision(True, f"no champion yet; {m} {value:.3f} passes the bar {policy.floor:.3f}")
+    best = champion["overall"][m]
+    if policy.gain(value, best) < policy.margin:
+        return Decision(False, f"{m} {value:.3f} does not beat the champion's {best:.3f} by the "
+                               f"margin {policy.margin:.3f}")
     for name, ref in champion.get("slices", {}).items():
         mine = challenger.get("slices", {}).get(name)
-        if mine is not None and ref[policy.metric] - mine[policy.metric] > policy.max_slice_drop:
-            return Decision(False, f"slice {name} regresses {ref[policy.metric]:.3f} -> "
-                                   f"{mine[policy.metric]:.3f} (more than {policy.max_slice_drop:.2f})")
-    return Decision(True, f"{policy.metric} {value:.3f} beats the champion's {best:.3f} by "
-                          f"{value - best:.3f} with no slice regressing past "
+        if mine is not None and -policy.gain(mine[m], ref[m]) > policy.max_slice_drop:
+            return Decision(False, f"slice {name} regresses {ref[m]:.3f} -> {mine[m]:.3f} "
+                                   f"(more than {policy.max_slice_drop:.2f})")
+    return Decision(True, f"{m} {value:.3f} beats the champion's {best:.3f} by "
+                          f"{policy.gain(value, best):.3f} with no slice regressing past "
                           f"{policy.max_slice_drop:.2f}")
 
 
-def load_policy(params_file: Path) -> PromotionPolicy:
-    return PromotionPolicy(**(yaml.safe_load(params_file.read_text()).get("promote") or {}))
+def load_policy(params_file: Path, model: str) -> PromotionPolicy:
+    """The ``promote`` defaults of ``params.yaml`` with the model's ``per_model`` overrides."""
+    section = dict(yaml.safe_load(params_file.read_text()).get("promote") or {})
+    overrides = (section.pop("per_model", None) or {}).get(model, {})
+    return PromotionPolicy(**{**section, **overrides})
 
 
 @task(name="promote", retries=1, retry_delay_seconds=10)
@@ -82,7 +91,8 @@ def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
             return {"promoted": row.promoted, "reason": row.reason, "decided_now": False,
                     "champion_version": challenger_v if row.promoted else champ_v}
         decision = decide_promotion(evaluation["challenger"], evaluation.get("champion"),
-                                    load_policy(settings.project_dir.resolve() / "params.yaml"))
+                                    load_policy(settings.project_dir.resolve() / "params.yaml",
+                                                model))
         mlc = mlflow_client(settings)
         mlc.set_model_version_tag(model, challenger_v, "promotion",
                                      "promoted" if decision.promote else "rejected")

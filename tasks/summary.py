@@ -10,9 +10,10 @@ from prefect.artifacts import create_markdown_artifact
 from oceanml.settings import get_settings
 
 
-def _metric(result: dict[str, Any], name: str) -> str:
-    value = (result.get("challenger") or {}).get("overall", {}).get(name)
-    return f"{value:.3f}" if isinstance(value, float) else "-"
+def _metrics(report: dict[str, Any] | None) -> str:
+    """``accuracy 0.940, macro_f1 0.939`` (or ``mae``, ``mse`` for regression)."""
+    overall = (report or {}).get("overall", {})
+    return ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if isinstance(v, float)) or "-"
 
 
 def nightly_summary(model: str, results: dict[str, dict[str, Any]], where: dict[str, str]) -> str:
@@ -39,8 +40,7 @@ def nightly_summary(model: str, results: dict[str, dict[str, Any]], where: dict[
         ("train", f"{model} v{train['model_version']} "
                   + ("(already trained on this data and params: reused)" if train["reused"]
                      else "(new)")),
-        ("evaluate", f"test accuracy {_metric(evaluation, 'accuracy')}, macro-F1 "
-                     f"{_metric(evaluation, 'macro_f1')}; champion "
+        ("evaluate", f"test {_metrics(evaluation['challenger'])}; champion "
                      + (f"v{evaluation['champion_version']}" if evaluation["champion_version"]
                         else "none")),
         ("drift", ("DETECTED - " if drift["drifted"] else "none - ") + drift["reason"]),

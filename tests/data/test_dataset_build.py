@@ -75,3 +75,27 @@ def test_reference_statistics_cover_every_drift_feature(settings, sessions, tmp_
     assert set(stats["numeric"]) == set(DRIFT_FEATURES)
     assert stats["n"] == len(hashes(tmp_path / "v1", "train"))
     assert all(len(f["edges"]) >= 2 for f in stats["numeric"].values())
+
+
+@pytest.mark.parametrize("model", ["algae-bloom", "debris-classifier", "water-quality",
+                                   "coastal-pollution"])
+def test_every_model_of_the_zoo_gets_a_dataset_with_valid_labels(settings, sessions, tmp_path,
+                                                                  model) -> None:
+    import json as _json
+
+    from models.zoo import get_spec
+    from tasks.shards import DatasetParams
+
+    grow(settings, sessions, 2, END)
+    params = DatasetParams.load(Path(__file__).resolve().parents[2] / "params.yaml", model)
+    manifest = tmp_path / "m.csv"
+    write_manifest(select_manifest(sessions, params.label_key), manifest)
+    card = build(manifest, tmp_path / "ds", DatasetParams(params.label_key, 32, shard_rows=8),
+                 settings)
+    spec = get_spec(model)
+    labels = [label for counts in card["class_counts"].values() for label in counts]
+    if spec.task == "classification":
+        assert labels and set(labels) <= set(spec.outputs)
+    else:
+        values = [_json.loads(label) for label in labels]
+        assert all(len(v) == 5 and all(0 <= x <= 1 for x in v) for v in values)

@@ -125,3 +125,17 @@ def test_a_retrain_right_after_the_nightly_respects_the_cooldown_and_reuses(runs
     assert forced["train"]["reused"] and not forced["promote"]["decided_now"]
     versions = mlflow_client(runs.settings).search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 1
+
+
+def test_the_regression_model_runs_end_to_end(runs) -> None:
+    """water-quality: five indices in [0, 1], judged on MAE, lower is better."""
+    from flows.nightly import nightly
+
+    out = nightly(model="water-quality", max_epochs=1, backbone="resnet18")
+    assert out["dataset"]["created"] and not out["train"]["reused"]
+    assert out["dataset"]["version"] != runs.first["dataset"]["version"]
+    overall = out["evaluate"]["challenger"]["overall"]
+    assert 0 <= overall["mae"] <= 1 and "per_target" in out["evaluate"]["challenger"]
+    assert f"mae {overall['mae']:.3f}" in out["promote"]["reason"]  # judged on MAE
+    versions = mlflow_client(runs.settings).search_model_versions("name = 'water-quality'")
+    assert len(versions) == 1
