@@ -90,7 +90,7 @@ class OpenAIStub:
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *args: Any) -> None:
-                pass
+                """Silent: tests read what the stub recorded, not an access log on stderr."""
 
             def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None):
                 raw = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
