@@ -34,9 +34,9 @@ from tasks.validate import (
     Rejection,
     check_key,
     check_observation,
+    decode_sidecar,
     inspect_image,
     observation_row,
-    parse_sidecar,
 )
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -145,11 +145,12 @@ def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
         _check_size(candidate, candidate.sidecar_key, settings.max_sidecar_bytes, "sidecar")
         image = landing.fs.cat_file(landing.path(candidate.image_key))
         raw_sidecar = landing.fs.cat_file(landing.path(candidate.sidecar_key))
-        sidecar = parse_sidecar(raw_sidecar, limits=limits)
+        doc = decode_sidecar(raw_sidecar)
+        sidecar = check_observation(doc, limits)
         info = inspect_image(
             image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
-        prepared.content_hash = sha256_hex(image, b"\0", _canonical(json.loads(raw_sidecar)))
+        prepared.content_hash = sha256_hex(image, b"\0", _canonical(doc))
         prepared.image = image
         prepared.image_suffix = PurePosixPath(candidate.image_key).suffix.lower()
         prepared.row = {

@@ -103,19 +103,23 @@ def check_observation(doc: Any, limits: Limits) -> Sidecar:
     return obs
 
 
-def parse_sidecar(raw: bytes, *, now: datetime | None = None, max_skew_s: float = 600,
-                  limits: Limits | None = None) -> Sidecar:
-    """Decode and validate a sidecar: UTF-8, JSON, schema, ranges, time and device."""
-    limits = limits or Limits(now=now or datetime.now(UTC), max_skew_s=max_skew_s)
+def decode_sidecar(raw: bytes) -> Any:
+    """The JSON document of a sidecar: UTF-8 and JSON, or a rejection saying which failed."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise Rejection("sidecar_not_utf8", str(exc)) from exc
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as exc:
         raise Rejection("sidecar_not_json", f"{exc.msg} at line {exc.lineno}") from exc
-    return check_observation(doc, limits)
+
+
+def parse_sidecar(raw: bytes, *, now: datetime | None = None, max_skew_s: float = 600,
+                  limits: Limits | None = None) -> Sidecar:
+    """Decode and validate a sidecar: UTF-8, JSON, schema, ranges, time and device."""
+    limits = limits or Limits(now=now or datetime.now(UTC), max_skew_s=max_skew_s)
+    return check_observation(decode_sidecar(raw), limits)
 
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
