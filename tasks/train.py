@@ -87,8 +87,7 @@ def _run_id(mlc, ckpt_dir: Path, experiment_id: str, spec: ModelSpec, tags: dict
         return marker.read_text().strip()
     run = mlc.create_run(experiment_id, run_name=f"{spec.name}-{tags['dataset_version'][:8]}",
                             tags=tags)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(run.info.run_id)
+    marker.write_text(run.info.run_id)  # train_model created ckpt_dir before taking its lock
     return run.info.run_id
 
 
@@ -141,17 +140,16 @@ def train_model(
             metrics = mlc.get_run(existing.run_id).data.metrics
             return TrainOutcome(str(existing.version), existing.run_id, key, dict(metrics),
                                 reused=True)
-        return _fit_and_register(spec, dataset_dir, dataset_version, params, settings, lineage,
-                                 key, ckpt_dir, experiment_id, progress_bar, callbacks)
+        return _fit_and_register(mlc, spec, dataset_dir, dataset_version, params, settings,
+                                 lineage, key, ckpt_dir, experiment_id, progress_bar, callbacks)
 
 
 def _fit_and_register(
-    spec: ModelSpec, dataset_dir: Path, dataset_version: str, params: TrainParams,
+    mlc: Any, spec: ModelSpec, dataset_dir: Path, dataset_version: str, params: TrainParams,
     settings: Settings, lineage: dict[str, str], key: str, ckpt_dir: Path, experiment_id: str,
     progress_bar: bool, callbacks: list[Any] | None,
 ) -> TrainOutcome:
     """Fit (resuming from ``last.ckpt``), test, log and register; the caller holds the lock."""
-    mlc = mlflow_client(settings)
 
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
