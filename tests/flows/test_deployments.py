@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
@@ -18,9 +19,15 @@ def prefect(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([str(cli), *args], cwd=REPO, env=env, capture_output=True, text=True)
 
 
-def test_prefect_yaml_deploys_the_nightly_schedule(prefect_harness) -> None:
+@pytest.fixture
+def env(prefect_harness) -> dict[str, str]:
+    """The CLI pointed at the harness server, with the work pool prefect.yaml names."""
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OCEANML_REPO_DIR": str(REPO)}
     prefect("work-pool", "create", "oceanml-process", "--type", "process", env=env)
+    return env
+
+
+def test_prefect_yaml_deploys_the_nightly_schedule(env) -> None:
     deployed = prefect("--no-prompt", "deploy", "--all", env=env)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     listed = prefect("deployment", "ls", env=env)  # a filter request without a limit
@@ -35,14 +42,12 @@ def test_prefect_yaml_deploys_the_nightly_schedule(prefect_harness) -> None:
         "directory": str(REPO)}
 
 
-def test_drift_events_start_the_retrain_deployment(prefect_harness) -> None:
+def test_drift_events_start_the_retrain_deployment(env) -> None:
     import time
 
     from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
     from prefect.events import emit_event
 
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OCEANML_REPO_DIR": str(REPO)}
-    prefect("work-pool", "create", "oceanml-process", "--type", "process", env=env)
     deployed = prefect("--no-prompt", "deploy", "--name", "retrain", env=env)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     with get_client(sync_client=True) as client:
