@@ -45,7 +45,7 @@ def make_shards(root: Path, size: int, observations: int) -> Path:
                   faults=False)
     sessions = session_factory(settings.db_url)
     ingest(settings, sessions, now=end)
-    write_manifest(select_manifest(sessions, "plastic-detector"), root / "manifest.csv")
+    write_manifest(select_manifest(sessions, "plastic-detector").frame, root / "manifest.csv")
     build(root / "manifest.csv", root / "shards", DatasetParams("plastic-detector", size), settings)
     return root / "shards"
 

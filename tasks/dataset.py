@@ -8,7 +8,8 @@ output directory; it is pushed to the DVC remote and recorded in ``datasets``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,35 +23,73 @@ from oceanml import versioning
 from oceanml.db import SENSOR_COLUMNS, Dataset, Observation, session_factory
 from oceanml.lineage import flow_run_id
 from oceanml.settings import Settings, get_settings
+from tasks.selection import summarize
 from tasks.shards import IMAGE_FEATURES, MANIFEST_COLUMNS, DatasetParams
 
+_MANIFEST_QUERY_COLUMNS = (
+    "content_hash", "image_key", "observed_at", "device_id", "device_type", "image_width",
+    "image_height", "image_stats", "labels", "llm_tags", *SENSOR_COLUMNS,
+)
 
-def select_manifest(sessions: sessionmaker, label_key: str) -> pd.DataFrame:
-    """Labelled observations with an image, one row each, ordered by time for stable shards."""
+
+@dataclass
+class Selected:
+    """A manifest and how the selection got there (counts per filter that left rows out)."""
+
+    frame: pd.DataFrame
+    reasons: dict[str, int]
+
+
+def select_manifest(sessions: sessionmaker, params: DatasetParams | str,
+                    now: datetime | None = None) -> Selected:
+    """Observations with an image that pass ``params.selection`` and have a label from
+    ``params``' label source, one row each, in time order so shards stay stable.
+
+    The time window is applied in SQL (``observed_at`` is indexed); every other filter in
+    Python, so the reasons count what each filter left out within the window."""
+    if isinstance(params, str):
+        params = DatasetParams(label_key=params)
+    selection, labelling = params.selection, params.labelling()
+    since, until = selection.window(now or datetime.now(UTC))
+    query = (select(*(getattr(Observation, c) for c in _MANIFEST_QUERY_COLUMNS))
+             .where(Observation.image_key.is_not(None))
+             .order_by(Observation.observed_at, Observation.content_hash))
+    if since is not None:
+        query = query.where(Observation.observed_at >= since)
+    if until is not None:
+        query = query.where(Observation.observed_at < until)
+    selection = replace(selection, since=since, until=until, last_days=None)
+    records, reasons = [], []
     with sessions() as session:
-        rows = session.scalars(
-            select(Observation)
-            .where(Observation.image_key.is_not(None))
-            .order_by(Observation.observed_at, Observation.content_hash)
-        ).all()
-    records = []
-    for obs in rows:
-        label = (obs.labels or {}).get(label_key)
-        if label is None:
-            continue
-        stats = obs.image_stats or {}
-        records.append({
-            "content_hash": obs.content_hash,
-            "image_key": obs.image_key,
-            "label": json.dumps(label) if isinstance(label, list) else str(label),
-            "observed_at": obs.observed_at.isoformat(),
-            "device_id": obs.device_id,
-            "device_type": obs.device_type,
-            **{name: getattr(obs, name) for name in SENSOR_COLUMNS},
-            **{f"image_{f}": stats.get(f) for f in IMAGE_FEATURES},
-            "llm_tags": ",".join(obs.llm_tags or []),
-        })
-    return pd.DataFrame.from_records(records, columns=list(MANIFEST_COLUMNS))
+        for row in session.execute(query).mappings():
+            reason = selection.refusal(row, SENSOR_COLUMNS)
+            labelled = None if reason else labelling.label(row["labels"], row["llm_tags"])
+            if reason is None and labelled is None:
+                reason = "no_label"
+            reasons.append(reason)
+            if reason is None:
+                records.append(_manifest_record(row, *labelled))
+    return Selected(pd.DataFrame.from_records(records, columns=list(MANIFEST_COLUMNS)),
+                    summarize(reasons))
+
+
+def _manifest_record(row: Any, label: Any, source: str) -> dict[str, Any]:
+    stats = row["image_stats"] or {}
+    observed = row["observed_at"]
+    if observed.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
+        observed = observed.replace(tzinfo=UTC)
+    return {
+        "content_hash": row["content_hash"],
+        "image_key": row["image_key"],
+        "label": json.dumps(label) if isinstance(label, list) else str(label),
+        "observed_at": observed.isoformat(),
+        "device_id": row["device_id"],
+        "device_type": row["device_type"],
+        **{name: row[name] for name in SENSOR_COLUMNS},
+        **{f"image_{f}": stats.get(f) for f in IMAGE_FEATURES},
+        "llm_tags": ",".join(row["llm_tags"] or []),
+        "label_source": source,
+    }
 
 
 def write_manifest(frame: pd.DataFrame, path: Path) -> bool:
@@ -71,6 +110,8 @@ class DatasetVersion:
     created: bool
     split_counts: dict[str, int]
     class_counts: dict[str, Any]
+    label_sources: dict[str, int] = field(default_factory=dict)
+    selection: dict[str, int] = field(default_factory=dict)
 
 
 def stage_name(model: str) -> str:
@@ -81,18 +122,36 @@ def dataset_dir(settings: Settings, model: str) -> Path:
     return settings.project_dir.resolve() / "data" / "datasets" / model
 
 
+def check_labels(model: str, params: DatasetParams) -> None:
+    """Weak-label classes must be classes of the model, or training would fail late."""
+    from models.zoo import get_spec
+
+    spec = get_spec(model)
+    if params.label_source == "annotated":
+        return
+    if spec.task != "classification":
+        raise ValueError(f"datasets.{model}: weak labels need a classification model")
+    unknown = params.weak_labels.classes() - set(spec.outputs)
+    if unknown:
+        raise ValueError(f"datasets.{model}.weak_labels: {', '.join(sorted(unknown))} not among "
+                         f"the classes {', '.join(spec.outputs)}")
+
+
 def build_dataset(settings: Settings, sessions: sessionmaker, model: str,
-                  run_id: str | None = None) -> DatasetVersion:
+                  run_id: str | None = None, now: datetime | None = None) -> DatasetVersion:
     """Select, export, ``dvc repro``, ``dvc push`` and record; idempotent for unchanged input."""
     project = settings.project_dir.resolve()
     params = DatasetParams.load(project / "params.yaml", model)
-    frame = select_manifest(sessions, params.label_key)
-    if frame.empty:
-        raise ValueError(f"no labelled observations for {model!r}: ingest annotated data first")
-    write_manifest(frame, project / "data" / "manifests" / f"{model}.csv")
+    check_labels(model, params)
+    selected = select_manifest(sessions, params, now)
+    if selected.frame.empty:
+        raise ValueError(f"no observation selected for {model!r} ({selected.reasons}): ingest "
+                         f"labelled data, or widen datasets.{model}.selection in params.yaml")
+    write_manifest(selected.frame, project / "data" / "manifests" / f"{model}.csv")
     versioning.ensure_repo(project, settings.dvc_remote_url, settings.s3_endpoint_url)
-    env = {f"OCEANML_{k.upper()}": str(v) for k, v in
-           (("lake_url", settings.lake_url), ("s3_endpoint_url", settings.s3_endpoint_url)) if v}
+    env = {"OCEANML_HOME": str(settings.home.resolve())}
+    env |= {f"OCEANML_{k.upper()}": str(v) for k, v in
+            (("lake_url", settings.lake_url), ("s3_endpoint_url", settings.s3_endpoint_url)) if v}
     version = versioning.repro(project, stage_name(model), env=env)
     versioning.push(project, stage_name(model))
     out = dataset_dir(settings, model)
@@ -110,11 +169,11 @@ def build_dataset(settings: Settings, sessions: sessionmaker, model: str,
             session.add(row)
             session.commit()
     return DatasetVersion(model, version, str(out), created, card["split_counts"],
-                          card["class_counts"])
+                          card["class_counts"], card.get("label_sources", {}), selected.reasons)
 
 
 def dataset_card(ds: DatasetVersion) -> str:
-    """The dataset card as markdown: counts per split and class."""
+    """The dataset card as markdown: counts per split and class, label sources, selection."""
     classes = sorted({c for counts in ds.class_counts.values() for c in counts})
     lines = [f"# Dataset `{ds.name}` version `{ds.version}`", "",
              "| split | total | " + " | ".join(classes) + " |",
@@ -122,6 +181,12 @@ def dataset_card(ds: DatasetVersion) -> str:
     for split, total in ds.split_counts.items():
         counts = ds.class_counts.get(split, {})
         lines.append(f"| {split} | {total} | " + " | ".join(str(counts.get(c, 0)) for c in classes) + " |")
+    if ds.label_sources:
+        lines += ["", "Labels: " + ", ".join(f"{n} {src}" for src, n in
+                                             sorted(ds.label_sources.items()))]
+    if ds.selection:
+        lines += ["", "Selection (observations with an image): " + ", ".join(
+            f"{reason.replace('_', ' ')} {n}" for reason, n in ds.selection.items())]
     lines += ["", "new version" if ds.created else "unchanged input: no new version"]
     return "\n".join(lines)
 

@@ -2,8 +2,9 @@
 
 Runs as ``python -m tasks.shards build --model NAME`` from the DVC project root (``dvc repro``
 calls it), so it imports nothing heavy. Splits hash the observation's content hash, so an
-observation never changes split as the dataset grows; shards follow observation time, so
-growth appends new shards and leaves old ones byte-identical (DVC re-uploads only those).
+observation never changes split as the dataset grows; shards are cut per split and observation
+day, so growth adds new shards and leaves old ones byte-identical (DVC re-uploads only those),
+and a rebuild copies unchanged shards from a local cache instead of re-encoding their images.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import argparse
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +29,14 @@ import yaml
 from oceanml.db import SENSOR_COLUMNS
 from oceanml.settings import Settings, get_settings
 from oceanml.store import filesystem
+from tasks.selection import Labelling, Selection, WeakLabels
 
 IMAGE_FEATURES = ("brightness", "contrast", "green_ratio", "saturation")
 DRIFT_FEATURES = SENSOR_COLUMNS + tuple(f"image_{f}" for f in IMAGE_FEATURES)
 SPLITS = ("train", "val", "test")
 MANIFEST_COLUMNS = (
     "content_hash", "image_key", "label", "observed_at", "device_id", "device_type",
-    *DRIFT_FEATURES, "llm_tags",
+    *DRIFT_FEATURES, "llm_tags", "label_source",
 )
 
 
@@ -44,12 +49,35 @@ class DatasetParams:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     shard_rows: int = 512
     reference_sample: int = 2000
+    label_source: str = "annotated"
+    weak_labels: WeakLabels = field(default_factory=WeakLabels)
+    selection: Selection = field(default_factory=Selection)
 
     @classmethod
     def load(cls, params_file: Path, model: str) -> DatasetParams:
-        section = yaml.safe_load(params_file.read_text())["datasets"][model]
-        section["split"] = tuple(section.get("split", cls.split))
-        return cls(**section)
+        datasets = yaml.safe_load(params_file.read_text()).get("datasets") or {}
+        if model not in datasets:
+            raise KeyError(f"params.yaml has no datasets.{model} section")
+        return cls.from_dict(datasets[model], f"datasets.{model}")
+
+    @classmethod
+    def from_dict(cls, section: dict[str, Any], where: str = "datasets") -> DatasetParams:
+        values = dict(section)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
+        values["split"] = tuple(values.get("split", cls.split))
+        if len(values["split"]) != 3 or abs(sum(values["split"]) - 1.0) > 1e-6:
+            raise ValueError(f"{where}.split: three ratios summing to 1, got {values['split']}")
+        values["weak_labels"] = WeakLabels.from_dict(values.get("weak_labels"),
+                                                     f"{where}.weak_labels")
+        values["selection"] = Selection.from_dict(values.get("selection"), f"{where}.selection")
+        params = cls(**values)
+        params.labelling()  # validates label_source against weak_labels now, not mid-build
+        return params
+
+    def labelling(self) -> Labelling:
+        return Labelling(self.label_key, self.label_source, self.weak_labels)  # type: ignore[arg-type]
 
 
 def split_of(content_hash: str, ratios: tuple[float, float, float]) -> str:
@@ -97,29 +125,84 @@ def _resize_jpeg(data: bytes, size: int) -> bytes:
     return buf.getvalue()
 
 
-def build(manifest_path: Path, out_dir: Path, params: DatasetParams, settings: Settings) -> dict:
-    """Write shards, reference statistics and a card for one manifest; returns the card."""
-    frame = pd.read_csv(manifest_path, dtype={"label": str, "llm_tags": str})
-    frame["split"] = [split_of(h, params.split) for h in frame["content_hash"]]
+SHARD_FORMAT = "v2"  # bump when the bytes a shard holds change for the same rows
+
+
+def shard_plan(frame: pd.DataFrame, shard_rows: int) -> list[tuple[str, pd.DataFrame]]:
+    """(file name, rows) per shard: by split, then by observation day, then in runs of
+    ``shard_rows``. A new day only adds shards, and data arriving late for a day rewrites only
+    that day's, so a grown dataset shares almost every file with its predecessor."""
+    plan = []
+    day = frame["observed_at"].str.slice(0, 10).str.replace("-", "", regex=False)
+    for split in SPLITS:
+        in_split = frame[frame["split"] == split]
+        for date, rows in in_split.groupby(day[in_split.index], sort=True):
+            for n, start in enumerate(range(0, len(rows), shard_rows)):
+                plan.append((f"{split}-{date}-{n:03d}.parquet", rows.iloc[start : start + shard_rows]))
+    return plan
+
+
+def shard_key(rows: pd.DataFrame, image_size: int) -> str:
+    """What a shard's bytes are a function of: its rows' identity and labels, and the size."""
+    cols = ["content_hash", "label", "label_source", "device_type", "llm_tags"]
+    doc = json.dumps([SHARD_FORMAT, image_size, rows[cols].fillna("").values.tolist()])
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def _encode_shard(rows: pd.DataFrame, lake: Any, image_size: int, pool: ThreadPoolExecutor,
+                  dest: Path) -> None:
+    blobs = lake.fs.cat([lake.path(k) for k in rows["image_key"]])
+    images = list(pool.map(lambda k: _resize_jpeg(blobs[lake.path(k)], image_size),
+                           rows["image_key"]))
+    table = pa.table({
+        "content_hash": rows["content_hash"].tolist(),
+        "image": pa.array(images, type=pa.binary()),
+        "label": rows["label"].tolist(),
+        "label_source": rows["label_source"].fillna("annotated").tolist(),
+        "device_type": rows["device_type"].tolist(),
+        "llm_tags": rows["llm_tags"].fillna("").tolist(),
+    })
+    tmp = dest.with_suffix(".tmp")
+    pq.write_table(table, tmp, compression="none")
+    tmp.replace(dest)
+
+
+def write_shards(frame: pd.DataFrame, out_dir: Path, params: DatasetParams, settings: Settings,
+                 cache_dir: Path | None = None) -> dict[str, int]:
+    """Write every shard of ``frame`` into ``out_dir``; a shard whose key is in ``cache_dir``
+    (the previous build) is copied instead of decoded and re-encoded. Returns counts of
+    shards ``encoded`` and ``reused``."""
     lake = filesystem(settings.lake_url, settings)
     out_dir.mkdir(parents=True, exist_ok=True)
     for old in out_dir.glob("*.parquet"):
         old.unlink()
-    for split in SPLITS:
-        part = frame[frame["split"] == split].reset_index(drop=True)
-        for shard, start in enumerate(range(0, len(part), params.shard_rows)):
-            rows = part.iloc[start : start + params.shard_rows]
-            blobs = lake.fs.cat([lake.path(k) for k in rows["image_key"]])
-            images = [_resize_jpeg(blobs[lake.path(k)], params.image_size) for k in rows["image_key"]]
-            table = pa.table({
-                "content_hash": rows["content_hash"].tolist(),
-                "image": pa.array(images, type=pa.binary()),
-                "label": rows["label"].tolist(),
-                "device_type": rows["device_type"].tolist(),
-                "llm_tags": rows["llm_tags"].fillna("").tolist(),
-            })
-            pq.write_table(table, out_dir / f"{split}-{shard:05d}.parquet", compression="none")
-    card = {
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"encoded": 0, "reused": 0}
+    used: set[str] = set()
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for name, rows in shard_plan(frame, params.shard_rows):
+            cached = cache_dir / f"{shard_key(rows, params.image_size)}.parquet" if cache_dir else None
+            if cached is not None and cached.exists():
+                shutil.copyfile(cached, out_dir / name)
+                counts["reused"] += 1
+            else:
+                _encode_shard(rows, lake, params.image_size, pool, out_dir / name)
+                if cached is not None:
+                    shutil.copyfile(out_dir / name, cached)
+                counts["encoded"] += 1
+            if cached is not None:
+                used.add(cached.name)
+    if cache_dir is not None:  # keep one build's worth: the cache never outgrows the dataset
+        for stale in cache_dir.glob("*.parquet"):
+            if stale.name not in used:
+                stale.unlink()
+    return counts
+
+
+def card_of(frame: pd.DataFrame, params: DatasetParams) -> dict[str, Any]:
+    """Counts per split, class and label source: what the card artifact and the DB show."""
+    return {
         "label_key": params.label_key,
         "image_size": params.image_size,
         "split_counts": {s: int((frame["split"] == s).sum()) for s in SPLITS},
@@ -127,12 +210,25 @@ def build(manifest_path: Path, out_dir: Path, params: DatasetParams, settings: S
             s: frame.loc[frame["split"] == s, "label"].value_counts().sort_index().to_dict()
             for s in SPLITS
         },
+        "label_sources": frame["label_source"].fillna("annotated").value_counts().to_dict(),
     }
+
+
+def build(manifest_path: Path, out_dir: Path, params: DatasetParams, settings: Settings,
+          cache_dir: Path | None = None) -> dict:
+    """Write shards, reference statistics and a card for one manifest; returns the card."""
+    frame = pd.read_csv(manifest_path, dtype={"label": str, "llm_tags": str,
+                                              "label_source": str})
+    if "label_source" not in frame:
+        frame["label_source"] = "annotated"  # manifests written before weak labels existed
+    frame["split"] = [split_of(h, params.split) for h in frame["content_hash"]]
+    counts = write_shards(frame, out_dir, params, settings, cache_dir)
+    card = card_of(frame, params)
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
     stats = reference_stats(frame[frame["split"] == "train"], params.reference_sample)
     (out_dir / "reference_stats.json").write_text(json.dumps(stats, sort_keys=True))
     frame.drop(columns=["split"]).to_csv(out_dir / "manifest.csv", index=False)
-    return card
+    return {**card, "shards": counts}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,8 +246,9 @@ def main(argv: list[str] | None = None) -> None:
         root / "data" / "datasets" / args.model,
         params,
         settings,
+        cache_dir=settings.home.resolve() / "shard-cache" / args.model,
     )
-    print(json.dumps(card["split_counts"]))
+    print(json.dumps({"splits": card["split_counts"], "shards": card["shards"]}))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ def grow(settings, sessions, days: int, end: datetime) -> None:
 
 def build_version(settings, sessions, out: Path) -> dict:
     manifest = out.parent / f"{out.name}.csv"
-    write_manifest(select_manifest(sessions, PARAMS.label_key), manifest)
+    write_manifest(select_manifest(sessions, PARAMS.label_key).frame, manifest)
     return build(manifest, out, PARAMS, settings)
 
 
@@ -48,7 +48,7 @@ def test_no_observation_is_in_two_splits_and_only_labelled_ones_are_in(settings,
     assert not (by_split["train"] & by_split["val"]) and not (by_split["train"] & by_split["test"])
     assert not (by_split["val"] & by_split["test"])
     assert sum(map(len, by_split.values())) == sum(card["split_counts"].values())
-    labelled = len(select_manifest(sessions, "plastic-detector"))
+    labelled = len(select_manifest(sessions, "plastic-detector").frame)
     assert sum(card["split_counts"].values()) == labelled < 2 * 3 * 12
 
 
@@ -60,10 +60,30 @@ def test_growth_keeps_splits_and_leaves_old_shards_byte_identical(settings, sess
     for split in SPLITS:
         old, new = hashes(tmp_path / "v1", split), hashes(tmp_path / "v2", split)
         assert new[: len(old)] == old  # same items, same split, same order
-    full_old = sorted((tmp_path / "v1").glob("train-*.parquet"))[:-1]  # the last may be partial
-    assert full_old
-    for shard in full_old:
+    old_shards = sorted((tmp_path / "v1").glob("*.parquet"))
+    new_shards = sorted((tmp_path / "v2").glob("*.parquet"))
+    assert old_shards and len(new_shards) > len(old_shards)
+    for shard in old_shards:  # shards are cut per day: a new day only adds files
         assert shard.read_bytes() == (tmp_path / "v2" / shard.name).read_bytes()
+
+
+def test_a_rebuild_reuses_cached_shards_and_encodes_only_new_ones(settings, sessions, tmp_path):
+    grow(settings, sessions, 2, END)
+    manifest = tmp_path / "m.csv"
+    write_manifest(select_manifest(sessions, PARAMS.label_key).frame, manifest)
+    cache = tmp_path / "cache"
+    first = build(manifest, tmp_path / "v1", PARAMS, settings, cache_dir=cache)
+    assert first["shards"]["reused"] == 0 and first["shards"]["encoded"] > 0
+    grow(settings, sessions, 1, END.replace(day=21))
+    write_manifest(select_manifest(sessions, PARAMS.label_key).frame, manifest)
+    second = build(manifest, tmp_path / "v2", PARAMS, settings, cache_dir=cache)
+    assert second["shards"]["reused"] == sum(first["shards"].values())
+    assert 0 < second["shards"]["encoded"] < second["shards"]["reused"]
+    uncached = build(manifest, tmp_path / "v3", PARAMS, settings)
+    for shard in sorted((tmp_path / "v3").glob("*.parquet")):  # the cache changes no byte
+        assert shard.read_bytes() == (tmp_path / "v2" / shard.name).read_bytes()
+    assert uncached["split_counts"] == second["split_counts"]
+    assert len(list(cache.glob("*.parquet"))) == sum(second["shards"].values())
 
 
 def test_reference_statistics_cover_every_drift_feature(settings, sessions, tmp_path) -> None:
@@ -89,7 +109,7 @@ def test_every_model_of_the_zoo_gets_a_dataset_with_valid_labels(settings, sessi
     grow(settings, sessions, 2, END)
     params = DatasetParams.load(Path(__file__).resolve().parents[2] / "params.yaml", model)
     manifest = tmp_path / "m.csv"
-    write_manifest(select_manifest(sessions, params.label_key), manifest)
+    write_manifest(select_manifest(sessions, params).frame, manifest)
     card = build(manifest, tmp_path / "ds", DatasetParams(params.label_key, 32, shard_rows=8),
                  settings)
     spec = get_spec(model)

@@ -41,7 +41,7 @@ def trained(tmp_path_factory):
                       simulate(days=2, devices=6, per_day=60, end=END, annotated_fraction=0.9),
                       faults=False)
         ingest(settings, sessions, now=END)
-        write_manifest(select_manifest(sessions, "plastic-detector"), root / "m.csv")
+        write_manifest(select_manifest(sessions, "plastic-detector").frame, root / "m.csv")
         build(root / "m.csv", root / "ds", DatasetParams("plastic-detector", SIZE), settings)
         spec = get_spec("plastic-detector", backbone="resnet18", input_size=SIZE)
         params = TrainParams(backbone="resnet18", image_size=SIZE, max_epochs=6, patience=6)

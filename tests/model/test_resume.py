@@ -63,7 +63,7 @@ def dataset(settings, sessions, tmp_path) -> Path:
                   simulate(days=1, devices=4, per_day=40, end=END, annotated_fraction=0.9),
                   faults=False)
     ingest(settings, sessions, now=END)
-    write_manifest(select_manifest(sessions, "plastic-detector"), tmp_path / "m.csv")
+    write_manifest(select_manifest(sessions, "plastic-detector").frame, tmp_path / "m.csv")
     build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams("plastic-detector", 32), settings)
     return tmp_path / "ds"
 
