@@ -1,6 +1,6 @@
 """Lightning ``fit`` against a hand-written PyTorch loop: same net, shards, batch size and steps.
 
-Both read the same Parquet shards through the same ``ShardDataset``/``DataLoader``, use the
+Both read the same Parquet shards through the same ``ShardStream``/``DataLoader``, use the
 same optimiser, update the same train metrics and count only steady-state steps (after
 ``--warmup``). Data wait is the time from the end of one step to the start of the next, the
 batch fetched and moved to the device: where Lightning's ``on_train_batch_start`` fires.
@@ -90,14 +90,17 @@ def build_net(backbone: str, device: str):
 
 
 def loader(shards: Path, batch_size: int, workers: int):
+    """The training task's stream of the train split: batches made in the workers."""
+    import torch
     from torch.utils.data import DataLoader
 
-    from models.datamodule import ShardDataset
+    from models.datamodule import ShardStream
     from models.zoo import get_spec
 
-    data = ShardDataset(shards, "train", get_spec("plastic-detector"), augment=True)
-    return DataLoader(data, batch_size=batch_size, shuffle=True, num_workers=workers,
-                      drop_last=True, persistent_workers=workers > 0)
+    stream = ShardStream(shards, "train", get_spec("plastic-detector"), batch_size,
+                         shuffle=True, augment=True).configure(workers=workers)
+    return DataLoader(stream, batch_size=None, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 
 def run_torch(shards: Path, args, device: str) -> tuple[float, float]:
@@ -112,7 +115,10 @@ def run_torch(shards: Path, args, device: str) -> tuple[float, float]:
     clock = Clock(args.warmup)
     data = loader(shards, args.batch_size, args.workers)
     total = args.steps + args.warmup
+    epoch = 0
     while clock.steps < total:
+        data.dataset.set_epoch(epoch)
+        epoch += 1
         it = iter(data)
         while clock.steps < total:
             try:

@@ -1,17 +1,31 @@
-"""The LightningDataModule over a dataset version's Parquet shards."""
+"""The LightningDataModule over a dataset version's Parquet shards, streamed by worker processes.
+
+A shard's row groups are the units of reading. Each DataLoader worker owns a fixed share of
+them (balanced by rows), reads one row group at a time, shuffles through a bounded buffer,
+decodes the JPEGs and yields whole batches, so memory holds a few row groups whatever the
+dataset's size, and the number of batches is known before the epoch (progress bars,
+schedulers). Under DDP every rank gets its own units and the same number of training batches
+(a rank with one batch more would hang the others in the gradient all-reduce).
+"""
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from models.zoo import ModelSpec
+
+SPLITS = ("train", "val", "test")
 
 
 def encode_label(raw: str, spec: ModelSpec) -> torch.Tensor:
@@ -21,7 +35,8 @@ def encode_label(raw: str, spec: ModelSpec) -> torch.Tensor:
 
 
 def read_split(root: Path, split: str, columns: list[str] | None = None) -> dict[str, list]:
-    """All rows of one split (its shards in order) as Python lists."""
+    """All rows of one split (its shards in order) as Python lists: for small reads (metadata
+    columns of the test split), not for images at training scale."""
     shards = sorted(root.glob(f"{split}-*.parquet"))
     if not shards:
         return {c: [] for c in (columns or ["content_hash", "image", "label"])}
@@ -33,55 +48,194 @@ def read_split(root: Path, split: str, columns: list[str] | None = None) -> dict
     return out
 
 
-class ShardDataset(Dataset):
-    """Decodes JPEG bytes on access, so memory holds compressed images only."""
+@dataclass(frozen=True)
+class Unit:
+    """One row group of one shard: what a worker reads at once."""
 
-    def __init__(self, root: Path, split: str, spec: ModelSpec, augment: bool = False) -> None:
-        rows = read_split(root, split, ["content_hash", "image", "label"])
-        self.images: list[bytes] = rows["image"]
-        self.labels = [encode_label(label, spec) for label in rows["label"]]
-        self.content_hashes: list[str] = rows["content_hash"]
+    shard: Path
+    group: int
+    rows: int
+
+
+def split_units(root: Path, split: str) -> list[Unit]:
+    units = []
+    for shard in sorted(root.glob(f"{split}-*.parquet")):
+        meta = pq.ParquetFile(shard).metadata
+        units += [Unit(shard, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+    return units
+
+
+def assign(units: list[Unit], parts: int) -> list[list[Unit]]:
+    """Split units into ``parts`` lists of nearly equal rows (largest first, to the lightest),
+    each list in the original order; deterministic, so every process computes the same."""
+    out: list[list[int]] = [[] for _ in range(parts)]
+    load = [0] * parts
+    for i in sorted(range(len(units)), key=lambda i: (-units[i].rows, i)):
+        lightest = min(range(parts), key=lambda p: (load[p], p))
+        out[lightest].append(i)
+        load[lightest] += units[i].rows
+    return [[units[i] for i in sorted(part)] for part in out]
+
+
+def batch_counts(rows: list[int], batch_size: int, drop_last: bool, min_last: int = 1
+                 ) -> list[int]:
+    """Batches from each worker's rows; a last partial batch smaller than ``min_last`` is
+    dropped (training drops a batch of one: BatchNorm cannot normalise it)."""
+    return [r // batch_size + (0 if drop_last or r % batch_size < min_last else 1) for r in rows]
+
+
+def worker_plan(units: list[Unit], *, rank: int, world: int, workers: int, batch_size: int,
+                equal_ranks: bool) -> list[tuple[list[Unit], int]]:
+    """(units, batches) for each worker of ``rank``. With ``equal_ranks`` (training) and more
+    than one rank, only full batches are made and every rank makes as many as the poorest."""
+    per_rank = assign(units, world)
+    per_worker = [assign(rank_units, workers) for rank_units in per_rank]
+    drop_last = equal_ranks and world > 1
+    min_last = 2 if equal_ranks else 1
+    counts = [batch_counts([sum(u.rows for u in w) for w in ws], batch_size, drop_last, min_last)
+              for ws in per_worker]
+    mine = counts[rank]
+    if drop_last:
+        budget = min(sum(c) for c in counts)
+        capped = []
+        for count in mine:
+            capped.append(min(count, budget))
+            budget -= capped[-1]
+        mine = capped
+    return list(zip(per_worker[rank], mine, strict=True))
+
+
+class ShardStream(IterableDataset):
+    """Batches of (images, labels) streamed from one split's shards.
+
+    ``epoch`` lives in shared memory: persistent workers see the value the trainer sets at
+    each epoch start, so every epoch is shuffled differently and resumption is reproducible.
+    """
+
+    def __init__(self, root: Path, split: str, spec: ModelSpec, batch_size: int, *,
+                 shuffle: bool = False, augment: bool = False, seed: int = 0,
+                 buffer_rows: int = 1024) -> None:
+        self.units = split_units(Path(root), split)
+        self.spec = spec
+        self.batch_size = batch_size
+        self.shuffle = shuffle
         self.augment = augment
+        self.seed = seed
+        self.buffer_rows = buffer_rows
+        self.rank, self.world, self.workers = 0, 1, 1
+        self._epoch = multiprocessing.Value("q", 0, lock=False)
+
+    @property
+    def rows(self) -> int:
+        return sum(u.rows for u in self.units)
+
+    def configure(self, *, rank: int = 0, world: int = 1, workers: int = 0) -> ShardStream:
+        """Where this copy runs: set by the data module once the trainer knows its rank."""
+        self.rank, self.world, self.workers = rank, world, max(workers, 1)
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.value = epoch
+
+    def plan(self) -> list[tuple[list[Unit], int]]:
+        return worker_plan(self.units, rank=self.rank, world=self.world, workers=self.workers,
+                           batch_size=self.batch_size, equal_ranks=self.shuffle)
 
     def __len__(self) -> int:
-        return len(self.images)
+        return sum(batches for _, batches in self.plan())
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        data = torch.frombuffer(bytearray(self.images[index]), dtype=torch.uint8)
-        image = decode_jpeg(data, mode=ImageReadMode.RGB).float().div_(255.0)
-        if self.augment and torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return image, self.labels[index]
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info else 0
+        units, batches = self.plan()[worker]
+        rng = random.Random(f"{self.seed}/{self._epoch.value}/{self.rank}/{worker}")
+        if self.shuffle:
+            units = rng.sample(units, len(units))
+        rows = self._rows(units, rng)
+        for _ in range(batches):
+            batch = [row for _, row in zip(range(self.batch_size), rows, strict=False)]
+            if not batch:
+                return
+            yield self._collate(batch, rng)
+
+    def _rows(self, units: list[Unit], rng: random.Random) -> Iterator[tuple[bytes, str]]:
+        """Rows of ``units`` in order, or through a shuffle buffer of ``buffer_rows``."""
+        buffer: list[tuple[bytes, str]] = []
+        for unit in units:
+            table = pq.ParquetFile(unit.shard).read_row_group(unit.group, columns=["image", "label"])
+            group = zip(table.column("image").to_pylist(), table.column("label").to_pylist(),
+                        strict=True)
+            if not self.shuffle:
+                yield from group
+                continue
+            for row in group:
+                if len(buffer) < self.buffer_rows:
+                    buffer.append(row)
+                    continue
+                k = rng.randrange(len(buffer))
+                yield buffer[k]
+                buffer[k] = row
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _collate(self, batch: list[tuple[bytes, str]], rng: random.Random
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        images = []
+        for data, _ in batch:
+            image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                mode=ImageReadMode.RGB)
+            if self.augment and rng.random() < 0.5:
+                image = image.flip(-1)
+            images.append(image)
+        labels = torch.stack([encode_label(label, self.spec) for _, label in batch])
+        return torch.stack(images).float().div_(255.0), labels
 
 
 class ShardDataModule(L.LightningDataModule):
-    def __init__(
-        self, root: str | Path, spec: ModelSpec, batch_size: int = 64, num_workers: int = 0
-    ) -> None:
+    """Train/val/test streams of one dataset version; ``num_workers`` processes decode."""
+
+    def __init__(self, root: str | Path, spec: ModelSpec, batch_size: int = 64,
+                 num_workers: int = 0, seed: int = 0) -> None:
         super().__init__()
         self.root = Path(root)
         self.spec = spec
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.datasets: dict[str, ShardDataset] = {}
+        self.seed = seed
+        self.streams: dict[str, ShardStream] = {}
 
     def setup(self, stage: str | None = None) -> None:
-        for split in ("train", "val", "test"):
-            if split not in self.datasets:
-                self.datasets[split] = ShardDataset(self.root, split, self.spec, split == "train")
+        for split in SPLITS:
+            if split not in self.streams:
+                train = split == "train"
+                self.streams[split] = ShardStream(self.root, split, self.spec, self.batch_size,
+                                                  shuffle=train, augment=train, seed=self.seed)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return DataLoader(
-            self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-            num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
-        )
+    def _loader(self, split: str) -> DataLoader:
+        stream = self.streams[split]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
+        stream.configure(rank=rank, world=world, workers=self.num_workers)
+        if trainer is not None and split == "train":
+            stream.set_epoch(trainer.current_epoch)  # a resumed run continues the sequence
+        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
+        return self._loader("train")
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        return self._loader("test")
+
+
+class ShuffleEachEpoch(L.Callback):
+    """Hands the epoch number to the training stream before its workers start reading."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        if isinstance(datamodule, ShardDataModule) and "train" in datamodule.streams:
+            datamodule.streams["train"].set_epoch(trainer.current_epoch)

@@ -98,21 +98,19 @@ def predict(net: Any, dataset_dir: Path, spec: ModelSpec, batch_size: int = 256)
     """Predictions of ``net`` on the test split, with the labels and slice columns."""
     import torch
 
-    from models.datamodule import ShardDataset, read_split
+    from models.datamodule import ShardStream, read_split
 
-    data = ShardDataset(dataset_dir, "test", spec)
+    data = ShardStream(dataset_dir, "test", spec, batch_size)  # one reader: shard order
     meta = read_split(dataset_dir, "test", ["device_type", "llm_tags"])
     outputs, labels = [], []
     net.eval()
     with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            items = [data[i] for i in range(start, min(start + batch_size, len(data)))]
-            images = torch.stack([x for x, _ in items])
+        for images, targets in data:
             out = net(images)
             outputs.append(out.argmax(dim=1) if spec.task == "classification" else out)
-            labels.extend(y for _, y in items)
+            labels.append(targets)
     preds = torch.cat(outputs).numpy() if outputs else np.array([])
-    truth = torch.stack(labels).numpy() if labels else np.array([])
+    truth = torch.cat(labels).numpy() if labels else np.array([])
     slices = {"device_type": meta["device_type"],
               "tag": [t.split(",") if t else [] for t in meta["llm_tags"]]}
     return truth, preds, slices

@@ -126,6 +126,7 @@ def _resize_jpeg(data: bytes, size: int) -> bytes:
 
 
 SHARD_FORMAT = "v2"  # bump when the bytes a shard holds change for the same rows
+ROW_GROUP_ROWS = 64  # the unit a training worker reads: many per shard, so workers share them
 
 
 def shard_plan(frame: pd.DataFrame, shard_rows: int) -> list[tuple[str, pd.DataFrame]]:
@@ -163,7 +164,7 @@ def _encode_shard(rows: pd.DataFrame, lake: Any, image_size: int, pool: ThreadPo
         "llm_tags": rows["llm_tags"].fillna("").tolist(),
     })
     tmp = dest.with_suffix(".tmp")
-    pq.write_table(table, tmp, compression="none")
+    pq.write_table(table, tmp, compression="none", row_group_size=ROW_GROUP_ROWS)
     tmp.replace(dest)
 
 

@@ -156,7 +156,7 @@ def _fit_and_register(
     from lightning.pytorch.loggers import MLFlowLogger
 
     from models.backbones import build_backbone
-    from models.datamodule import ShardDataModule
+    from models.datamodule import ShardDataModule, ShuffleEachEpoch
     from models.module import OceanModule
 
     tags = {**lineage, "dataset_version": dataset_version, "training_key": key,
@@ -166,7 +166,7 @@ def _fit_and_register(
     backbone, feature_dim = build_backbone(spec.backbone, params.weights)
     module = OceanModule(backbone, feature_dim, spec.task, spec.num_outputs, lr=params.lr,
                          weight_decay=params.weight_decay, max_epochs=params.max_epochs)
-    data = ShardDataModule(dataset_dir, spec, params.batch_size, params.num_workers)
+    data = ShardDataModule(dataset_dir, spec, params.batch_size, params.num_workers, params.seed)
     monitor, mode = spec.monitor
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
                                  save_last=True)
@@ -178,7 +178,7 @@ def _fit_and_register(
         logger=MLFlowLogger(experiment_name=settings.experiment_name,
                             tracking_uri=settings.mlflow_tracking_uri, run_id=run_id),
         callbacks=[checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=params.patience),
-                   *(callbacks or [])],
+                   ShuffleEachEpoch(), *(callbacks or [])],
         default_root_dir=ckpt_dir,
         enable_progress_bar=progress_bar,
         enable_model_summary=False,
