@@ -14,7 +14,7 @@ import json
 import multiprocessing
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import lightning as L
@@ -55,13 +55,22 @@ class Unit:
     shard: Path
     group: int
     rows: int
+    start: int = 0  # index of its first row in the split
+    stride: int = 1  # keep every stride-th row of the split ...
+    offset: int = 0  # ... the ones whose index is offset modulo stride
+
+    def kept(self) -> int:
+        return sum(1 for i in range(self.start, self.start + self.rows)
+                   if i % self.stride == self.offset)
 
 
 def split_units(root: Path, split: str) -> list[Unit]:
-    units = []
+    units, start = [], 0
     for shard in sorted(root.glob(f"{split}-*.parquet")):
         meta = pq.ParquetFile(shard).metadata
-        units += [Unit(shard, g, meta.row_group(g).num_rows) for g in range(meta.num_row_groups)]
+        for g in range(meta.num_row_groups):
+            units.append(Unit(shard, g, meta.row_group(g).num_rows, start))
+            start += units[-1].rows
     return units
 
 
@@ -87,12 +96,17 @@ def batch_counts(rows: list[int], batch_size: int, drop_last: bool, min_last: in
 def worker_plan(units: list[Unit], *, rank: int, world: int, workers: int, batch_size: int,
                 equal_ranks: bool) -> list[tuple[list[Unit], int]]:
     """(units, batches) for each worker of ``rank``. With ``equal_ranks`` (training) and more
-    than one rank, only full batches are made and every rank makes as many as the poorest."""
-    per_rank = assign(units, world)
+    than one rank, only full batches are made and every rank makes as many as the poorest.
+    Evaluation splits are small: every rank reads all of them and keeps every world-th row, so
+    no rank is left without a batch when there are fewer row groups than ranks."""
+    if equal_ranks or world == 1:
+        per_rank = assign(units, world)
+    else:
+        per_rank = [[replace(u, stride=world, offset=r) for u in units] for r in range(world)]
     per_worker = [assign(rank_units, workers) for rank_units in per_rank]
     drop_last = equal_ranks and world > 1
     min_last = 2 if equal_ranks else 1
-    counts = [batch_counts([sum(u.rows for u in w) for w in ws], batch_size, drop_last, min_last)
+    counts = [batch_counts([sum(u.kept() for u in w) for w in ws], batch_size, drop_last, min_last)
               for ws in per_worker]
     mine = counts[rank]
     if drop_last:
@@ -163,8 +177,9 @@ class ShardStream(IterableDataset):
         buffer: list[tuple[bytes, str]] = []
         for unit in units:
             table = pq.ParquetFile(unit.shard).read_row_group(unit.group, columns=["image", "label"])
-            group = zip(table.column("image").to_pylist(), table.column("label").to_pylist(),
-                        strict=True)
+            group = ((image, label) for i, (image, label) in enumerate(zip(
+                table.column("image").to_pylist(), table.column("label").to_pylist(),
+                strict=True), unit.start) if i % unit.stride == unit.offset)
             if not self.shuffle:
                 yield from group
                 continue

@@ -38,15 +38,24 @@ class OceanModule(L.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         max_epochs: int = 10,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone"])
+        # channels_last is how this machine runs it, not what the model is
+        self.save_hyperparameters(ignore=["backbone", "channels_last"])
+        self.channels_last = channels_last
         self.net = OceanNet(backbone, feature_dim, num_outputs, task)
         self.train_metrics = _metrics(task, num_outputs, "train/")
         self.val_metrics = _metrics(task, num_outputs, "val/")
         self.test_metrics = _metrics(task, num_outputs, "test/")
 
+    def setup(self, stage: str) -> None:
+        if self.channels_last:  # NHWC: what tensor cores want for convolutions under bf16
+            self.to(memory_format=torch.channels_last)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         return self.net(images)
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:

@@ -70,6 +70,21 @@ class Settings(BaseSettings):
     ingest_chunk_size: int = Field(500, description="Files per chunk: bounds memory.")
     drift_window_days: float = Field(2.0, description="Recent observations compared with ref.")
 
+    # Where training runs: set per worker (a GPU worker's environment), not in params.yaml,
+    # because none of it changes what a training means (it is not part of the training key).
+    train_accelerator: str = Field("auto", description="Lightning accelerator: auto, cpu, gpu.")
+    train_devices: str = Field("auto", description="Lightning devices: auto, 1, 4, or '0,1'.")
+    train_strategy: str = Field(
+        "auto", description="auto: ddp_spawn when more than one device, else single device.")
+    train_num_nodes: int = Field(1, ge=1)
+    train_precision: str = Field(
+        "auto", description="auto: bf16-mixed where the GPU supports it, else 32-true.")
+    train_num_workers: int = Field(
+        -1, description="DataLoader worker processes; -1: up to 8 on a GPU, cores/4 on a CPU.")
+    train_work_pool: str | None = Field(
+        None, description="When set, flows train through the train deployment on this pool.")
+    train_deployment: str = Field("train/train-gpu", description="flow-name/deployment-name.")
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         home = self.home

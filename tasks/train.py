@@ -44,9 +44,6 @@ class TrainParams:
     seed: int = 7
     patience: int = 3
     weights: str | None = None
-    num_workers: int = 0
-    accelerator: str = "auto"
-    devices: str | int = "auto"
 
     @classmethod
     def load(cls, params_file: Path, model: str, **overrides: Any) -> TrainParams:
@@ -56,9 +53,7 @@ class TrainParams:
 
     def training_key(self, spec: ModelSpec, dataset_version: str) -> str:
         """What makes two trainings the same: spec, data and the params that change the result."""
-        relevant = {k: v for k, v in asdict(self).items()
-                    if k not in ("num_workers", "accelerator", "devices")}
-        doc = json.dumps([spec.to_dict(), dataset_version, relevant], sort_keys=True)
+        doc = json.dumps([spec.to_dict(), dataset_version, asdict(self)], sort_keys=True)
         return sha256_hex(doc.encode())[:32]
 
 
@@ -72,12 +67,67 @@ class TrainOutcome:
     artifacts: dict[str, str] = field(default_factory=dict)
 
 
-def _precision() -> str:
-    import torch
+@dataclass(frozen=True)
+class Hardware:
+    """Where a training runs, from the worker's settings (``OCEANML_TRAIN_*``)."""
 
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        return "bf16-mixed"
-    return "32-true"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"
+    num_workers: int = -1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Hardware:
+        return cls(settings.train_accelerator, settings.train_devices, settings.train_strategy,
+                   settings.train_num_nodes, settings.train_precision, settings.train_num_workers)
+
+    @property
+    def gpu(self) -> bool:
+        import torch
+
+        return self.accelerator in ("gpu", "cuda") or (
+            self.accelerator == "auto" and torch.cuda.is_available())
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """Resolved Lightning ``Trainer`` arguments for this machine."""
+        import torch
+
+        gpu = self.gpu
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+        devices: str | int = int(self.devices) if self.devices.isdigit() else self.devices
+        strategy = self.strategy
+        if strategy == "auto" and self._device_count(devices, gpu) > 1:
+            # Lightning's default "ddp" re-executes sys.argv in each child process, which
+            # here is the Prefect worker or flow; spawning runs only the fit in the children
+            strategy = "ddp_spawn"
+        return {"accelerator": self.accelerator, "devices": devices, "strategy": strategy,
+                "num_nodes": self.num_nodes, "precision": precision}
+
+    def loader_workers(self) -> int:
+        """Decoding processes. On a GPU they keep it fed; on a CPU they take cores from the
+        math itself, so the default there is a quarter of the cores (none on a laptop)."""
+        import os
+
+        if self.num_workers >= 0:
+            return self.num_workers
+        cores = os.cpu_count() or 1
+        return min(8, cores - 1) if self.gpu else min(8, cores // 4)
+
+    @staticmethod
+    def _device_count(devices: str | int, gpu: bool) -> int:
+        import torch
+
+        if isinstance(devices, int):
+            return devices
+        if devices == "auto":
+            return torch.cuda.device_count() if gpu else 1
+        if devices == "-1":
+            return torch.cuda.device_count() if gpu else 1
+        return len([d for d in devices.split(",") if d.strip()])
 
 
 def _run_id(mlc, ckpt_dir: Path, experiment_id: str, spec: ModelSpec, tags: dict) -> str:
@@ -152,6 +202,7 @@ def _fit_and_register(
     """Fit (resuming from ``last.ckpt``), test, log and register; the caller holds the lock."""
 
     import lightning as L
+    import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
 
@@ -164,17 +215,18 @@ def _fit_and_register(
     run_id = _run_id(mlc, ckpt_dir, experiment_id, spec, tags)
     L.seed_everything(params.seed, workers=True, verbose=False)
     backbone, feature_dim = build_backbone(spec.backbone, params.weights)
+    hardware = Hardware.from_settings(settings)
     module = OceanModule(backbone, feature_dim, spec.task, spec.num_outputs, lr=params.lr,
-                         weight_decay=params.weight_decay, max_epochs=params.max_epochs)
-    data = ShardDataModule(dataset_dir, spec, params.batch_size, params.num_workers, params.seed)
+                         weight_decay=params.weight_decay, max_epochs=params.max_epochs,
+                         channels_last=hardware.gpu)
+    data = ShardDataModule(dataset_dir, spec, params.batch_size, hardware.loader_workers(),
+                           params.seed)
     monitor, mode = spec.monitor
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
                                  save_last=True)
     trainer = L.Trainer(
         max_epochs=params.max_epochs,
-        accelerator=params.accelerator,
-        devices=params.devices,
-        precision=_precision(),
+        **hardware.trainer_kwargs(),
         logger=MLFlowLogger(experiment_name=settings.experiment_name,
                             tracking_uri=settings.mlflow_tracking_uri, run_id=run_id),
         callbacks=[checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=params.patience),
@@ -189,7 +241,7 @@ def _fit_and_register(
     trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    net = module.net.eval().cpu()
+    net = module.net.eval().cpu().to(memory_format=torch.contiguous_format)
     _log_model(mlc, run_id, net, params.image_size)
     mlc.log_dict(run_id, {"spec": spec.to_dict(), "params": asdict(params)}, "spec.json")
     run = mlc.get_run(run_id)

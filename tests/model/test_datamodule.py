@@ -100,3 +100,16 @@ def test_the_plan_balances_rows_across_workers(shards) -> None:
     plan = worker_plan(units, rank=0, world=1, workers=4, batch_size=16, equal_ranks=False)
     rows = [sum(u.rows for u in part) for part, _ in plan]
     assert sum(rows) == 283 and max(rows) - min(rows) <= 16
+
+
+def test_evaluation_under_ddp_gives_every_rank_rows_even_with_one_row_group(tmp_path) -> None:
+    pq.write_table(pa.table({"content_hash": ["a", "b", "c"], "image": [jpeg()] * 3,
+                             "label": [json.dumps([i / 1000, 0, 0, 0, 0]) for i in range(3)]}),
+                   tmp_path / "val-20261120-000.parquet")
+    seen = []
+    for rank in range(2):
+        stream = ShardStream(tmp_path, "val", SPEC, 8).configure(rank=rank, world=2)
+        batches = list(stream)
+        assert len(batches) == len(stream) == 1
+        seen.append(ids_of(batches))
+    assert seen == [[0, 2], [1]]

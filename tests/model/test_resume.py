@@ -8,19 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
-from tasks.dataset import select_manifest, write_manifest
-from tasks.ingest import ingest
-from tasks.shards import DatasetParams, build
-
 pytestmark = pytest.mark.slow
-END = datetime(2026, 11, 20, tzinfo=UTC)
 EPOCHS = 3
 
 TRAINER = textwrap.dedent('''
@@ -55,17 +46,6 @@ TRAINER = textwrap.dedent('''
 
 def events(lines: list[str]) -> list[dict]:
     return [json.loads(line) for line in lines if line.startswith("{")]
-
-
-@pytest.fixture
-def dataset(settings, sessions, tmp_path) -> Path:
-    write_landing(filesystem(settings.landing_url),
-                  simulate(days=1, devices=4, per_day=40, end=END, annotated_fraction=0.9),
-                  faults=False)
-    ingest(settings, sessions, now=END)
-    write_manifest(select_manifest(sessions, "plastic-detector").frame, tmp_path / "m.csv")
-    build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams("plastic-detector", 32), settings)
-    return tmp_path / "ds"
 
 
 def test_a_killed_training_resumes_from_its_checkpoint(settings, dataset, tmp_path) -> None:
