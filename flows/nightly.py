@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.training import train_step
 from tasks.dataset import build_dataset_task
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task
@@ -13,7 +14,6 @@ from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.promote import promote_task
 from tasks.summary import summary_task
-from tasks.train import train_task
 
 
 @flow(name="nightly", log_prints=True)
@@ -25,7 +25,7 @@ def nightly(
     enrich = enrich_task(wait_for=[ingest])
     dataset = build_dataset_task(model, wait_for=[enrich])
     drift = drift_task.submit(model, dataset["version"])  # runs beside training
-    train = train_task(model, dataset["version"], max_epochs=max_epochs, backbone=backbone)
+    train = train_step(model, dataset["version"], max_epochs=max_epochs, backbone=backbone)
     evaluation = evaluate_task(model, dataset["version"], train["model_version"])
     promote = promote_task(model, evaluation, wait_for=[drift])
     results = {"ingest": ingest, "enrich": enrich, "dataset": dataset, "train": train,

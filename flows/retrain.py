@@ -11,10 +11,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.training import train_step
 from tasks.dataset import build_dataset_task
 from tasks.evaluate import evaluate_task
 from tasks.promote import promote_task
-from tasks.train import recent_training_task, train_task
+from tasks.train import recent_training_task
 
 
 @flow(name="retrain", log_prints=True)
@@ -33,7 +34,7 @@ def retrain(
                               cooldown_hours)
         return {"skipped": True, "recent": recent, "reason": reason}
     dataset = build_dataset_task(model)
-    train = train_task(model, dataset["version"], max_epochs=max_epochs, backbone=backbone)
+    train = train_step(model, dataset["version"], max_epochs=max_epochs, backbone=backbone)
     evaluation = evaluate_task(model, dataset["version"], train["model_version"])
     promote = promote_task(model, evaluation)
     print(f"retrain of {model} ({reason or 'manual'}): dataset {dataset['version']}, "

@@ -228,7 +228,9 @@ def build(manifest_path: Path, out_dir: Path, params: DatasetParams, settings: S
     (out_dir / "card.json").write_text(json.dumps(card, indent=2, sort_keys=True))
     stats = reference_stats(frame[frame["split"] == "train"], params.reference_sample)
     (out_dir / "reference_stats.json").write_text(json.dumps(stats, sort_keys=True))
-    frame.drop(columns=["split"]).to_csv(out_dir / "manifest.csv", index=False)
+    # no copy of the manifest here: it changes whole with every new row, and DVC would
+    # re-upload all of it; the shards' content_hash column says what the version holds
+    (out_dir / "manifest.csv").unlink(missing_ok=True)
     return {**card, "shards": counts}
 
 

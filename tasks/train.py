@@ -254,6 +254,15 @@ def _fit_and_register(
                         artifacts={"checkpoint": str(checkpoint.best_model_path)})
 
 
+def resolve(settings: Settings, model: str, max_epochs: int | None = None,
+            backbone: str | None = None) -> tuple[ModelSpec, TrainParams]:
+    """The spec and params a training of ``model`` uses: ``params.yaml`` plus overrides."""
+    project = settings.project_dir.resolve()
+    params = TrainParams.load(project / "params.yaml", model, max_epochs=max_epochs,
+                              backbone=backbone)
+    return get_spec(model, backbone=params.backbone, input_size=params.image_size), params
+
+
 @task(name="train", retries=1, retry_delay_seconds=30, timeout_seconds=12 * 3600)
 def train_task(
     model: str, dataset_version: str, max_epochs: int | None = None, backbone: str | None = None
@@ -261,9 +270,7 @@ def train_task(
     """Train (or reuse) a version of ``model`` on ``dataset_version`` and record it."""
     settings = get_settings()
     project = settings.project_dir.resolve()
-    params = TrainParams.load(project / "params.yaml", model, max_epochs=max_epochs,
-                              backbone=backbone)
-    spec = get_spec(model, backbone=params.backbone, input_size=params.image_size)
+    spec, params = resolve(settings, model, max_epochs, backbone)
     data_dir = local_dataset(settings, model, dataset_version)
     lineage = {"git_commit": git_commit(project), "prefect_flow_run_id": flow_run_id() or ""}
     outcome = train_model(spec, data_dir, dataset_version, params, settings, lineage,
@@ -281,6 +288,25 @@ def train_task(
     get_run_logger().info("train: %s v%s (%s), metrics %s", model, outcome.model_version,
                           "reused" if outcome.reused else "new", outcome.metrics)
     return asdict(outcome)
+
+
+@task(name="recorded-training")
+def recorded_training_task(model: str, dataset_version: str, max_epochs: int | None = None,
+                           backbone: str | None = None, by_flow_run: str | None = None
+                           ) -> dict[str, Any]:
+    """The training a train deployment run recorded, found by its training key in the DB
+    (shared by every worker), so no result storage has to be shared with GPU workers."""
+    settings = get_settings()
+    spec, params = resolve(settings, model, max_epochs, backbone)
+    key = params.training_key(spec, dataset_version)
+    with session_factory(settings.db_url)() as session:
+        row = session.scalar(select(TrainingRun).where(TrainingRun.training_key == key))
+    if row is None:
+        raise LookupError(f"no training of {model} on {dataset_version} with key {key} was "
+                          "recorded: does the worker use the same params.yaml and database?")
+    return {"model_version": row.model_version, "run_id": row.mlflow_run_id,
+            "training_key": key, "metrics": row.metrics, "artifacts": {},
+            "reused": by_flow_run is None or row.flow_run_id != by_flow_run}
 
 
 @task(name="latest-training")

@@ -23,7 +23,8 @@ def prefect(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 def env(prefect_harness) -> dict[str, str]:
     """The CLI pointed at the harness server, with the work pool prefect.yaml names."""
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OCEANML_REPO_DIR": str(REPO)}
-    prefect("work-pool", "create", "oceanml-process", "--type", "process", env=env)
+    for pool in ("oceanml-process", "oceanml-gpu"):
+        prefect("work-pool", "create", pool, "--type", "process", env=env)
     return env
 
 
