@@ -100,7 +100,14 @@ class OpenAIStub:
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
+                self._leave()  # before the client can see the answer and send its next call
                 self.wfile.write(raw)
+
+            def _leave(self) -> None:
+                if getattr(self, "_counted", False):
+                    self._counted = False
+                    with stub._lock:
+                        stub.in_flight -= 1
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 with stub._lock:
@@ -114,11 +121,11 @@ class OpenAIStub:
                     stub.headers.append(dict(self.headers))
                     stub.in_flight += 1
                     stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                self._counted = True
                 try:
                     self._answer(body)
                 finally:
-                    with stub._lock:
-                        stub.in_flight -= 1
+                    self._leave()
 
             def _answer(self, body: dict[str, Any]) -> None:
                 behaviour = stub.next_behaviour()
