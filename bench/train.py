@@ -91,16 +91,12 @@ def build_net(backbone: str, device: str):
 
 def loader(shards: Path, batch_size: int, workers: int):
     """The training task's stream of the train split: batches made in the workers."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from models.datamodule import ShardStream
+    from models.datamodule import ShardStream, stream_loader
     from models.zoo import get_spec
 
     stream = ShardStream(shards, "train", get_spec("plastic-detector"), batch_size,
                          shuffle=True, augment=True).configure(workers=workers)
-    return DataLoader(stream, batch_size=None, num_workers=workers,
-                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    return stream_loader(stream, workers, persistent=True)
 
 
 def run_torch(shards: Path, args, device: str) -> tuple[float, float]:

@@ -206,6 +206,28 @@ class ShardStream(IterableDataset):
         return torch.stack(images).float().div_(255.0), labels
 
 
+def worker_context() -> multiprocessing.context.BaseContext:
+    """Loader workers fork from a clean server process, not from the caller.
+
+    A training task's process holds Prefect's services, whose at-exit hooks fail in a forked
+    child (Prefect 3.8: every worker then exits with code 1 and the DataLoader raises), and on a
+    GPU worker an initialised CUDA context, which must not be forked either. The server
+    imports this module once, so a worker starts in milliseconds, not a torch import."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
+
+
+def stream_loader(stream: ShardStream, workers: int, *, persistent: bool = False) -> DataLoader:
+    """The DataLoader over a stream: whole batches come from ``workers`` processes.
+    ``persistent`` keeps them for the next epoch (the epoch reaches them through shared
+    memory, see :class:`ShardStream`)."""
+    return DataLoader(stream, batch_size=None, num_workers=workers,
+                      persistent_workers=persistent and workers > 0,
+                      pin_memory=torch.cuda.is_available(),
+                      multiprocessing_context=worker_context() if workers > 0 else None)
+
+
 class ShardDataModule(L.LightningDataModule):
     """Train/val/test streams of one dataset version; ``num_workers`` processes decode."""
 
@@ -233,9 +255,7 @@ class ShardDataModule(L.LightningDataModule):
         stream.configure(rank=rank, world=world, workers=self.num_workers)
         if trainer is not None and split == "train":
             stream.set_epoch(trainer.current_epoch)  # a resumed run continues the sequence
-        return DataLoader(stream, batch_size=None, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available())
+        return stream_loader(stream, self.num_workers, persistent=True)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -9,9 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from torch.utils.data import DataLoader
 
-from models.datamodule import ShardStream, read_split, split_units, worker_plan
+from models.datamodule import ShardStream, read_split, split_units, stream_loader, worker_plan
 from models.zoo import get_spec
 
 SPEC = get_spec("water-quality")  # regression: the label can carry the row's id
@@ -45,7 +44,7 @@ def ids_of(batches) -> list[int]:
 
 def epoch(stream: ShardStream, workers: int, n: int = 0) -> list:
     stream.configure(workers=workers).set_epoch(n)
-    return list(DataLoader(stream, batch_size=None, num_workers=workers))
+    return list(stream_loader(stream, workers))
 
 
 @pytest.mark.parametrize("workers", [0, 2, 3])
@@ -66,7 +65,7 @@ def test_epochs_are_shuffled_differently_and_reproducibly(shards) -> None:
     assert first != second and sorted(first) != first
     assert ids_of(epoch(stream, 2, 0)) == first
     # persistent workers keep their copy of the stream: the epoch still reaches them
-    loader = DataLoader(stream, batch_size=None, num_workers=2, persistent_workers=True)
+    loader = stream_loader(stream, 2, persistent=True)
     stream.set_epoch(0)
     assert ids_of(loader) == first
     stream.set_epoch(1)
@@ -86,7 +85,7 @@ def test_ranks_read_disjoint_rows_and_make_the_same_number_of_training_batches(
     for rank in range(world):
         stream = ShardStream(shards, "train", SPEC, batch_size=8, shuffle=True)
         stream.configure(rank=rank, world=world, workers=workers)
-        batches = list(DataLoader(stream, batch_size=None, num_workers=workers))
+        batches = list(stream_loader(stream, workers))
         assert len(batches) == len(stream)
         assert all(len(labels) == 8 for _, labels in batches)  # only full batches under DDP
         per_rank.append(ids_of(batches))
