@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     device_registry_url: str | None = Field(
         None, description="fsspec URL of known device ids; unknown devices are refused.")
     ingest_chunk_size: int = Field(500, description="Files per chunk: bounds memory.")
+    ingest_workers: int = Field(
+        0, ge=0, description="Processes that read and validate files; 0 = one per core (<= 8).")
     drift_window_days: float = Field(2.0, description="Recent observations compared with ref.")
 
     # Where training runs: set per worker (a GPU worker's environment), not in params.yaml,

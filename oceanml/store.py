@@ -7,6 +7,7 @@ swapping the embedded folder for a bucket is a settings change, not a code chang
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 
 import fsspec
@@ -55,16 +56,21 @@ def content_key(digest: str, suffix: str) -> str:
 def put_if_absent(lake: Location, key: str, data: bytes) -> None:
     """Write a blob once; content addressing makes an existing key already correct."""
     path = lake.path(key)
-    if lake.fs.exists(path):
-        return
-    if not isinstance(lake.fs, LocalFileSystem):
+    if isinstance(lake.fs, LocalFileSystem):
+        _put_local(path, data)
+    elif not lake.fs.exists(path):
         lake.fs.pipe_file(path, data)  # an object-store PUT is atomic already
+
+
+def _put_local(path: str, data: bytes) -> None:
+    """Plain os calls: fsspec's per-call overhead is most of the cost of a small blob."""
+    if os.path.exists(path):
         return
-    lake.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.tmp-{digest_suffix(data)}"  # never a half-written blob under its real key
-    with lake.fs.open(tmp, "wb") as fh:
+    with open(tmp, "wb") as fh:
         fh.write(data)
-    lake.fs.mv(tmp, path)
+    os.replace(tmp, path)
 
 
 def digest_suffix(data: bytes) -> str:

@@ -2,9 +2,9 @@
 
 Incremental by a ledger of landing keys (``ingested_files``): a key already handled with the
 same fingerprint is not read again, and the landing prefix is never deleted from. Each chunk
-is read and validated in a thread pool, its blobs written to the content-addressed lake, then
-its rows committed in one transaction, so memory stays flat and a crash loses at most a chunk
-of work, never stored data.
+is read and validated (``tasks.landing``, in worker processes for large runs) while the one
+before it is stored: blobs into the content-addressed lake, then rows in one transaction. At
+most two chunks are in memory, and a crash loses at most a chunk of work, never stored data.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import csv
 import io
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 from typing import Any
 
 from prefect import get_run_logger, task
@@ -28,52 +27,11 @@ from oceanml.db import IngestedFile, Observation, Reject, session_factory
 from oceanml.lineage import flow_run_id
 from oceanml.progress import StageProgress
 from oceanml.settings import Settings, get_settings
-from oceanml.store import Location, content_key, filesystem, put_if_absent, sha256_hex
-from tasks.validate import (
-    Limits,
-    Rejection,
-    check_key,
-    check_observation,
-    decode_sidecar,
-    inspect_image,
-    observation_row,
-)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
-SIDECAR_SUFFIX = ".json"
-TABLE_SUFFIXES = (".csv", ".parquet")
-TABLE_COLUMNS = ("device_id", "device_type", "observed_at", "lat", "lon")
+from oceanml.store import Location, content_key, filesystem, put_if_absent
+from tasks.landing import Candidate, Prepared, Preparer, pair_files, worker_count
+from tasks.validate import Limits, Rejection
 
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One landing unit: an image and its sidecar sharing a stem (either may be missing), or
-    a table of sensor-only readings (CSV or Parquet, one observation per row)."""
-
-    key: str
-    image_key: str | None
-    sidecar_key: str | None
-    fingerprint: str
-    sizes: tuple[tuple[str, int], ...] = ()
-    table_key: str | None = None
-
-    def size(self, key: str) -> int:
-        return dict(self.sizes).get(key, 0)
-
-
-@dataclass
-class Prepared:
-    """One observation after reading and validation: an accepted row or a rejection."""
-
-    candidate: Candidate
-    source_key: str
-    content_hash: str | None = None
-    row: dict[str, Any] | None = None
-    image: bytes | None = None
-    image_suffix: str = ".jpg"
-    rejection: Rejection | None = None
 
 
 @dataclass
@@ -89,151 +47,6 @@ class IngestResult:
         self.ingested += other.ingested
         self.rejected += other.rejected
         self.reasons.update(other.reasons)
-
-
-def _fingerprint(info: dict[str, Any]) -> str:
-    marker = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("created")
-    return f"{info.get('size')}:{marker}"
-
-
-def pair_files(listing: dict[str, dict[str, Any]]) -> list[Candidate]:
-    """Group landing keys by stem into image/sidecar pairs and tables, in a stable order."""
-    stems: dict[str, dict[str, str]] = {}
-    tables: list[Candidate] = []
-    for key in sorted(listing):
-        path = PurePosixPath(key)
-        suffix = path.suffix.lower()
-        if suffix in TABLE_SUFFIXES:
-            tables.append(Candidate(key, None, None, _fingerprint(listing[key]),
-                                    ((key, int(listing[key].get("size") or 0)),), table_key=key))
-            continue
-        kind = "image" if suffix in IMAGE_SUFFIXES else "sidecar" if suffix == SIDECAR_SUFFIX else "other"
-        stems.setdefault(str(path.with_suffix("")), {})[kind] = key
-    candidates = []
-    for parts in stems.values():
-        image, sidecar = parts.get("image"), parts.get("sidecar")
-        keys = [k for k in (image, sidecar, parts.get("other")) if k]
-        candidates.append(Candidate(
-            image or sidecar or parts["other"], image, sidecar,
-            "|".join(_fingerprint(listing[k]) for k in keys),
-            tuple((k, int(listing[k].get("size") or 0)) for k in keys),
-        ))
-    return candidates + tables
-
-
-def _check_size(candidate: Candidate, key: str, limit: int, what: str) -> None:
-    if candidate.size(key) > limit:
-        raise Rejection(f"{what}_too_large", f"{key}: {candidate.size(key)} bytes > limit {limit}")
-
-
-def _canonical(doc: dict[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
-
-
-def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
-                 limits: Limits) -> Prepared:
-    """Read and validate an image with its sidecar; sizes are checked before reading."""
-    prepared = Prepared(candidate, candidate.key)
-    try:
-        check_key(candidate.key)
-        if candidate.image_key is None:
-            kind = "missing_image" if candidate.sidecar_key else "unsupported_file"
-            raise Rejection(kind, f"no image beside {candidate.key}")
-        if candidate.sidecar_key is None:
-            raise Rejection("missing_sidecar", f"no JSON sidecar beside {candidate.image_key}")
-        _check_size(candidate, candidate.image_key, settings.max_image_bytes, "image")
-        _check_size(candidate, candidate.sidecar_key, settings.max_sidecar_bytes, "sidecar")
-        image = landing.fs.cat_file(landing.path(candidate.image_key))
-        raw_sidecar = landing.fs.cat_file(landing.path(candidate.sidecar_key))
-        doc = decode_sidecar(raw_sidecar)
-        sidecar = check_observation(doc, limits)
-        info = inspect_image(
-            image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-        )
-        prepared.content_hash = sha256_hex(image, b"\0", _canonical(doc))
-        prepared.image = image
-        prepared.image_suffix = PurePosixPath(candidate.image_key).suffix.lower()
-        prepared.row = {
-            **observation_row(sidecar),
-            "image_width": info.width,
-            "image_height": info.height,
-            "image_stats": info.stats,
-        }
-    except Rejection as rejection:
-        prepared.rejection = rejection
-    return prepared
-
-
-def _number(value: Any) -> Any:
-    """CSV cells are text: numbers become floats ('nan'/'inf' too, so ranges refuse them)."""
-    if not isinstance(value, str):
-        return value
-    if value.strip() == "":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return value
-
-
-def read_table(data: bytes, suffix: str) -> list[dict[str, Any]]:
-    """Rows of a CSV (UTF-8, header row) or Parquet file as dicts."""
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    text = data.decode("utf-8")
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-def row_document(row: dict[str, Any]) -> dict[str, Any]:
-    """A table row in the sidecar's shape: the known columns, every other column a reading."""
-    doc = {k: row.get(k) for k in TABLE_COLUMNS if row.get(k) not in (None, "")}
-    for k in ("lat", "lon"):
-        if k in doc:
-            doc[k] = _number(doc[k])
-    if isinstance(doc.get("observed_at"), datetime) and doc["observed_at"].tzinfo is None:
-        doc["observed_at"] = doc["observed_at"].replace(tzinfo=UTC)
-    doc["readings"] = {k: _number(v) for k, v in row.items()
-                       if k not in TABLE_COLUMNS and v not in (None, "")}
-    return doc
-
-
-def prepare_table(candidate: Candidate, landing: Location, settings: Settings,
-                  limits: Limits) -> list[Prepared]:
-    """One prepared observation per row; a file that cannot be read at all is one rejection."""
-    key = candidate.table_key
-    try:
-        check_key(key)
-        _check_size(candidate, key, settings.max_table_bytes, "table")
-        rows = read_table(landing.fs.cat_file(landing.path(key)), PurePosixPath(key).suffix.lower())
-    except Rejection as rejection:
-        return [Prepared(candidate, key, rejection=rejection)]
-    except UnicodeDecodeError as exc:
-        return [Prepared(candidate, key, rejection=Rejection("table_not_utf8", str(exc)))]
-    except Exception as exc:  # pyarrow and csv raise many types for a broken file
-        return [Prepared(candidate, key,
-                         rejection=Rejection("table_unreadable", f"{type(exc).__name__}: {exc}"))]
-    prepared = []
-    for index, row in enumerate(rows):
-        item = Prepared(candidate, f"{key}#row={index + 1}")
-        try:
-            doc = row_document(row)
-            obs = check_observation(doc, limits)
-            item.content_hash = sha256_hex(b"row\0", _canonical(doc))
-            item.row = observation_row(obs)
-        except Rejection as rejection:
-            item.rejection = rejection
-        prepared.append(item)
-    return prepared
-
-
-def prepare(candidate: Candidate, landing: Location, settings: Settings,
-            limits: Limits) -> list[Prepared]:
-    """Read and validate one candidate; never raises for bad input."""
-    if candidate.table_key is not None:
-        return prepare_table(candidate, landing, settings, limits)
-    return [prepare_pair(candidate, landing, settings, limits)]
 
 
 def _known(sessions: sessionmaker, keys: list[str]) -> dict[str, str]:
@@ -329,12 +142,11 @@ def _copy_observations(session: Session, rows: list[dict[str, Any]]) -> None:
 
 
 def store_chunk(
-    session: Session, lake: Location, prepared: Iterable[Prepared], flow_run_id: str | None
+    session: Session, lake: Location, prepared: list[Prepared], flow_run_id: str | None
 ) -> IngestResult:
     """Write one validated chunk: blobs first (content-addressed, harmless if orphaned), then
     observations, rejects and one ledger row per landing file in a single transaction."""
     result = IngestResult()
-    prepared = [p for group in prepared for p in group]
     hashes = [p.content_hash for p in prepared if p.content_hash]
     existing = dict(session.execute(
         select(Observation.content_hash, Observation.source_key)
@@ -405,27 +217,38 @@ def ingest(
         return total
     listed = done = 0
     chunk: list[Candidate] = []
+    pending: tuple[list, int] | None = None  # submitted to the preparer, not yet stored
 
-    def flush(pool: ThreadPoolExecutor) -> None:
-        nonlocal chunk, done
-        prepared = pool.map(lambda c: prepare(c, landing, settings, limits), chunk)
+    def store(submitted: list, size: int) -> None:
+        nonlocal done
         with sessions() as session:
-            total.merge(store_chunk(session, lake, prepared, flow_run_id))
-        done += len(chunk)
-        chunk = []
+            total.merge(store_chunk(session, lake, Preparer.collect(submitted), flow_run_id))
+        done += size
         if progress:
             progress(done, listed)  # the total grows as the walk finds more files
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    def flush(preparer: Preparer) -> None:
+        """Submit this chunk, then store the previous one while workers read this one."""
+        nonlocal chunk, pending
+        submitted = (preparer.submit(chunk), len(chunk))
+        chunk = []
+        if pending:
+            store(*pending)
+        pending = submitted
+
+    with Preparer(landing, settings, limits, workers=worker_count(settings.ingest_workers),
+                  pool_from=settings.ingest_chunk_size) as preparer:
         for new, skipped in iter_new(landing, sessions):
             total.already_known += skipped
             listed += len(new)
             for candidate in new:
                 chunk.append(candidate)
                 if len(chunk) >= settings.ingest_chunk_size:
-                    flush(pool)
+                    flush(preparer)
         if chunk:
-            flush(pool)
+            flush(preparer)
+        if pending:
+            store(*pending)
     return total
 
 

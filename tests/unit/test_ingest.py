@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import func, select
 
-from oceanml.db import Observation, Reject
+from oceanml.db import Observation, Reject, session_factory
 from oceanml.simulator import observation_keys, simulate, write_landing
 from oceanml.store import filesystem
 from tasks.ingest import ingest
@@ -93,3 +93,27 @@ def test_a_corrupted_resend_of_a_known_key_is_rejected_without_touching_the_stor
     with sessions() as s:
         stored = s.scalar(select(Observation).where(Observation.source_key == observation_keys(obs[1])[0]))
     assert stored is not None and stored.lat == doc["lat"]
+
+
+def stored(sessions) -> tuple[list, list]:
+    with sessions() as s:
+        obs = s.execute(select(Observation.content_hash, Observation.source_key,
+                               Observation.image_key, Observation.image_stats,
+                               Observation.water_temp_c).order_by(Observation.source_key)).all()
+        rejects = s.execute(select(Reject.source_key, Reject.reason)
+                            .order_by(Reject.source_key, Reject.reason)).all()
+    return [tuple(map(str, r)) for r in obs], [tuple(r) for r in rejects]
+
+
+def test_worker_processes_store_exactly_what_one_process_stores(settings, sessions, tmp_path):
+    land(settings)
+    settings.ingest_workers = 1
+    ingest(settings, sessions, now=END)
+    pooled = settings.model_copy(update={
+        "db_url": f"sqlite:///{tmp_path / 'pooled.db'}", "lake_url": (tmp_path / "lake2").as_uri(),
+        "ingest_workers": 2, "ingest_chunk_size": 8})  # several chunks, each in the pool
+    pooled_sessions = session_factory(pooled.db_url)
+    result = ingest(pooled, pooled_sessions, now=END)
+    assert (result.ingested, dict(result.reasons)) == (30, FAULT_REASONS)
+    assert stored(pooled_sessions) == stored(sessions)
+    assert len(stored(sessions)[0]) == 30

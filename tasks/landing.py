@@ -1,0 +1,272 @@
+"""Reading and validating landing files, apart from storing them.
+
+Everything here is pure per candidate (bytes in, a row or a rejection out) and free of
+Prefect and the DB session, so it runs unchanged in worker processes: decoding every image
+to validate it is CPU-bound, and threads would serialise on the GIL.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from multiprocessing import get_context
+from pathlib import PurePosixPath
+from typing import Any
+
+from oceanml.settings import Settings
+from oceanml.store import Location, filesystem, sha256_hex
+from tasks.validate import (
+    Limits,
+    Rejection,
+    check_key,
+    check_observation,
+    decode_sidecar,
+    inspect_image,
+    observation_row,
+)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+SIDECAR_SUFFIX = ".json"
+TABLE_SUFFIXES = (".csv", ".parquet")
+TABLE_COLUMNS = ("device_id", "device_type", "observed_at", "lat", "lon")
+
+@dataclass(frozen=True)
+class Candidate:
+    """One landing unit: an image and its sidecar sharing a stem (either may be missing), or
+    a table of sensor-only readings (CSV or Parquet, one observation per row)."""
+
+    key: str
+    image_key: str | None
+    sidecar_key: str | None
+    fingerprint: str
+    sizes: tuple[tuple[str, int], ...] = ()
+    table_key: str | None = None
+
+    def size(self, key: str) -> int:
+        return dict(self.sizes).get(key, 0)
+
+
+@dataclass
+class Prepared:
+    """One observation after reading and validation: an accepted row or a rejection."""
+
+    candidate: Candidate
+    source_key: str
+    content_hash: str | None = None
+    row: dict[str, Any] | None = None
+    image: bytes | None = None
+    image_suffix: str = ".jpg"
+    rejection: Rejection | None = None
+
+
+def _fingerprint(info: dict[str, Any]) -> str:
+    marker = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("created")
+    return f"{info.get('size')}:{marker}"
+
+
+def pair_files(listing: dict[str, dict[str, Any]]) -> list[Candidate]:
+    """Group landing keys by stem into image/sidecar pairs and tables, in a stable order."""
+    stems: dict[str, dict[str, str]] = {}
+    tables: list[Candidate] = []
+    for key in sorted(listing):
+        path = PurePosixPath(key)
+        suffix = path.suffix.lower()
+        if suffix in TABLE_SUFFIXES:
+            tables.append(Candidate(key, None, None, _fingerprint(listing[key]),
+                                    ((key, int(listing[key].get("size") or 0)),), table_key=key))
+            continue
+        kind = "image" if suffix in IMAGE_SUFFIXES else "sidecar" if suffix == SIDECAR_SUFFIX else "other"
+        stems.setdefault(str(path.with_suffix("")), {})[kind] = key
+    candidates = []
+    for parts in stems.values():
+        image, sidecar = parts.get("image"), parts.get("sidecar")
+        keys = [k for k in (image, sidecar, parts.get("other")) if k]
+        candidates.append(Candidate(
+            image or sidecar or parts["other"], image, sidecar,
+            "|".join(_fingerprint(listing[k]) for k in keys),
+            tuple((k, int(listing[k].get("size") or 0)) for k in keys),
+        ))
+    return candidates + tables
+
+
+def _check_size(candidate: Candidate, key: str, limit: int, what: str) -> None:
+    if candidate.size(key) > limit:
+        raise Rejection(f"{what}_too_large", f"{key}: {candidate.size(key)} bytes > limit {limit}")
+
+
+def _canonical(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
+                 limits: Limits) -> Prepared:
+    """Read and validate an image with its sidecar; sizes are checked before reading."""
+    prepared = Prepared(candidate, candidate.key)
+    try:
+        check_key(candidate.key)
+        if candidate.image_key is None:
+            kind = "missing_image" if candidate.sidecar_key else "unsupported_file"
+            raise Rejection(kind, f"no image beside {candidate.key}")
+        if candidate.sidecar_key is None:
+            raise Rejection("missing_sidecar", f"no JSON sidecar beside {candidate.image_key}")
+        _check_size(candidate, candidate.image_key, settings.max_image_bytes, "image")
+        _check_size(candidate, candidate.sidecar_key, settings.max_sidecar_bytes, "sidecar")
+        image = landing.fs.cat_file(landing.path(candidate.image_key))
+        raw_sidecar = landing.fs.cat_file(landing.path(candidate.sidecar_key))
+        doc = decode_sidecar(raw_sidecar)
+        sidecar = check_observation(doc, limits)
+        info = inspect_image(
+            image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        )
+        prepared.content_hash = sha256_hex(image, b"\0", _canonical(doc))
+        prepared.image = image
+        prepared.image_suffix = PurePosixPath(candidate.image_key).suffix.lower()
+        prepared.row = {
+            **observation_row(sidecar),
+            "image_width": info.width,
+            "image_height": info.height,
+            "image_stats": info.stats,
+        }
+    except Rejection as rejection:
+        prepared.rejection = rejection
+    return prepared
+
+
+def _number(value: Any) -> Any:
+    """CSV cells are text: numbers become floats ('nan'/'inf' too, so ranges refuse them)."""
+    if not isinstance(value, str):
+        return value
+    if value.strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def read_table(data: bytes, suffix: str) -> list[dict[str, Any]]:
+    """Rows of a CSV (UTF-8, header row) or Parquet file as dicts."""
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(io.BytesIO(data)).to_pylist()
+    text = data.decode("utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def row_document(row: dict[str, Any]) -> dict[str, Any]:
+    """A table row in the sidecar's shape: the known columns, every other column a reading."""
+    doc = {k: row.get(k) for k in TABLE_COLUMNS if row.get(k) not in (None, "")}
+    for k in ("lat", "lon"):
+        if k in doc:
+            doc[k] = _number(doc[k])
+    if isinstance(doc.get("observed_at"), datetime) and doc["observed_at"].tzinfo is None:
+        doc["observed_at"] = doc["observed_at"].replace(tzinfo=UTC)
+    doc["readings"] = {k: _number(v) for k, v in row.items()
+                       if k not in TABLE_COLUMNS and v not in (None, "")}
+    return doc
+
+
+def prepare_table(candidate: Candidate, landing: Location, settings: Settings,
+                  limits: Limits) -> list[Prepared]:
+    """One prepared observation per row; a file that cannot be read at all is one rejection."""
+    key = candidate.table_key
+    try:
+        check_key(key)
+        _check_size(candidate, key, settings.max_table_bytes, "table")
+        rows = read_table(landing.fs.cat_file(landing.path(key)), PurePosixPath(key).suffix.lower())
+    except Rejection as rejection:
+        return [Prepared(candidate, key, rejection=rejection)]
+    except UnicodeDecodeError as exc:
+        return [Prepared(candidate, key, rejection=Rejection("table_not_utf8", str(exc)))]
+    except Exception as exc:  # pyarrow and csv raise many types for a broken file
+        return [Prepared(candidate, key,
+                         rejection=Rejection("table_unreadable", f"{type(exc).__name__}: {exc}"))]
+    prepared = []
+    for index, row in enumerate(rows):
+        item = Prepared(candidate, f"{key}#row={index + 1}")
+        try:
+            doc = row_document(row)
+            obs = check_observation(doc, limits)
+            item.content_hash = sha256_hex(b"row\0", _canonical(doc))
+            item.row = observation_row(obs)
+        except Rejection as rejection:
+            item.rejection = rejection
+        prepared.append(item)
+    return prepared
+
+
+def prepare(candidate: Candidate, landing: Location, settings: Settings,
+            limits: Limits) -> list[Prepared]:
+    """Read and validate one candidate; never raises for bad input."""
+    if candidate.table_key is not None:
+        return prepare_table(candidate, landing, settings, limits)
+    return [prepare_pair(candidate, landing, settings, limits)]
+
+
+BATCH = 32  # candidates per worker call: amortises pickling without starving a worker
+
+_worker_state: tuple[Location, Settings, Limits] | None = None
+
+
+def _start_worker(settings: Settings, limits: Limits) -> None:
+    global _worker_state
+    _worker_state = (filesystem(settings.landing_url, settings), settings, limits)
+
+
+def _prepare_batch(candidates: list[Candidate]) -> list[Prepared]:
+    landing, settings, limits = _worker_state
+    return [p for c in candidates for p in prepare(c, landing, settings, limits)]
+
+
+def worker_count(setting: int) -> int:
+    """``ingest_workers``: 0 means one per core, at most 8."""
+    return setting if setting > 0 else min(8, os.cpu_count() or 1)
+
+
+class Preparer:
+    """Prepares chunks of candidates, in worker processes once a run is large enough.
+
+    A chunk smaller than ``pool_from`` (a run with little new) is prepared here: starting
+    workers costs about a second of imports. The pool is spawned, not forked, because the
+    caller may hold threads (Prefect, SQLAlchemy pools) that a fork would copy mid-state.
+    ``submit`` returns at once so that the caller stores one chunk while the next is read.
+    """
+
+    def __init__(self, landing: Location, settings: Settings, limits: Limits, *,
+                 workers: int, pool_from: int) -> None:
+        self.landing, self.settings, self.limits = landing, settings, limits
+        self.workers, self.pool_from = workers, pool_from
+        self._pool: ProcessPoolExecutor | None = None
+
+    def submit(self, chunk: list[Candidate]) -> list[Future] | list[Prepared]:
+        if self._pool is None and (self.workers <= 1 or len(chunk) < self.pool_from):
+            return [p for c in chunk for p in prepare(c, self.landing, self.settings, self.limits)]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                self.workers, mp_context=get_context("spawn"),
+                initializer=_start_worker, initargs=(self.settings, self.limits))
+        return [self._pool.submit(_prepare_batch, chunk[i : i + BATCH])
+                for i in range(0, len(chunk), BATCH)]
+
+    @staticmethod
+    def collect(submitted: list[Future] | list[Prepared]) -> list[Prepared]:
+        if submitted and isinstance(submitted[0], Future):
+            return [p for future in submitted for p in future.result()]
+        return submitted
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+    def __enter__(self) -> Preparer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
