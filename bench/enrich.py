@@ -3,7 +3,8 @@
 A local OpenAI-protocol server on loopback answers after ``--latency`` seconds; 10% of answers
 are 429 with Retry-After and 2% are 500. The ideal wall time is the time the answers and the
 waits take when ``concurrency`` requests are always in flight:
-``(http_requests * latency + retry_waits) / concurrency``; since no schedule finishes before its
+``(http_requests * latency + retry_waits) / concurrency``. A waiting call holds no request slot
+(another item is asked meanwhile), so a run can beat it; since no schedule finishes before its
 slowest item (an item drawing two 429s takes 2.6 s alone), the bound ``max(ideal, longest item)``
 is reported too. Prints ``figure`` and ``ratio`` lines.
 

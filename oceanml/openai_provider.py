@@ -95,6 +95,8 @@ class OpenAIProvider:
                               max_keepalive_connections=max_connections)
         self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers,
                                     timeout=timeout_s, limits=limits)
+        self.max_connections = max_connections
+        self._slots = threading.BoundedSemaphore(max_connections)
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
@@ -123,10 +125,17 @@ class OpenAIProvider:
                 {"role": "user", "content": [{"type": "text", "text": text},
                                              {"type": "image_url", "image_url": {"url": url}}]}]
 
+    def limit_in_flight(self, calls: int) -> None:
+        """At most ``calls`` requests at once (never more than the connections). Only the
+        request holds a slot: a call waiting out ``Retry-After`` or a backoff leaves it to
+        another item, so a burst of 429s does not idle the run's concurrency."""
+        self._slots = threading.BoundedSemaphore(max(1, min(calls, self.max_connections)))
+
     def _post(self, body: dict[str, Any]) -> dict[str, Any]:
         for attempt in range(self.max_retries + 1):
             try:
-                response = self._client.post("/chat/completions", json=body)
+                with self._slots:
+                    response = self._client.post("/chat/completions", json=body)
             except httpx.TransportError as exc:
                 if attempt == self.max_retries:
                     raise ProviderError(f"transport error: {exc}") from exc

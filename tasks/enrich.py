@@ -178,8 +178,10 @@ def enrich(
 
     Calls stream through one pool with at most ``2 * concurrency`` submitted at a time, so a
     slow or rate-limited item never holds up the others; answers are written in chunks as they
-    arrive. Budgets are checked before each call, so a token cap is passed by at most the calls
-    in flight.
+    arrive. A provider that can (``limit_in_flight``) holds ``concurrency`` requests at once,
+    and a call waiting out a ``Retry-After`` gives its slot to a submitted item meanwhile.
+    Budgets are checked before each call, so a token cap is passed by at most the calls
+    submitted.
     """
     budget = budget or Budget()
     result = EnrichResult()
@@ -190,6 +192,9 @@ def enrich(
         ).all()
     writer = _Writer(sessions, provider, result)
     in_flight: set[Future] = set()
+    limit = getattr(provider, "limit_in_flight", None)
+    if limit is not None:
+        limit(max(1, concurrency))
 
     def collect(block_until_one: bool) -> None:
         nonlocal in_flight
@@ -200,7 +205,7 @@ def enrich(
         if progress and done:
             progress(result.enriched + result.failed, len(pending))
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+    with ThreadPoolExecutor(max_workers=2 * max(1, concurrency)) as pool:
         for start in range(0, len(pending), batch_size):
             items, cached = _page(sessions, pending[start : start + batch_size], provider)
             for obs_id, row in cached.items():

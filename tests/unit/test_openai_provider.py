@@ -221,3 +221,14 @@ def test_progress_moves_as_answers_arrive(stub, settings, sessions) -> None:
     enrich(sessions, provider(stub), concurrency=2, progress=lambda d, t: seen.append((d, t)))
     assert len(seen) >= 3 and seen[-1] == (n, n)
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+
+def test_a_call_waiting_out_retry_after_leaves_its_slot_to_the_next_item(settings, sessions):
+    n = populated(settings, sessions)
+    with OpenAIStub(retry_after="1") as stub:
+        stub.script.append("429")
+        result = enrich(sessions, provider(stub), concurrency=1)
+    assert result.enriched == n
+    first = stub.requests[0]
+    assert stub.requests[1] != first  # another item was asked during the 1 s wait
+    assert stub.requests.count(first) == 2 and len(stub.requests) == n + 1
