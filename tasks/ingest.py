@@ -2,9 +2,10 @@
 
 Incremental by a ledger of landing keys (``ingested_files``): a key already handled with the
 same fingerprint is not read again, and the landing prefix is never deleted from. Each chunk
-is read and validated (``tasks.landing``, in worker processes for large runs) while the one
-before it is stored: blobs into the content-addressed lake, then rows in one transaction. At
-most two chunks are in memory, and a crash loses at most a chunk of work, never stored data.
+is read, validated and its valid images written to the content-addressed lake
+(``tasks.landing``, in worker processes for large runs) while the one before it is stored:
+rows, rejects and ledger in one transaction. Blobs always precede their rows; at most two
+chunks are in memory, and a crash loses at most a chunk of work, never stored data.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +27,7 @@ from oceanml.db import IngestedFile, Observation, Reject, session_factory
 from oceanml.lineage import flow_run_id
 from oceanml.progress import StageProgress
 from oceanml.settings import Settings, get_settings
-from oceanml.store import Location, content_key, filesystem, put_if_absent
+from oceanml.store import Location, filesystem
 from tasks.landing import Candidate, Prepared, Preparer, pair_files, worker_count
 from tasks.validate import Limits, Rejection
 
@@ -141,11 +141,11 @@ def _copy_observations(session: Session, rows: list[dict[str, Any]]) -> None:
             copy.write_row(values)
 
 
-def store_chunk(
-    session: Session, lake: Location, prepared: list[Prepared], flow_run_id: str | None
-) -> IngestResult:
-    """Write one validated chunk: blobs first (content-addressed, harmless if orphaned), then
-    observations, rejects and one ledger row per landing file in a single transaction."""
+def store_chunk(session: Session, prepared: list[Prepared], flow_run_id: str | None
+                ) -> IngestResult:
+    """Write one validated chunk (its blobs are in the lake already, see
+    ``tasks.landing.prepare_pair``): observations, rejects and one ledger row per landing
+    file, in a single transaction."""
     result = IngestResult()
     hashes = [p.content_hash for p in prepared if p.content_hash]
     existing = dict(session.execute(
@@ -154,12 +154,8 @@ def store_chunk(
     accepted, rejected, unchanged = _classify(prepared, existing)
     result.seen = len(prepared)
 
-    images = {h: p for h, p in accepted.items() if p.image is not None}
-    keys = {h: content_key(h, p.image_suffix) for h, p in images.items()}
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda h: put_if_absent(lake, keys[h], images[h].image), images))
     rows = [
-        {**p.row, "content_hash": h, "source_key": p.source_key, "image_key": keys.get(h),
+        {**p.row, "content_hash": h, "source_key": p.source_key, "image_key": p.image_key,
          "ingest_flow_run_id": flow_run_id}
         for h, p in accepted.items()
     ]
@@ -222,7 +218,7 @@ def ingest(
     def store(submitted: list, size: int) -> None:
         nonlocal done
         with sessions() as session:
-            total.merge(store_chunk(session, lake, Preparer.collect(submitted), flow_run_id))
+            total.merge(store_chunk(session, Preparer.collect(submitted), flow_run_id))
         done += size
         if progress:
             progress(done, listed)  # the total grows as the walk finds more files
@@ -236,7 +232,7 @@ def ingest(
             store(*pending)
         pending = submitted
 
-    with Preparer(landing, settings, limits, workers=worker_count(settings.ingest_workers),
+    with Preparer(landing, settings, limits, lake, workers=worker_count(settings.ingest_workers),
                   pool_from=settings.ingest_chunk_size) as preparer:
         for new, skipped in iter_new(landing, sessions):
             total.already_known += skipped

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from oceanml.settings import Settings
-from oceanml.store import Location, filesystem, sha256_hex
+from oceanml.store import Location, content_key, filesystem, put_if_absent, sha256_hex
 from tasks.validate import (
     Limits,
     Rejection,
@@ -59,8 +59,7 @@ class Prepared:
     source_key: str
     content_hash: str | None = None
     row: dict[str, Any] | None = None
-    image: bytes | None = None
-    image_suffix: str = ".jpg"
+    image_key: str | None = None  # the image's key in the lake, written once it was valid
     rejection: Rejection | None = None
 
 
@@ -104,8 +103,10 @@ def _canonical(doc: dict[str, Any]) -> bytes:
 
 
 def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
-                 limits: Limits) -> Prepared:
-    """Read and validate an image with its sidecar; sizes are checked before reading."""
+                 limits: Limits, lake: Location) -> Prepared:
+    """Read and validate an image with its sidecar (sizes are checked before reading), then
+    write a valid image to the content-addressed lake: the process holding the bytes writes
+    them, and a blob whose row is never committed is harmless (the same content, same key)."""
     prepared = Prepared(candidate, candidate.key)
     try:
         check_key(candidate.key)
@@ -124,8 +125,8 @@ def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
             image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
         prepared.content_hash = sha256_hex(image, b"\0", _canonical(doc))
-        prepared.image = image
-        prepared.image_suffix = PurePosixPath(candidate.image_key).suffix.lower()
+        prepared.image_key = content_key(prepared.content_hash,
+                                         PurePosixPath(candidate.image_key).suffix.lower())
         prepared.row = {
             **observation_row(sidecar),
             "image_width": info.width,
@@ -134,6 +135,8 @@ def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
         }
     except Rejection as rejection:
         prepared.rejection = rejection
+        return prepared
+    put_if_absent(lake, prepared.image_key, image)
     return prepared
 
 
@@ -201,27 +204,28 @@ def prepare_table(candidate: Candidate, landing: Location, settings: Settings,
     return prepared
 
 
-def prepare(candidate: Candidate, landing: Location, settings: Settings,
-            limits: Limits) -> list[Prepared]:
+def prepare(candidate: Candidate, landing: Location, settings: Settings, limits: Limits,
+            lake: Location) -> list[Prepared]:
     """Read and validate one candidate; never raises for bad input."""
     if candidate.table_key is not None:
         return prepare_table(candidate, landing, settings, limits)
-    return [prepare_pair(candidate, landing, settings, limits)]
+    return [prepare_pair(candidate, landing, settings, limits, lake)]
 
 
 BATCH = 32  # candidates per worker call: amortises pickling without starving a worker
 
-_worker_state: tuple[Location, Settings, Limits] | None = None
+_worker_state: tuple[Location, Settings, Limits, Location] | None = None
 
 
 def _start_worker(settings: Settings, limits: Limits) -> None:
     global _worker_state
-    _worker_state = (filesystem(settings.landing_url, settings), settings, limits)
+    _worker_state = (filesystem(settings.landing_url, settings), settings, limits,
+                     filesystem(settings.lake_url, settings))
 
 
 def _prepare_batch(candidates: list[Candidate]) -> list[Prepared]:
-    landing, settings, limits = _worker_state
-    return [p for c in candidates for p in prepare(c, landing, settings, limits)]
+    landing, settings, limits, lake = _worker_state
+    return [p for c in candidates for p in prepare(c, landing, settings, limits, lake)]
 
 
 def worker_count(setting: int) -> int:
@@ -238,15 +242,16 @@ class Preparer:
     ``submit`` returns at once so that the caller stores one chunk while the next is read.
     """
 
-    def __init__(self, landing: Location, settings: Settings, limits: Limits, *,
-                 workers: int, pool_from: int) -> None:
-        self.landing, self.settings, self.limits = landing, settings, limits
+    def __init__(self, landing: Location, settings: Settings, limits: Limits, lake: Location,
+                 *, workers: int, pool_from: int) -> None:
+        self.landing, self.settings, self.limits, self.lake = landing, settings, limits, lake
         self.workers, self.pool_from = workers, pool_from
         self._pool: ProcessPoolExecutor | None = None
 
     def submit(self, chunk: list[Candidate]) -> list[Future] | list[Prepared]:
         if self._pool is None and (self.workers <= 1 or len(chunk) < self.pool_from):
-            return [p for c in chunk for p in prepare(c, self.landing, self.settings, self.limits)]
+            return [p for c in chunk
+                    for p in prepare(c, self.landing, self.settings, self.limits, self.lake)]
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=get_context("spawn"),
