@@ -15,6 +15,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -213,9 +214,9 @@ def ingest(
         return total
     listed = done = 0
     chunk: list[Candidate] = []
-    pending: tuple[list, int] | None = None  # submitted to the preparer, not yet stored
+    pending: tuple[list[Future], int] | None = None  # submitted, not yet stored
 
-    def store(submitted: list, size: int) -> None:
+    def store(submitted: list[Future], size: int) -> None:
         nonlocal done
         with sessions() as session:
             total.merge(store_chunk(session, Preparer.collect(submitted), flow_run_id))

@@ -35,6 +35,7 @@ SIDECAR_SUFFIX = ".json"
 TABLE_SUFFIXES = (".csv", ".parquet")
 TABLE_COLUMNS = ("device_id", "device_type", "observed_at", "lat", "lon")
 
+
 @dataclass(frozen=True)
 class Candidate:
     """One landing unit: an image and its sidecar sharing a stem (either may be missing), or
@@ -248,10 +249,15 @@ class Preparer:
         self.workers, self.pool_from = workers, pool_from
         self._pool: ProcessPoolExecutor | None = None
 
-    def submit(self, chunk: list[Candidate]) -> list[Future] | list[Prepared]:
+    def submit(self, chunk: list[Candidate]) -> list[Future]:
+        """Futures of the chunk's prepared observations, in order (done already when the
+        chunk was prepared here)."""
         if self._pool is None and (self.workers <= 1 or len(chunk) < self.pool_from):
-            return [p for c in chunk
-                    for p in prepare(c, self.landing, self.settings, self.limits, self.lake)]
+            done: Future = Future()
+            done.set_result([p for c in chunk
+                             for p in prepare(c, self.landing, self.settings, self.limits,
+                                              self.lake)])
+            return [done]
         if self._pool is None:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=get_context("spawn"),
@@ -260,10 +266,8 @@ class Preparer:
                 for i in range(0, len(chunk), BATCH)]
 
     @staticmethod
-    def collect(submitted: list[Future] | list[Prepared]) -> list[Prepared]:
-        if submitted and isinstance(submitted[0], Future):
-            return [p for future in submitted for p in future.result()]
-        return submitted
+    def collect(submitted: list[Future]) -> list[Prepared]:
+        return [p for future in submitted for p in future.result()]
 
     def close(self) -> None:
         if self._pool is not None:

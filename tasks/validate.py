@@ -146,28 +146,21 @@ class ImageInfo:
 
 
 def image_stats(img: Image.Image) -> dict[str, float]:
-    """Cheap colour statistics of the scene: inputs of the heuristic tagger and drift checks.
-
-    Sums over a 32x32 thumbnail, written for few numpy calls: on small arrays the per-call
-    overhead, not the arithmetic, is the cost, and ingest pays it for every image."""
+    """Cheap colour statistics of the scene: inputs of the heuristic tagger and drift checks."""
     img = img.convert("RGB")
     if img.size != (STATS_SIZE, STATS_SIZE):
         img = img.resize((STATS_SIZE, STATS_SIZE), Image.Resampling.BOX)
-    arr = np.asarray(img, dtype=np.float32).reshape(-1, 3) * np.float32(1 / 255)
-    n = arr.shape[0]
-    r, g, b = (arr.sum(axis=0) / n).tolist()
-    grey = arr.sum(axis=1) * np.float32(1 / 3)
-    brightness = float(grey.sum()) / n
-    contrast = float(np.sqrt(np.square(grey - np.float32(brightness)).sum() / n))
-    saturation = float((arr.max(axis=1) - arr.min(axis=1)).sum()) / n
+    arr = np.asarray(img, dtype=np.float32) / 255.0
+    r, g, b = arr.reshape(-1, 3).mean(axis=0).tolist()
+    grey = arr.mean(axis=2)
     return {
-        "brightness": round(brightness, 4),
-        "contrast": round(contrast, 4),
+        "brightness": round(float(grey.mean()), 4),
+        "contrast": round(float(grey.std()), 4),
         "red": round(r, 4),
         "green": round(g, 4),
         "blue": round(b, 4),
         "green_ratio": round(g / (r + g + b + 1e-6), 4),
-        "saturation": round(saturation, 4),
+        "saturation": round(float((arr.max(axis=2) - arr.min(axis=2)).mean()), 4),
     }
 
 
