@@ -17,8 +17,6 @@ import numpy as np
 from PIL import Image
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
-from oceanml.db import SENSOR_COLUMNS
-
 
 class Rejection(Exception):
     """Why one input was refused; ``reason`` is a stable code, ``detail`` says what to fix."""
@@ -195,7 +193,7 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
 def observation_row(sidecar: Sidecar) -> dict[str, Any]:
     """Typed columns for known sensors, JSON for the rest."""
     readings = sidecar.readings.model_dump()
-    known = {name: readings.pop(name) for name in SENSOR_COLUMNS}
+    known = {name: readings.pop(name) for name in Readings.model_fields}
     extra = {k: v for k, v in readings.items() if v is not None}
     return {
         "device_id": sidecar.device_id,

@@ -5,7 +5,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from PIL import Image
 
-from tasks.validate import Rejection, inspect_image, observation_row, parse_sidecar
+from oceanml.db import SENSOR_COLUMNS
+from tasks.validate import Readings, Rejection, inspect_image, observation_row, parse_sidecar
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)
 GOOD = {
@@ -110,3 +111,8 @@ def test_ordinary_keys_pass() -> None:
     from tasks.validate import check_key
 
     check_key("2026-11-20/buoy-001/buoy-001-20261120T100000-n0-001.jpg")
+
+
+def test_the_readings_model_knows_exactly_the_sensor_columns() -> None:
+    """observation_row splits readings into columns by the model's fields, not the DB's."""
+    assert tuple(Readings.model_fields) == SENSOR_COLUMNS
