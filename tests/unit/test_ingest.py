@@ -1,14 +1,18 @@
 """Ingestion against real files and a real SQLite DB."""
 
 import json
+import sqlite3
+import subprocess
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 from oceanml.db import Observation, Reject, session_factory
 from oceanml.simulator import observation_keys, simulate, write_landing
 from oceanml.store import filesystem
-from tasks.ingest import ingest
+from tasks.ingest import ingest, lookup
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 FAULT_REASONS = {"image_truncated": 1, "sidecar_not_json": 1, "schema": 1, "missing_sidecar": 1,
@@ -117,3 +121,38 @@ def test_worker_processes_store_exactly_what_one_process_stores(settings, sessio
     assert (result.ingested, dict(result.reasons)) == (30, FAULT_REASONS)
     assert stored(pooled_sessions) == stored(sessions)
     assert len(stored(sessions)[0]) == 30
+
+
+def test_ingest_workers_import_neither_the_database_nor_prefect() -> None:
+    """Every spawned worker imports tasks.landing: SQLAlchemy or Prefect there would add
+    their import time to each worker's start."""
+    code = "import sys, tasks.landing; print(sorted({'sqlalchemy', 'prefect'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_labels_json_cannot_encode_fast_are_stored_exactly(settings, sessions) -> None:
+    """orjson refuses integers beyond 64 bits; the column falls back to json, not an error."""
+    write_landing(filesystem(settings.landing_url),
+                  simulate(days=1, devices=1, per_day=2, end=END), faults=False)
+    sidecar = sorted(Path(settings.landing_url.removeprefix("file://")).rglob("*.json"))[0]
+    doc = json.loads(sidecar.read_text())
+    doc["labels"] = {"count": 2**70, "note": "ünïcode"}
+    sidecar.write_text(json.dumps(doc))
+    assert ingest(settings, sessions, now=END).ingested == 2
+    with sessions() as s:
+        labels = [o.labels for o in s.scalars(select(Observation))]
+    assert {"count": 2**70, "note": "ünïcode"} in labels
+
+
+def test_lookups_of_more_keys_than_sqlite_takes_parameters(sessions) -> None:
+    keys = [f"{i:064x}" for i in range(2_000)]
+    with sessions() as s:
+        dbapi = s.connection().connection.driver_connection
+        default = dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 999)  # older builds' limit
+        s.execute(insert(Observation.__table__), [
+            {"content_hash": keys[-1], "source_key": "k", "device_id": "d", "device_type": "t",
+             "observed_at": END, "lat": 0.0, "lon": 0.0}])
+        found = lookup(s, Observation.content_hash, Observation.source_key, keys)
+        dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, default)
+    assert found == {keys[-1]: "k"}
