@@ -162,7 +162,8 @@ def run_lightning(shards: Path, args, device: str) -> tuple[float, float]:
 
     torch.manual_seed(0)
     net, features = build_backbone(args.backbone)
-    module = OceanModule(net, features, "classification", 3, lr=2e-3, weight_decay=1e-4)
+    module = OceanModule(net, features, "classification", 3, lr=2e-3, weight_decay=1e-4,
+                         channels_last=device == "cuda")  # as the training task sets it
     timing = Timing()
     trainer = L.Trainer(
         max_steps=args.steps + args.warmup, accelerator="gpu" if device == "cuda" else "cpu",

@@ -203,7 +203,7 @@ class ShardStream(IterableDataset):
                 image = image.flip(-1)
             images.append(image)
         labels = torch.stack([encode_label(label, self.spec) for _, label in batch])
-        return torch.stack(images).float().div_(255.0), labels
+        return torch.stack(images), labels  # uint8: OceanNet scales on its own device
 
 
 def worker_context() -> multiprocessing.context.BaseContext:

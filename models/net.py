@@ -1,7 +1,8 @@
 """The inference network: normalisation + backbone + head in one plain ``nn.Module``.
 
-This is what MLflow stores and what evaluation and scoring load: it takes float images in
-[0, 1] (N, 3, H, W) and returns logits (classification) or values in [0, 1] (regression).
+This is what MLflow stores and what evaluation and scoring load: it takes images (N, 3, H, W),
+float in [0, 1] or uint8 in [0, 255], and returns logits (classification) or values in [0, 1]
+(regression).
 """
 
 from __future__ import annotations
@@ -23,5 +24,9 @@ class OceanNet(nn.Module):
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            # loaders send bytes, a quarter of float32 to pass between processes and to the
+            # GPU; they are scaled here, on the device that runs the network
+            images = images.float().div_(255.0)
         out = self.head(self.backbone((images - self.mean) / self.std))
         return torch.sigmoid(out) if self.task == "regression" else out

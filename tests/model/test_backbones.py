@@ -19,6 +19,16 @@ def test_every_backbone_builds_headless_and_feeds_a_sized_head(name: str) -> Non
     assert out.shape == (2, 3)
 
 
+def test_byte_images_are_scaled_as_the_float_images_they_stand_for() -> None:
+    backbone, features = build_backbone("resnet18")
+    net = OceanNet(backbone, features, 3, "classification").eval()
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        as_bytes, as_floats, unscaled = net(images), net(images.float() / 255), net(images.float())
+    assert torch.allclose(as_bytes, as_floats, atol=1e-5)
+    assert not torch.allclose(as_floats, unscaled, atol=1e-3)  # so the scaling is what matched
+
+
 def test_regression_outputs_stay_in_the_unit_interval() -> None:
     spec = get_spec("water-quality", backbone="resnet18")
     backbone, features = build_backbone(spec.backbone)

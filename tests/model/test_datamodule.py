@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image
 
 from models.datamodule import ShardStream, read_split, split_units, stream_loader, worker_plan
@@ -56,6 +57,7 @@ def test_each_training_row_is_seen_once_per_epoch_and_len_is_exact(shards, worke
     assert max(seen.values()) == 1
     assert len(seen) >= stream.rows - max(workers, 1)  # at most a batch of one per worker left
     assert all(images.shape == (len(labels), 3, 8, 8) for images, labels in batches)
+    assert all(images.dtype == torch.uint8 for images, _ in batches)  # a quarter of float32
     assert all(2 <= len(labels) <= 10 for _, labels in batches)
 
 
