@@ -4,8 +4,8 @@ OceanML's ingest (validate, hash, dedupe, copy into the lake, bulk insert, ledge
 simulated observations (JPEG + JSON sidecar), against what the same bytes and rows cost raw:
 ``cp`` + sha256 of the same files, and ``executemany`` (SQLite) / ``COPY`` (PostgreSQL, when
 ``OCEANML_BENCH_PG_URL`` is set) of the same rows. Each ingest runs in a fresh process, so its
-peak RSS is its own (its reading workers' largest peak is shown beside it); 5k and 20k show
-whether memory grows with the batch. ``OCEANML_INGEST_WORKERS`` sets the worker processes
+peak RSS (VmHWM, Linux) is its own; its reading workers' largest peak is shown beside it. 5k
+and 20k show whether memory grows with the batch. ``OCEANML_INGEST_WORKERS`` sets the worker processes
 (0, the default, is one per core).
 
     .venv/bin/python bench/ingest.py            # 5 000 and 20 000 observations, best of 2
@@ -18,12 +18,12 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import sqlite3
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,6 +59,41 @@ def subset(stems: list[Path], src: Path, dest: Path, n: int) -> int:
     return total
 
 
+def peak_kib(pid: int | str = "self") -> int:
+    """A process's peak RSS (VmHWM). Not ``ru_maxrss``: Linux carries the parent's peak into a
+    child started by vfork + exec (subprocess and multiprocessing's spawn both are), so a
+    child of a big process would report the parent's size."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+class ChildPeaks(threading.Thread):
+    """The largest peak RSS among this process's children (the ingest workers), read while
+    they live: once they have exited, nothing reliable is left to read."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.largest = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        me = str(os.getpid())
+        while not self.done.wait(0.2):
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                        self.largest = max(self.largest, peak_kib(stat.parent.name))
+                except (OSError, RuntimeError, IndexError):
+                    pass  # it exited between the listing and the read
+
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        return self.largest
+
+
 def worker(landing: Path, home: Path, db_url: str | None) -> None:
     """Runs in a child process: one ingest, prints seconds and counts as JSON."""
     os.environ["OCEANML_HOME"] = str(home)
@@ -71,13 +106,13 @@ def worker(landing: Path, home: Path, db_url: str | None) -> None:
 
     settings = get_settings()
     sessions = session_factory(settings.db_url)
+    children = ChildPeaks()
+    children.start()
     start = time.perf_counter()
     result = ingest(settings, sessions, now=END)
     seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    workers_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest one
-    print(json.dumps({"seconds": seconds, "ingested": result.ingested, "peak_kib": peak_kib,
-                      "workers_peak_kib": workers_kib, "workers": settings.ingest_workers}))
+    print(json.dumps({"seconds": seconds, "ingested": result.ingested, "peak_kib": peak_kib(),
+                      "workers_peak_kib": children.stop(), "workers": settings.ingest_workers}))
 
 
 def run_worker(landing: Path, home: Path, db_url: str | None) -> dict:
