@@ -148,17 +148,20 @@ def image_stats(img: Image.Image) -> dict[str, float]:
     img = img.convert("RGB")
     if img.size != (STATS_SIZE, STATS_SIZE):
         img = img.resize((STATS_SIZE, STATS_SIZE), Image.Resampling.BOX)
-    arr = np.asarray(img, dtype=np.float32) / 255.0
-    r, g, b = arr.reshape(-1, 3).mean(axis=0).tolist()
-    grey = arr.mean(axis=2)
+    # one plane per channel: numpy reduces across a length-3 last axis slowly (max/min over
+    # it took 80 of the 200 us this function cost per image), plane-wise ops are fast
+    r, g, b = (np.asarray(band, dtype=np.float32) / 255.0 for band in img.split())
+    grey = (r + g + b) / 3.0
+    saturation = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
+    red, green, blue = float(r.mean()), float(g.mean()), float(b.mean())
     return {
         "brightness": round(float(grey.mean()), 4),
         "contrast": round(float(grey.std()), 4),
-        "red": round(r, 4),
-        "green": round(g, 4),
-        "blue": round(b, 4),
-        "green_ratio": round(g / (r + g + b + 1e-6), 4),
-        "saturation": round(float((arr.max(axis=2) - arr.min(axis=2)).mean()), 4),
+        "red": round(red, 4),
+        "green": round(green, 4),
+        "blue": round(blue, 4),
+        "green_ratio": round(green / (red + green + blue + 1e-6), 4),
+        "saturation": round(float(saturation.mean()), 4),
     }
 
 

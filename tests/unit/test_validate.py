@@ -2,6 +2,7 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -116,3 +117,18 @@ def test_ordinary_keys_pass() -> None:
 def test_the_readings_model_knows_exactly_the_sensor_columns() -> None:
     """observation_row splits readings into columns by the model's fields, not the DB's."""
     assert tuple(Readings.model_fields) == SENSOR_COLUMNS
+
+
+def test_colour_stats_follow_their_definitions_on_known_pixels() -> None:
+    """Lossless pixels at the statistics' own size, against the definitions written plainly."""
+    rng = np.random.default_rng(7)
+    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    stats = inspect_image(buf.getvalue(), max_bytes=10**6, max_pixels=10**6).stats
+    arr = pixels.astype(np.float64) / 255
+    r, g, b = arr.reshape(-1, 3).mean(axis=0)
+    expected = {"brightness": arr.mean(axis=2).mean(), "contrast": arr.mean(axis=2).std(),
+                "red": r, "green": g, "blue": b, "green_ratio": g / (r + g + b),
+                "saturation": (arr.max(axis=2) - arr.min(axis=2)).mean()}
+    assert stats == pytest.approx(expected, abs=2e-4)
