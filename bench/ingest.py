@@ -5,8 +5,8 @@ simulated observations (JPEG + JSON sidecar), against what the same bytes and ro
 ``cp`` + sha256 of the same files, and ``executemany`` (SQLite) / ``COPY`` (PostgreSQL, when
 ``OCEANML_BENCH_PG_URL`` is set) of the same rows. Each ingest runs in a fresh process, so its
 peak RSS (VmHWM, Linux) is its own; its reading workers' largest peak is shown beside it. 5k
-and 20k show whether memory grows with the batch. ``OCEANML_INGEST_WORKERS`` sets the worker processes
-(0, the default, is one per core).
+and 20k show whether memory grows with the batch. ``OCEANML_INGEST_WORKERS`` sets the worker
+processes (0, the default, is one per core).
 
     .venv/bin/python bench/ingest.py            # 5 000 and 20 000 observations, best of 2
     .venv/bin/python bench/ingest.py --quick    # 1 000 and 4 000

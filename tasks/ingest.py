@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -25,7 +24,7 @@ from prefect import get_run_logger, task
 from sqlalchemy import JSON, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from oceanml.db import IngestedFile, Observation, Reject, session_factory
+from oceanml.db import IngestedFile, Observation, Reject, session_factory, to_json
 from oceanml.lineage import flow_run_id
 from oceanml.progress import StageProgress
 from oceanml.settings import Settings, get_settings
@@ -57,13 +56,17 @@ AHEAD = 2  # chunks submitted to the workers beyond the one being stored
 SLICE = 500  # values per IN (...): SQLite binds at most 999 (older builds) or 32 766 per statement
 
 
+def _slices(values: list[Any]) -> Iterator[list[Any]]:
+    for start in range(0, len(values), SLICE):
+        yield values[start : start + SLICE]
+
+
 def lookup(session: Session, key: Any, value: Any, keys: list[Any]) -> dict[Any, Any]:
     """``{key: value}`` for the rows whose ``key`` column is in ``keys``, queried in slices,
     so a large chunk never exceeds the parameter limit and no query reads a whole table."""
     found: dict[Any, Any] = {}
-    for start in range(0, len(keys), SLICE):
-        found.update(session.execute(
-            select(key, value).where(key.in_(keys[start : start + SLICE]))).all())
+    for part in _slices(keys):
+        found.update(session.execute(select(key, value).where(key.in_(part))).all())
     return found
 
 
@@ -148,7 +151,7 @@ def _copy_observations(session: Session, rows: list[dict[str, Any]]) -> None:
             values = []
             for c in columns:
                 value = row.get(c.name, defaults.get(c.name))
-                values.append(json.dumps(value) if c.name in json_columns and value is not None
+                values.append(to_json(value) if c.name in json_columns and value is not None
                               else value)
             copy.write_row(values)
 
@@ -200,8 +203,8 @@ def _upsert_ledger(session: Session, rows: list[dict[str, Any]]) -> None:
         return
     keys = [r["source_key"] for r in rows]
     table = IngestedFile.__table__
-    for start in range(0, len(keys), SLICE):
-        session.execute(delete(table).where(table.c.source_key.in_(keys[start : start + SLICE])))
+    for part in _slices(keys):
+        session.execute(delete(table).where(table.c.source_key.in_(part)))
     session.execute(insert(table), rows)
 
 
