@@ -179,11 +179,13 @@ def test_a_vision_model_gets_the_image_as_a_data_url(stub, settings, sessions) -
     lake = filesystem(settings.lake_url)
     enrich(sessions, provider(stub, vision=True), lake=lake)
     with sessions() as s:
-        obs = s.scalar(select(Observation).order_by(Observation.id).limit(1))
-    parts = stub.requests[0]["messages"][1]["content"]
-    url = next(p["image_url"]["url"] for p in parts if p["type"] == "image_url")
-    assert url.startswith("data:image/jpeg;base64,")
-    assert base64.b64decode(url.split(",", 1)[1]) == lake.fs.cat_file(lake.path(obs.image_key))
+        keys = s.scalars(select(Observation.image_key)).all()
+    urls = [next(p["image_url"]["url"] for p in r["messages"][1]["content"]
+                 if p["type"] == "image_url") for r in stub.requests]
+    assert all(u.startswith("data:image/jpeg;base64,") for u in urls)
+    # requests run concurrently, so their order is not the observations' order
+    sent = sorted(base64.b64decode(u.split(",", 1)[1]) for u in urls)
+    assert sent == sorted(lake.fs.cat_file(lake.path(k)) for k in keys)
     assert enrich(sessions, provider(stub)).requests == 0  # nothing pending any more
 
 
