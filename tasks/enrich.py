@@ -16,6 +16,7 @@ from prefect import get_run_logger, task
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
+from oceanml.batches import slices
 from oceanml.db import SENSOR_COLUMNS, EnrichmentCache, Observation, session_factory
 from oceanml.llm import (
     PROMPT_VERSION,
@@ -206,8 +207,8 @@ def enrich(
             progress(result.enriched + result.failed, len(pending))
 
     with ThreadPoolExecutor(max_workers=2 * max(1, concurrency)) as pool:
-        for start in range(0, len(pending), batch_size):
-            items, cached = _page(sessions, pending[start : start + batch_size], provider)
+        for page in slices(pending, batch_size):
+            items, cached = _page(sessions, page, provider)
             for obs_id, row in cached.items():
                 writer.cached(obs_id, row)
             for item in items:

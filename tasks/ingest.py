@@ -24,6 +24,7 @@ from prefect import get_run_logger, task
 from sqlalchemy import JSON, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from oceanml.batches import slices
 from oceanml.db import IngestedFile, Observation, Reject, session_factory, to_json
 from oceanml.lineage import flow_run_id
 from oceanml.progress import StageProgress
@@ -56,16 +57,11 @@ AHEAD = 2  # chunks submitted to the workers beyond the one being stored
 SLICE = 500  # values per IN (...): SQLite binds at most 999 (older builds) or 32 766 per statement
 
 
-def _slices(values: list[Any]) -> Iterator[list[Any]]:
-    for start in range(0, len(values), SLICE):
-        yield values[start : start + SLICE]
-
-
 def lookup(session: Session, key: Any, value: Any, keys: list[Any]) -> dict[Any, Any]:
     """``{key: value}`` for the rows whose ``key`` column is in ``keys``, queried in slices,
     so a large chunk never exceeds the parameter limit and no query reads a whole table."""
     found: dict[Any, Any] = {}
-    for part in _slices(keys):
+    for part in slices(keys, SLICE):
         found.update(session.execute(select(key, value).where(key.in_(part))).all())
     return found
 
@@ -203,7 +199,7 @@ def _upsert_ledger(session: Session, rows: list[dict[str, Any]]) -> None:
         return
     keys = [r["source_key"] for r in rows]
     table = IngestedFile.__table__
-    for part in _slices(keys):
+    for part in slices(keys, SLICE):
         session.execute(delete(table).where(table.c.source_key.in_(part)))
     session.execute(insert(table), rows)
 

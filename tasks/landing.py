@@ -19,6 +19,7 @@ from multiprocessing import get_context
 from pathlib import PurePosixPath
 from typing import Any
 
+from oceanml.batches import slices
 from oceanml.settings import Settings
 from oceanml.store import Location, content_key, filesystem, put_if_absent, sha256_hex
 from tasks.validate import (
@@ -263,8 +264,7 @@ class Preparer:
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=get_context("spawn"),
                 initializer=_start_worker, initargs=(self.settings, self.limits))
-        return [self._pool.submit(_prepare_batch, chunk[i : i + BATCH])
-                for i in range(0, len(chunk), BATCH)]
+        return [self._pool.submit(_prepare_batch, batch) for batch in slices(chunk, BATCH)]
 
     @staticmethod
     def collect(submitted: list[Future]) -> list[Prepared]:
