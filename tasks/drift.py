@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 from scipy import stats
@@ -26,6 +26,7 @@ from sqlalchemy.orm import sessionmaker
 
 from oceanml.db import SENSOR_COLUMNS, Dataset, DriftRecord, Observation, session_factory
 from oceanml.lineage import flow_run_id
+from oceanml.logs import stage_logger
 from oceanml.registry import alias_version
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import Settings, get_settings
@@ -171,7 +172,7 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
             payload={"reference_dataset_version": reference.version, "reason": report.reason,
                      "share_drifted": report.share_drifted},
         )
-    get_run_logger().info("drift: %s (%s)", "DETECTED" if report.drifted else "none",
+    stage_logger("drift").info("drift: %s (%s)", "DETECTED" if report.drifted else "none",
                           report.reason)
     return {"drifted": report.drifted, "reason": report.reason, "n_current": report.n_current,
             "reference_dataset_version": reference.version, "share_drifted": report.share_drifted}

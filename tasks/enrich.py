@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
@@ -25,6 +25,7 @@ from oceanml.llm import (
     EnrichmentRequest,
     make_provider,
 )
+from oceanml.logs import stage_logger
 from oceanml.progress import StageProgress
 from oceanml.settings import Settings, get_settings
 from oceanml.store import Location, filesystem, sha256_hex
@@ -249,7 +250,7 @@ def enrich_task() -> dict[str, Any]:
         result = enrich(session_factory(settings.db_url), provider, progress=progress,
                         concurrency=settings.llm_concurrency, budget=budget,
                         lake=filesystem(settings.lake_url, settings))
-    logger = get_run_logger()
+    logger = stage_logger("enrich")
     logger.info(
         "enrich (%s/%s): %d enriched, %d from cache, %d requests, %d failed, %d left%s",
         provider.name, provider.model, result.enriched, result.cache_hits, result.requests,

@@ -20,13 +20,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from prefect import get_run_logger, task
+from prefect import task
 from sqlalchemy import JSON, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from oceanml.batches import slices
 from oceanml.db import IngestedFile, Observation, Reject, session_factory, to_json
 from oceanml.lineage import flow_run_id
+from oceanml.logs import stage_logger
 from oceanml.progress import StageProgress
 from oceanml.settings import Settings, get_settings
 from oceanml.store import Location, filesystem
@@ -264,7 +265,7 @@ def ingest_task() -> dict[str, Any]:
     with StageProgress("ingest", unit="file") as progress:
         result = ingest(settings, session_factory(settings.db_url), flow_run_id=flow_run_id(),
                         progress=progress)
-    get_run_logger().info(
+    stage_logger("ingest").info(
         "ingest: %d new, %d rejected %s, %d already known",
         result.ingested, result.rejected, dict(result.reasons), result.already_known,
     )

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.events import emit_event
 from sqlalchemy import select
 
 from oceanml.db import Promotion, session_factory
 from oceanml.lineage import flow_run_id
+from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
 from oceanml.registry import set_champion
 from oceanml.settings import get_settings
@@ -108,6 +109,6 @@ def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
                    resource={"prefect.resource.id": f"oceanml.model.{model}"},
                    payload={"version": challenger_v, "previous": champ_v or None,
                             "reason": decision.reason})
-    get_run_logger().info("promote: %s (%s)", decision.promote, decision.reason)
+    stage_logger("promote").info("promote: %s (%s)", decision.promote, decision.reason)
     return {"promoted": decision.promote, "reason": decision.reason, "decided_now": True,
             "champion_version": challenger_v if decision.promote else champ_v}

@@ -18,17 +18,19 @@ from typing import Any
 
 import yaml
 from filelock import FileLock
-from prefect import get_run_logger, task
+from prefect import task
 from sqlalchemy import select
 
 from models.zoo import ModelSpec, get_spec
 from oceanml.db import TrainingRun, session_factory
 from oceanml.lineage import flow_run_id, git_commit
+from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
 from oceanml.registry import ensure_experiment, ensure_registered_model, version_by_tag
 from oceanml.settings import Settings, get_settings
 from oceanml.store import sha256_hex
 from tasks.dataset import local_dataset
+from tasks.hardware import Hardware
 
 
 @dataclass(frozen=True)
@@ -65,69 +67,6 @@ class TrainOutcome:
     metrics: dict[str, float]
     reused: bool
     artifacts: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Hardware:
-    """Where a training runs, from the worker's settings (``OCEANML_TRAIN_*``)."""
-
-    accelerator: str = "auto"
-    devices: str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "auto"
-    num_workers: int = -1
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Hardware:
-        return cls(settings.train_accelerator, settings.train_devices, settings.train_strategy,
-                   settings.train_num_nodes, settings.train_precision, settings.train_num_workers)
-
-    @property
-    def gpu(self) -> bool:
-        import torch
-
-        return self.accelerator in ("gpu", "cuda") or (
-            self.accelerator == "auto" and torch.cuda.is_available())
-
-    def trainer_kwargs(self) -> dict[str, Any]:
-        """Resolved Lightning ``Trainer`` arguments for this machine."""
-        import torch
-
-        gpu = self.gpu
-        precision = self.precision
-        if precision == "auto":
-            precision = "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
-        devices: str | int = int(self.devices) if self.devices.isdigit() else self.devices
-        strategy = self.strategy
-        if strategy == "auto" and self._device_count(devices, gpu) > 1:
-            # Lightning's default "ddp" re-executes sys.argv in each child process, which
-            # here is the Prefect worker or flow; spawning runs only the fit in the children
-            strategy = "ddp_spawn"
-        return {"accelerator": self.accelerator, "devices": devices, "strategy": strategy,
-                "num_nodes": self.num_nodes, "precision": precision}
-
-    def loader_workers(self) -> int:
-        """Decoding processes. On a GPU they keep it fed; on a CPU they take cores from the
-        math itself, so the default there is a quarter of the cores (none on a laptop)."""
-        import os
-
-        if self.num_workers >= 0:
-            return self.num_workers
-        cores = os.cpu_count() or 1
-        return min(8, cores - 1) if self.gpu else min(8, cores // 4)
-
-    @staticmethod
-    def _device_count(devices: str | int, gpu: bool) -> int:
-        import torch
-
-        if isinstance(devices, int):
-            return devices
-        if devices == "auto":
-            return torch.cuda.device_count() if gpu else 1
-        if devices == "-1":
-            return torch.cuda.device_count() if gpu else 1
-        return len([d for d in devices.split(",") if d.strip()])
 
 
 def _run_id(mlc, ckpt_dir: Path, experiment_id: str, spec: ModelSpec, tags: dict) -> str:
@@ -285,7 +224,7 @@ def train_task(
                 model_version=outcome.model_version, metrics=outcome.metrics,
                 flow_run_id=flow_run_id()))
             session.commit()
-    get_run_logger().info("train: %s v%s (%s), metrics %s", model, outcome.model_version,
+    stage_logger("train").info("train: %s v%s (%s), metrics %s", model, outcome.model_version,
                           "reused" if outcome.reused else "new", outcome.metrics)
     return asdict(outcome)
 
