@@ -1,7 +1,7 @@
 """Every benchmark runs with --quick and prints well-formed figure and ratio lines.
 
-The figures are recorded in issue notes, never asserted here: this guards the scripts against
-rot, as DESIGN.md's Benchmarks section asks.
+The figures are recorded in issue notes, never asserted here: this only guards the scripts
+against rot (README.md, Benchmarks).
 """
 
 from __future__ import annotations
