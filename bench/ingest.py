@@ -1,12 +1,19 @@
-"""Ingestion throughput and memory against the raw baseline, in one run.
+"""Ingestion throughput and memory against the raw baseline with the same processes, in one run.
 
 OceanML's ingest (validate, hash, dedupe, copy into the lake, bulk insert, ledger) on N
 simulated observations (JPEG + JSON sidecar), against what the same bytes and rows cost raw:
-``cp`` + sha256 of the same files, and ``executemany`` (SQLite) / ``COPY`` (PostgreSQL, when
-``OCEANML_BENCH_PG_URL`` is set) of the same rows. Each ingest runs in a fresh process, so its
+``cp`` + sha256 of the same files split across the same number of worker processes as
+OceanML's ingest uses, then one ``executemany`` (SQLite) / ``COPY`` (PostgreSQL, when
+``OCEANML_BENCH_PG_URL`` names a server: the bench makes and drops a database of its own
+there) of the same rows. That equal-parallel raw time is the ratio's denominator; the
+single-process raw time is printed beside it. Each ingest runs in a fresh process, so its
 peak RSS (VmHWM, Linux) is its own; its reading workers' largest peak is shown beside it. 5k
 and 20k show whether memory grows with the batch. ``OCEANML_INGEST_WORKERS`` sets the worker
-processes (0, the default, is one per core).
+processes (0, the default, is one per core, at most 8).
+
+Where the time goes: the CPU time per observation of each step of OceanML's ingest (decode
+and validate, hash, lake write, insert), measured step by step in one process on a sample,
+and of each raw step (copy, sha256, insert).
 
     .venv/bin/python bench/ingest.py            # 5 000 and 20 000 observations, best of 2
     .venv/bin/python bench/ingest.py --quick    # 1 000 and 4 000
@@ -25,11 +32,16 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from datetime import UTC, datetime
+from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from tests.postgres import throwaway_database  # noqa: E402
+
 END = datetime(2026, 11, 20, tzinfo=UTC)
 
 
@@ -94,8 +106,8 @@ class ChildPeaks(threading.Thread):
         return self.largest
 
 
-def worker(landing: Path, home: Path, db_url: str | None) -> None:
-    """Runs in a child process: one ingest, prints seconds and counts as JSON."""
+def worker(landing: Path, home: Path, db_url: str | None) -> dict:
+    """Runs in a child process: one ingest; its seconds, count and peak memory."""
     os.environ["OCEANML_HOME"] = str(home)
     os.environ["OCEANML_LANDING_URL"] = landing.as_uri()
     if db_url:
@@ -111,28 +123,38 @@ def worker(landing: Path, home: Path, db_url: str | None) -> None:
     start = time.perf_counter()
     result = ingest(settings, sessions, now=END)
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "ingested": result.ingested, "peak_kib": peak_kib(),
-                      "workers_peak_kib": children.stop(), "workers": settings.ingest_workers}))
+    return {"seconds": seconds, "ingested": result.ingested, "peak_kib": peak_kib(),
+            "workers_peak_kib": children.stop()}
 
 
-def run_worker(landing: Path, home: Path, db_url: str | None) -> dict:
-    args = [sys.executable, __file__, "--worker", str(landing), str(home)]
-    if db_url:
-        args.append(db_url)
-    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def _cp_sha256(pairs: list[tuple[Path, Path]]) -> tuple[float, float]:
+    """Copy and hash each file; returns the CPU seconds of each of the two steps."""
+    cp = sha = 0.0
+    for f, target in pairs:
+        t0 = time.process_time()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, target)
+        t1 = time.process_time()
+        hashlib.sha256(f.read_bytes()).hexdigest()
+        sha += time.process_time() - t1
+        cp += t1 - t0
+    return cp, sha
 
 
-def baseline_files(landing: Path, dest: Path) -> float:
-    """``cp`` + sha256 of every landing file: the floor for moving and hashing the bytes."""
-    start = time.perf_counter()
-    for f in landing.rglob("*"):
-        if f.is_file():
-            target = dest / f.relative_to(landing)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(f, target)
-            hashlib.sha256(f.read_bytes()).hexdigest()
-    return time.perf_counter() - start
+def baseline_files(landing: Path, dest: Path, workers: int) -> tuple[float, float, float]:
+    """``cp`` + sha256 of every landing file, split across ``workers`` processes (one: in this
+    process), in batches: the floor for moving and hashing the bytes. Returns wall seconds
+    and the CPU seconds of copying and of hashing."""
+    files = sorted(f for f in landing.rglob("*") if f.is_file())
+    pairs = [(f, dest / f.relative_to(landing)) for f in files]
+    batches = [pairs[i:i + 64] for i in range(0, len(pairs), 64)]
+    pool = (ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1
+            else nullcontext())
+    start = time.perf_counter()  # each side's pool starts inside its timing
+    with pool:
+        costs = list(pool.map(_cp_sha256, batches) if workers > 1 else map(_cp_sha256, batches))
+        seconds = time.perf_counter() - start
+    return seconds, sum(c for c, _ in costs), sum(s for _, s in costs)
 
 
 def our_rows(home: Path, db_url: str | None) -> tuple[list[str], list[tuple]]:
@@ -148,89 +170,185 @@ def our_rows(home: Path, db_url: str | None) -> tuple[list[str], list[tuple]]:
     return columns, rows
 
 
-def baseline_sqlite(columns: list[str], rows: list[tuple], path: Path) -> float:
+def baseline_sqlite(columns: list[str], rows: list[tuple], path: Path) -> tuple[float, float]:
+    """One executemany of the rows into a fresh file; wall and CPU seconds."""
     conn = sqlite3.connect(path)
     conn.execute(f"CREATE TABLE observations ({', '.join(columns)})")
     plain = [tuple(json.dumps(v) if isinstance(v, dict | list) else
                    v.isoformat() if isinstance(v, datetime) else v for v in r) for r in rows]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     conn.executemany(f"INSERT INTO observations VALUES ({', '.join('?' * len(columns))})", plain)
     conn.commit()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     conn.close()
-    return seconds
+    return seconds, cpu
 
 
-def baseline_pg_copy(columns: list[str], rows: list[tuple], url: str) -> float:
+def baseline_pg_copy(columns: list[str], rows: list[tuple], url: str) -> tuple[float, float]:
+    """One COPY of the rows into a copy of the table; wall and CPU (this process) seconds."""
     import psycopg
 
     conn = psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"))
     conn.execute("DROP TABLE IF EXISTS observations_raw")
     conn.execute("CREATE TABLE observations_raw AS SELECT * FROM observations WITH NO DATA")
     plain = [tuple(json.dumps(v) if isinstance(v, dict | list) else v for v in r) for r in rows]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     with conn.cursor() as cur, cur.copy(
             f"COPY observations_raw ({', '.join(columns)}) FROM STDIN") as copy:
         for row in plain:
             copy.write_row(row)
     conn.commit()
-    seconds = time.perf_counter() - start
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     conn.close()
-    return seconds
+    return seconds, cpu
 
 
-def reset_pg(url: str) -> None:
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
+STEP_SAMPLE = 500  # observations the per-step costs are measured on (one ingest chunk)
 
 
-def measure(n: int, stems: list[Path], src: Path, root: Path, db_url: str | None,
-            repeat: int) -> dict:
+def step_costs(landing: Path, home: Path, db_url: str | None) -> dict[str, float]:
+    """Runs in a child process: CPU milliseconds per observation of each step of OceanML's
+    ingest, the same functions ``tasks.landing.prepare_pair`` and ``tasks.ingest.store_chunk``
+    call, timed one step at a time on the first ``STEP_SAMPLE`` pairs."""
+    os.environ["OCEANML_HOME"] = str(home)
+    os.environ["OCEANML_LANDING_URL"] = landing.as_uri()
+    if db_url:
+        os.environ["OCEANML_DB_URL"] = db_url
+    from oceanml.db import session_factory
+    from oceanml.settings import get_settings
+    from oceanml.store import content_key, filesystem, put_if_absent, sha256_hex
+    from tasks.ingest import iter_new, store_chunk
+    from tasks.landing import Prepared, _canonical
+    from tasks.validate import (
+        Limits,
+        check_key,
+        check_observation,
+        decode_sidecar,
+        inspect_image,
+        observation_row,
+    )
+
+    settings = get_settings()
+    sessions = session_factory(settings.db_url)
+    location, lake = filesystem(settings.landing_url), filesystem(settings.lake_url)
+    limits = Limits(now=END)
+    candidates = [c for new, _ in iter_new(location, sessions) for c in new][:STEP_SAMPLE]
+    cpu = dict.fromkeys(("read", "decode_validate", "hash", "lake_write", "insert"), 0.0)
+    prepared = []
+
+    def timed(step, fn, *args, **kwargs):
+        t0 = time.process_time()
+        out = fn(*args, **kwargs)
+        cpu[step] += time.process_time() - t0
+        return out
+
+    for c in candidates:
+        image = timed("read", location.fs.cat_file, location.path(c.image_key))
+        raw = timed("read", location.fs.cat_file, location.path(c.sidecar_key))
+
+        def validate(image=image, raw=raw, c=c):
+            check_key(c.key)
+            doc = decode_sidecar(raw)
+            info = inspect_image(image, max_bytes=settings.max_image_bytes,
+                                 max_pixels=settings.max_image_pixels)
+            return doc, check_observation(doc, limits), info
+
+        doc, sidecar, info = timed("decode_validate", validate)
+        digest = timed("hash", sha256_hex, image, b"\0", _canonical(doc))
+        key = content_key(digest, ".jpg")
+        timed("lake_write", put_if_absent, lake, key, image)
+        prepared.append(Prepared(c, c.key, digest, {
+            **observation_row(sidecar), "image_width": info.width,
+            "image_height": info.height, "image_stats": info.stats}, key))
+    with sessions() as session:
+        result = timed("insert", store_chunk, session, prepared, None)
+    if result.ingested != len(candidates):
+        raise RuntimeError(f"step costs stored {result.ingested} of {len(candidates)}")
+    return {step: 1000 * seconds / len(candidates) for step, seconds in cpu.items()}
+
+
+def run_child(mode: str, landing: Path, home: Path, db_url: str | None) -> dict:
+    args = [sys.executable, __file__, mode, str(landing), str(home)]
+    if db_url:
+        args.append(db_url)
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def measure(n: int, stems: list[Path], src: Path, root: Path, server_url: str | None,
+            repeat: int, workers: int) -> dict:
     """Best of ``repeat`` for ours and for each raw step: disk write-back makes single runs of
     either side vary by up to 2x on a small machine."""
-    tag = f"{'pg' if db_url else 'sqlite'}_{n // 1000}k"
+    tag = f"{'pg' if server_url else 'sqlite'}_{n // 1000}k"
     landing = root / f"landing-{tag}"
     nbytes = subset(stems, src, landing, n)
-    runs, files_runs, rows_runs = [], [], []
+    runs, single_runs, parallel_runs, rows_runs = [], [], [], []
     for i in range(repeat):
-        if db_url:
-            reset_pg(db_url)
-        home = root / f"home-{tag}-{i}"
-        runs.append(run_worker(landing, home, db_url))
-        files_runs.append(baseline_files(landing, root / f"cp-{tag}-{i}"))
-        columns, rows = our_rows(home, db_url)
-        rows_runs.append(baseline_pg_copy(columns, rows, db_url) if db_url
-                         else baseline_sqlite(columns, rows, root / f"raw-{tag}-{i}.db"))
+        with (throwaway_database(server_url, "oceanml_bench") if server_url
+              else nullcontext(None)) as db_url:
+            home = root / f"home-{tag}-{i}"
+            runs.append(run_child("--worker", landing, home, db_url))
+            single_runs.append(baseline_files(landing, root / f"cp1-{tag}-{i}", 1))
+            parallel_runs.append(baseline_files(landing, root / f"cpn-{tag}-{i}", workers))
+            columns, rows = our_rows(home, db_url)
+            rows_runs.append(baseline_pg_copy(columns, rows, db_url) if db_url
+                             else baseline_sqlite(columns, rows, root / f"raw-{tag}-{i}.db"))
     ours = min(runs, key=lambda r: r["seconds"])
     ours["peak_kib"] = max(r["peak_kib"] for r in runs)
-    files_s, rows_s = min(files_runs), min(rows_runs)
-    raw_total = files_s + rows_s
+    single = min(single_runs)
+    parallel = min(parallel_runs)
+    rows_s, rows_cpu = min(rows_runs)
+    raw_single, raw_parallel = single[0] + rows_s, parallel[0] + rows_s
+    insert = "copy" if server_url else "executemany"
     print(f"figure {tag}_ingested {ours['ingested']} count")
     print(f"figure {tag}_bytes {nbytes / 1e6:.1f} MB")
+    print(f"figure {tag}_workers {workers} processes")
     print(f"figure {tag}_oceanml_s {ours['seconds']:.2f} s")
     print(f"figure {tag}_oceanml_rows_per_s {n / ours['seconds']:.0f} rows/s")
     print(f"figure {tag}_oceanml_MB_per_s {nbytes / 1e6 / ours['seconds']:.2f} MB/s")
-    print(f"figure {tag}_raw_cp_sha256_s {files_s:.2f} s")
-    print(f"figure {tag}_raw_{'copy' if db_url else 'executemany'}_s {rows_s:.2f} s")
-    print(f"figure {tag}_raw_rows_per_s {n / raw_total:.0f} rows/s")
+    print(f"figure {tag}_raw_cp_sha256_{workers}proc_s {parallel[0]:.2f} s")
+    print(f"figure {tag}_raw_cp_sha256_1proc_s {single[0]:.2f} s")
+    print(f"figure {tag}_raw_{insert}_s {rows_s:.2f} s")
+    print(f"figure {tag}_raw_{workers}proc_rows_per_s {n / raw_parallel:.0f} rows/s")
+    print(f"figure {tag}_raw_1proc_rows_per_s {n / raw_single:.0f} rows/s")
+    print(f"figure {tag}_raw_cpu_ms_per_obs_copy {1000 * single[1] / n:.3f} ms")
+    print(f"figure {tag}_raw_cpu_ms_per_obs_sha256 {1000 * single[2] / n:.3f} ms")
+    print(f"figure {tag}_raw_cpu_ms_per_obs_{insert} {1000 * rows_cpu / n:.3f} ms")
     print(f"figure {tag}_peak_rss {ours['peak_kib'] / 1024:.0f} MiB")
     print(f"figure {tag}_peak_rss_largest_worker {ours['workers_peak_kib'] / 1024:.0f} MiB")
-    print(f"ratio {tag}_rows_per_s_vs_raw {raw_total / ours['seconds']:.3f} goal >= 0.8")
+    print(f"figure {tag}_oceanml_vs_raw_1proc {raw_single / ours['seconds']:.3f} x")
+    print(f"ratio {tag}_rows_per_s_vs_raw_{workers}proc {raw_parallel / ours['seconds']:.3f} "
+          "goal >= 0.8")
     return ours
 
 
+def print_step_costs(stems: list[Path], src: Path, root: Path, server_url: str | None) -> None:
+    tag = "pg" if server_url else "sqlite"
+    landing = root / f"landing-steps-{tag}"
+    subset(stems, src, landing, STEP_SAMPLE)
+    with (throwaway_database(server_url, "oceanml_bench") if server_url
+          else nullcontext(None)) as db_url:
+        costs = run_child("--steps", landing, root / f"home-steps-{tag}", db_url)
+    for step, ms in costs.items():
+        print(f"figure {tag}_oceanml_cpu_ms_per_obs_{step} {ms:.3f} ms")
+    print(f"figure {tag}_oceanml_cpu_ms_per_obs_total {sum(costs.values()):.3f} ms")
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        worker(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
+    if len(sys.argv) > 1 and sys.argv[1] in ("--worker", "--steps"):
+        fn = worker if sys.argv[1] == "--worker" else step_costs
+        out = fn(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
+        if out is not None:
+            print(json.dumps(out))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="best of N runs of each side")
     args = parser.parse_args()
+    from oceanml.settings import get_settings
+    from tasks.landing import worker_count
+
+    workers = worker_count(get_settings().ingest_workers)
     small, large = (1000, 4000) if args.quick else (5000, 20000)
     pg_url = os.environ.get("OCEANML_BENCH_PG_URL")
     with tempfile.TemporaryDirectory(prefix="oceanml-bench-ingest-") as tmp:
@@ -238,11 +356,12 @@ def main() -> None:
         start = time.perf_counter()
         stems = simulate_landing(root / "all", large)
         print(f"figure simulate_{large // 1000}k_s {time.perf_counter() - start:.1f} s")
-        for db_url in [None] + ([pg_url] if pg_url else []):
-            peaks = [measure(n, stems, root / "all", root, db_url,
-                             1 if args.quick else args.repeat)["peak_kib"]
+        for server_url in [None] + ([pg_url] if pg_url else []):
+            print_step_costs(stems, root / "all", root, server_url)
+            peaks = [measure(n, stems, root / "all", root, server_url,
+                             1 if args.quick else args.repeat, workers)["peak_kib"]
                      for n in (small, large)]
-            tag = "pg" if db_url else "sqlite"
+            tag = "pg" if server_url else "sqlite"
             print(f"ratio {tag}_peak_rss_{large // 1000}k_vs_{small // 1000}k "
                   f"{peaks[1] / peaks[0]:.3f} goal <= 1.1")
 
