@@ -2,13 +2,16 @@
 
 The stand-in for a paid LLM endpoint in tests and benchmarks. ``script`` is a list of
 behaviours consumed one per request (then ``default``): ``good``, ``slow``, ``429``, ``500``,
-``503``, ``invalid_json``, ``off_vocab``, ``injection``; ``mix`` draws them at random
-(seeded) by share, e.g. ``{"429": 0.10, "500": 0.02}``. A good answer is derived from the
-readings in the request, so tests can check what was stored.
+``503``, ``invalid_json``, ``off_vocab``, ``injection``; ``mix`` draws them at random by
+share, e.g. ``{"429": 0.10, "500": 0.02}``, seeded by the request's messages and how many
+times they were asked before: an item meets the same faults whatever the order and the
+concurrency of the calls, so runs at different concurrency face the same draws. A good answer
+is derived from the readings in the request, so tests can check what was stored.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -48,7 +51,8 @@ class OpenAIStub:
                  seed: int = 0) -> None:
         self.default = default
         self.mix = mix or {}
-        self._rng = random.Random(seed)
+        self.seed = seed
+        self._attempts: dict[str, int] = {}
         self.latency_s = latency_s
         self.retry_after = retry_after
         self.script: deque[str] = deque()
@@ -73,12 +77,15 @@ class OpenAIStub:
         self._server.shutdown()
         self._server.server_close()
 
-    def next_behaviour(self) -> str:
-        """The scripted behaviour, else one drawn from ``mix`` (seeded), else the default."""
+    def next_behaviour(self, body: dict[str, Any]) -> str:
+        """The scripted behaviour, else one drawn from ``mix``, else the default. The draw
+        is a function of the seed, the messages and the attempt, not of arrival order."""
         with self._lock:
             if self.script:
                 return self.script.popleft()
-            draw = self._rng.random()
+            item = hashlib.sha256(json.dumps(body["messages"], sort_keys=True).encode()).hexdigest()
+            attempt = self._attempts[item] = self._attempts.get(item, -1) + 1
+            draw = random.Random(f"{self.seed}/{item}/{attempt}").random()
             for behaviour, share in self.mix.items():
                 if draw < share:
                     return behaviour
@@ -128,7 +135,7 @@ class OpenAIStub:
                     self._leave()
 
             def _answer(self, body: dict[str, Any]) -> None:
-                behaviour = stub.next_behaviour()
+                behaviour = stub.next_behaviour(body)
                 if stub.latency_s or behaviour == "slow":
                     time.sleep(stub.latency_s or 2.0)
                 if behaviour in ("429", "503"):
