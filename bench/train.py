@@ -1,14 +1,23 @@
-"""Lightning ``fit`` against a hand-written PyTorch loop: same net, shards, batch size and steps.
+"""The training task's Lightning fit against a hand-written PyTorch loop doing the same work.
 
-Both read the same Parquet shards through the same ``ShardStream``/``DataLoader``, use the
-same optimiser, update the same train metrics and count only steady-state steps (after
-``--warmup``). Data wait is the time from the end of one step to the start of the next, the
-batch fetched and moved to the device: where Lightning's ``on_train_batch_start`` fires.
-Prints ``figure`` and ``ratio`` lines. On a GPU: ``--backbone resnet50 --size 224``
-(bf16 autocast and channels_last, as the training task uses).
+The Lightning side is the trainer the train task builds (``tasks.train.build_module``,
+``build_data``, ``build_trainer``): MLflow logger, ``best``/``last`` checkpoints, early
+stopping (patience set past the last epoch, so both sides run every epoch), the per-epoch
+shuffle, validation every epoch. The hand-written loop does the same work each epoch: train
+with the same net, optimiser, cosine schedule and torchmetrics, log ``train/loss`` to MLflow
+every ``LOG_EVERY_N_STEPS`` steps and the epoch metrics after, validate the val split, save
+``last.ckpt`` and, when the monitored metric improves, ``best.ckpt``. Both read the same
+shards through the same data module and loader workers. After ``--warmup-epochs`` (worker
+start-up, allocator warm-up), images/s is train images over the whole epochs' wall time,
+validation and checkpoints included. Data wait is the time spent getting train batches (from
+the end of a step, or the epoch start, to the batch on the device: where Lightning's
+``on_train_batch_start`` fires) as a share of that wall time. Testing and model registration
+follow the fit once and are left out on both sides.
 
-    .venv/bin/python bench/train.py            # resnet18, 64 px, 120 steps, CPU
-    .venv/bin/python bench/train.py --quick    # 30 steps
+    .venv/bin/python bench/train.py            # resnet18, 64 px, 2 000 observations, CPU
+    .venv/bin/python bench/train.py --quick    # 800 observations, 2 epochs
+    .venv/bin/python bench/train.py --backbone resnet50 --size 224 --batch-size 256 \
+        --workers 8 --observations 20000       # a GPU (bf16-mixed, channels_last)
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+MODEL = "plastic-detector"
 
 
 def make_shards(root: Path, size: int, observations: int) -> Path:
@@ -45,135 +55,191 @@ def make_shards(root: Path, size: int, observations: int) -> Path:
                   faults=False)
     sessions = session_factory(settings.db_url)
     ingest(settings, sessions, now=end)
-    write_manifest(select_manifest(sessions, "plastic-detector").frame, root / "manifest.csv")
-    build(root / "manifest.csv", root / "shards", DatasetParams("plastic-detector", size), settings)
+    write_manifest(select_manifest(sessions, MODEL).frame, root / "manifest.csv")
+    build(root / "manifest.csv", root / "shards", DatasetParams(MODEL, size), settings)
     return root / "shards"
 
 
 class Clock:
-    """Step and data-wait timings after the warm-up."""
+    """Wall time and train-batch wait over the measured epochs."""
 
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-        self.steps = 0
+    def __init__(self, warmup_epochs: int) -> None:
+        self.warmup_epochs = warmup_epochs
+        self.measuring = False
+        self.start = self.end = 0.0
         self.wait = 0.0
-        self.start = 0.0
-        self.last_end: float | None = None
+        self.images = 0
+        self.ready = 0.0  # when this process last asked for a train batch
 
-    def batch_start(self) -> None:
+    def epoch_start(self, epoch: int) -> None:
         now = time.perf_counter()
-        if self.steps == self.warmup:
-            self.start = now
-        elif self.steps > self.warmup and self.last_end is not None:
-            self.wait += now - self.last_end
+        if epoch == self.warmup_epochs:
+            self.measuring, self.start = True, now
+        self.ready = now
+
+    def batch_start(self, size: int) -> None:
+        if self.measuring:
+            self.wait += time.perf_counter() - self.ready
+            self.images += size
 
     def batch_end(self) -> None:
-        self.steps += 1
-        self.last_end = time.perf_counter()
+        self.ready = time.perf_counter()
 
-    def result(self, batch_size: int) -> tuple[float, float]:
-        measured = self.steps - self.warmup
-        seconds = self.last_end - self.start
-        return measured * batch_size / seconds, self.wait / seconds
+    def stop(self) -> None:
+        self.end = time.perf_counter()
 
-
-def build_net(backbone: str, device: str):
-    import torch
-
-    from models.backbones import build_backbone
-    from models.net import OceanNet
-
-    torch.manual_seed(0)
-    net, features = build_backbone(backbone)
-    model = OceanNet(net, features, 3, "classification").to(device)
-    return model.to(memory_format=torch.channels_last) if device == "cuda" else model
+    def result(self) -> tuple[float, float]:
+        seconds = self.end - self.start
+        return self.images / seconds, self.wait / seconds
 
 
-def loader(shards: Path, batch_size: int, workers: int):
-    """The training task's stream of the train split: batches made in the workers."""
-    from models.datamodule import ShardStream, stream_loader
+def setup(shards: Path, args, workdir: Path):
+    """Spec, params, hardware and MLflow store shared by both sides."""
     from models.zoo import get_spec
+    from tasks.hardware import Hardware
+    from tasks.train import TrainParams
 
-    stream = ShardStream(shards, "train", get_spec("plastic-detector"), batch_size,
-                         shuffle=True, augment=True).configure(workers=workers)
-    return stream_loader(stream, workers, persistent=True)
+    spec = get_spec(MODEL, backbone=args.backbone, input_size=args.size)
+    params = TrainParams(backbone=args.backbone, image_size=args.size, max_epochs=args.epochs,
+                         batch_size=args.batch_size, patience=args.epochs + 1)
+    hardware = Hardware(num_workers=args.workers)
+    tracking = f"sqlite:///{workdir / 'mlflow.db'}"
+    return spec, params, hardware, tracking
 
 
-def run_torch(shards: Path, args, device: str) -> tuple[float, float]:
+def run_lightning(shards: Path, args, workdir: Path) -> tuple[float, float]:
+    import lightning as L
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from tasks.train import build_data, build_module, build_trainer
+
+    spec, params, hardware, tracking = setup(shards, args, workdir)
+    clock = Clock(args.warmup_epochs)
+
+    class Timing(L.Callback):
+        def on_train_epoch_start(self, trainer, module) -> None:
+            clock.epoch_start(trainer.current_epoch)
+
+        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+            clock.batch_start(len(batch[1]))
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+            sync(hardware)
+            clock.batch_end()
+
+        def on_train_end(self, trainer, module) -> None:
+            clock.stop()
+
+    L.seed_everything(params.seed, workers=True, verbose=False)
+    module = build_module(spec, params, hardware)
+    data = build_data(spec, params, hardware, shards)
+    logger = MLFlowLogger(experiment_name="bench-lightning", tracking_uri=tracking)
+    trainer, _ = build_trainer(spec, params, hardware, workdir / "ckpt-lightning", logger,
+                               callbacks=[Timing()])
+    trainer.fit(module, datamodule=data)
+    return clock.result()
+
+
+def sync(hardware) -> None:
+    if hardware.gpu:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def run_torch(shards: Path, args, workdir: Path) -> tuple[float, float]:
+    """The same epochs by hand: train, log, validate, checkpoint."""
+    import lightning as L
     import torch
     import torch.nn.functional as F
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
 
+    from models.backbones import build_backbone
     from models.module import _metrics
+    from models.net import OceanNet
+    from tasks.train import LOG_EVERY_N_STEPS, build_data
 
-    net = build_net(args.backbone, device).train()
-    optimiser = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    metrics = _metrics("classification", 3, "train/").to(device)  # the module tracks these too
-    clock = Clock(args.warmup)
-    data = loader(shards, args.batch_size, args.workers)
-    total = args.steps + args.warmup
-    epoch = 0
-    while clock.steps < total:
-        data.dataset.set_epoch(epoch)
-        epoch += 1
-        it = iter(data)
-        while clock.steps < total:
-            try:
-                images, labels = next(it)  # waiting for data counts as wait, as in Lightning
-            except StopIteration:
-                break
-            images, labels = images.to(device, non_blocking=True), labels.to(device)
-            clock.batch_start()
-            if device == "cuda":
-                images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                logits = net(images)
-                loss = F.cross_entropy(logits, labels)
-            metrics.update(logits.argmax(dim=1), labels)
+    spec, params, hardware, tracking = setup(shards, args, workdir)
+    device = "cuda" if hardware.gpu else "cpu"
+    precision = hardware.trainer_kwargs()["precision"]
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+    L.seed_everything(params.seed, workers=True, verbose=False)
+    backbone, features = build_backbone(spec.backbone, params.weights)
+    net = OceanNet(backbone, features, spec.num_outputs, spec.task).to(device)
+    if hardware.gpu:
+        net = net.to(memory_format=torch.channels_last)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=params.max_epochs)
+    train_metrics = _metrics(spec.task, spec.num_outputs, "train/").to(device)
+    val_metrics = _metrics(spec.task, spec.num_outputs, "val/").to(device)
+    data = build_data(spec, params, hardware, shards)
+    data.setup("fit")
+    train, val = data.train_dataloader(), data.val_dataloader()
+    mlc = MlflowClient(tracking)
+    run_id = mlc.create_run(mlc.create_experiment("bench-torch")).info.run_id
+    ckpt_dir = workdir / "ckpt-torch"
+    ckpt_dir.mkdir()
+    monitor, mode = spec.monitor
+    best: float | None = None
+    clock = Clock(args.warmup_epochs)
+
+    def step(images, targets, metrics):
+        if hardware.gpu:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            out = net(images)
+            if spec.task == "classification":
+                loss, preds = F.cross_entropy(out, targets), out.argmax(dim=1)
+            else:
+                loss, preds = F.mse_loss(out, targets), out
+        metrics.update(preds, targets)
+        return loss
+
+    global_step = 0
+    for epoch in range(params.max_epochs):
+        data.streams["train"].set_epoch(epoch)
+        clock.epoch_start(epoch)
+        net.train()
+        losses = []
+        for images, targets in train:
+            images = images.to(device, non_blocking=True)
+            targets = targets.to(device, non_blocking=True)
+            clock.batch_start(len(targets))
+            loss = step(images, targets, train_metrics)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            if device == "cuda":
-                torch.cuda.synchronize()
+            losses.append(loss.detach())
+            global_step += 1
+            if global_step % LOG_EVERY_N_STEPS == 0:
+                mlc.log_metric(run_id, "train/loss_step", float(loss), step=global_step)
+            sync(hardware)
             clock.batch_end()
-    return clock.result(args.batch_size)
-
-
-def run_lightning(shards: Path, args, device: str) -> tuple[float, float]:
-    import lightning as L
-
-    from models.backbones import build_backbone
-    from models.module import OceanModule
-
-    class Timing(L.Callback):
-        def __init__(self) -> None:
-            self.clock = Clock(args.warmup)
-
-        def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-            self.clock.batch_start()
-
-        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            if device == "cuda":
-                import torch
-
-                torch.cuda.synchronize()
-            self.clock.batch_end()
-
-    import torch
-
-    torch.manual_seed(0)
-    net, features = build_backbone(args.backbone)
-    module = OceanModule(net, features, "classification", 3, lr=2e-3, weight_decay=1e-4,
-                         channels_last=device == "cuda")  # as the training task sets it
-    timing = Timing()
-    trainer = L.Trainer(
-        max_steps=args.steps + args.warmup, accelerator="gpu" if device == "cuda" else "cpu",
-        devices=1, precision="bf16-mixed" if device == "cuda" else "32-true",
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-        callbacks=[timing],
-    )
-    trainer.fit(module, train_dataloaders=loader(shards, args.batch_size, args.workers))
-    return timing.clock.result(args.batch_size)
+        schedule.step()
+        net.eval()
+        val_losses = []
+        with torch.no_grad():
+            for images, targets in val:
+                loss = step(images.to(device), targets.to(device), val_metrics)
+                val_losses.append(loss)
+        values = {"train/loss_epoch": float(torch.stack(losses).mean()),
+                  "val/loss": float(torch.stack(val_losses).mean()) if val_losses else 0.0,
+                  **{k: float(v) for k, v in train_metrics.compute().items()},
+                  **{k: float(v) for k, v in val_metrics.compute().items()}}
+        train_metrics.reset()
+        val_metrics.reset()
+        now = int(time.time() * 1000)
+        mlc.log_batch(run_id, [Metric(k, v, now, global_step) for k, v in values.items()])
+        state = {"epoch": epoch, "global_step": global_step, "state_dict": net.state_dict(),
+                 "optimizer": optimiser.state_dict(), "lr_scheduler": schedule.state_dict()}
+        torch.save(state, ckpt_dir / "last.ckpt")
+        value = values[monitor]
+        if best is None or (value > best if mode == "max" else value < best):
+            best = value
+            torch.save(state, ckpt_dir / "best.ckpt")
+    clock.stop()
+    return clock.result()
 
 
 def main() -> None:
@@ -182,30 +248,36 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--warmup-epochs", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=-1,
+                        help="loader workers; -1: the training task's default for this machine")
     parser.add_argument("--observations", type=int, default=2000)
     parser.add_argument("--repeats", type=int, choices=(1, 2), default=2,
                         help="2: torch-lightning then lightning-torch, best of each")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.observations, args.repeats = 30, 800, 1
-    import torch
+        args.epochs, args.observations, args.repeats = 2, 800, 1
+    from tasks.hardware import Hardware
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    hardware = Hardware(num_workers=args.workers)
     with tempfile.TemporaryDirectory(prefix="oceanml-bench-train-") as tmp:
         shards = make_shards(Path(tmp), args.size, args.observations)
         # alternate the order and keep each side's best run: the second run of a pair is
         # otherwise favoured or penalised by caches and clocks
-        runs = {"torch": [], "lightning": []}
-        for order in (("torch", "lightning"), ("lightning", "torch"))[: args.repeats]:
+        runs: dict[str, list[tuple[float, float]]] = {"torch": [], "lightning": []}
+        for i, order in enumerate((("torch", "lightning"), ("lightning", "torch"))[: args.repeats]):
             for name in order:
                 fn = run_torch if name == "torch" else run_lightning
-                runs[name].append(fn(shards, args, device))
+                workdir = Path(tmp) / f"{name}-{i}"
+                workdir.mkdir()
+                runs[name].append(fn(shards, args, workdir))
         torch_ips, torch_wait = max(runs["torch"])
         lightning_ips, lightning_wait = max(runs["lightning"])
+    device = "cuda" if hardware.gpu else "cpu"
     tag = f"{args.backbone}_{args.size}px_{device}"
+    print(f"figure {tag}_loader_workers {hardware.loader_workers()} processes")
+    print(f"figure {tag}_measured_epochs {args.epochs - args.warmup_epochs} epochs")
     print(f"figure {tag}_torch_images_per_s {torch_ips:.1f} images/s")
     print(f"figure {tag}_lightning_images_per_s {lightning_ips:.1f} images/s")
     print(f"figure {tag}_torch_data_wait_share {torch_wait:.3f} share")

@@ -59,6 +59,9 @@ class TrainParams:
         return sha256_hex(doc.encode())[:32]
 
 
+LOG_EVERY_N_STEPS = 5  # train/loss points per epoch in MLflow, not one per step
+
+
 @dataclass
 class TrainOutcome:
     model_version: str
@@ -139,42 +142,21 @@ def _fit_and_register(
     progress_bar: bool, callbacks: list[Any] | None,
 ) -> TrainOutcome:
     """Fit (resuming from ``last.ckpt``), test, log and register; the caller holds the lock."""
-
     import lightning as L
     import torch
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
     from lightning.pytorch.loggers import MLFlowLogger
-
-    from models.backbones import build_backbone
-    from models.datamodule import ShardDataModule, ShuffleEachEpoch
-    from models.module import OceanModule
 
     tags = {**lineage, "dataset_version": dataset_version, "training_key": key,
             "model_spec": json.dumps(spec.to_dict())}
     run_id = _run_id(mlc, ckpt_dir, experiment_id, spec, tags)
     L.seed_everything(params.seed, workers=True, verbose=False)
-    backbone, feature_dim = build_backbone(spec.backbone, params.weights)
     hardware = Hardware.from_settings(settings)
-    module = OceanModule(backbone, feature_dim, spec.task, spec.num_outputs, lr=params.lr,
-                         weight_decay=params.weight_decay, max_epochs=params.max_epochs,
-                         channels_last=hardware.gpu)
-    data = ShardDataModule(dataset_dir, spec, params.batch_size, hardware.loader_workers(),
-                           params.seed)
-    monitor, mode = spec.monitor
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                                 save_last=True)
-    trainer = L.Trainer(
-        max_epochs=params.max_epochs,
-        **hardware.trainer_kwargs(),
-        logger=MLFlowLogger(experiment_name=settings.experiment_name,
-                            tracking_uri=settings.mlflow_tracking_uri, run_id=run_id),
-        callbacks=[checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=params.patience),
-                   ShuffleEachEpoch(), *(callbacks or [])],
-        default_root_dir=ckpt_dir,
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=5,
-    )
+    module = build_module(spec, params, hardware)
+    data = build_data(spec, params, hardware, dataset_dir)
+    logger = MLFlowLogger(experiment_name=settings.experiment_name,
+                          tracking_uri=settings.mlflow_tracking_uri, run_id=run_id)
+    trainer, checkpoint = build_trainer(spec, params, hardware, ckpt_dir, logger,
+                                        progress_bar=progress_bar, callbacks=callbacks)
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
     trainer.test(module, datamodule=data, ckpt_path="best", verbose=False)
@@ -191,6 +173,57 @@ def _fit_and_register(
     mlc.set_terminated(run_id)
     return TrainOutcome(str(version.version), run_id, key, metrics, reused=False,
                         artifacts={"checkpoint": str(checkpoint.best_model_path)})
+
+
+def build_module(spec: ModelSpec, params: TrainParams, hardware: Hardware) -> Any:
+    """The LightningModule of ``spec``: its backbone (local weights if given) and head."""
+    from models.backbones import build_backbone
+    from models.module import OceanModule
+
+    backbone, feature_dim = build_backbone(spec.backbone, params.weights)
+    return OceanModule(backbone, feature_dim, spec.task, spec.num_outputs, lr=params.lr,
+                       weight_decay=params.weight_decay, max_epochs=params.max_epochs,
+                       channels_last=hardware.gpu)
+
+
+def build_data(spec: ModelSpec, params: TrainParams, hardware: Hardware, dataset_dir: Path
+               ) -> Any:
+    """The data module over a dataset version's shards, decoded by the loader workers."""
+    from models.datamodule import ShardDataModule
+
+    return ShardDataModule(dataset_dir, spec, params.batch_size, hardware.loader_workers(),
+                           params.seed)
+
+
+def build_trainer(spec: ModelSpec, params: TrainParams, hardware: Hardware, ckpt_dir: Path,
+                  logger: Any, *, progress_bar: bool = False,
+                  callbacks: list[Any] | None = None) -> tuple[Any, Any]:
+    """The ``Trainer`` a training runs under, and its checkpoint callback.
+
+    Validation every epoch, ``best`` and ``last`` checkpoints in ``ckpt_dir``, early stopping
+    on the spec's monitored metric (the one the promotion gate reads too), the epoch handed to
+    the shard stream, and ``logger`` (MLflow in the task). ``bench/train.py`` times exactly this.
+    """
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from models.datamodule import ShuffleEachEpoch
+
+    monitor, mode = spec.monitor
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
+                                 save_last=True)
+    trainer = L.Trainer(
+        max_epochs=params.max_epochs,
+        **hardware.trainer_kwargs(),
+        logger=logger,
+        callbacks=[checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=params.patience),
+                   ShuffleEachEpoch(), *(callbacks or [])],
+        default_root_dir=ckpt_dir,
+        enable_progress_bar=progress_bar,
+        enable_model_summary=False,
+        log_every_n_steps=LOG_EVERY_N_STEPS,
+    )
+    return trainer, checkpoint
 
 
 def resolve(settings: Settings, model: str, max_epochs: int | None = None,
