@@ -1,8 +1,22 @@
-"""Prefect's overhead on the nightly pipeline: the same stages through the flow and as plain calls.
+"""Prefect's overhead on the nightly pipeline: the flow against plain calls doing the same work.
 
-Both runs use the same simulated landing data, settings and params, each with its own fresh
-home and DVC project. The Prefect run goes first (cold caches), so the ratio errs against
-Prefect. Prints ``figure`` and ``ratio`` lines (see DESIGN.md, Benchmarks).
+The Prefect side runs the ``nightly`` flow. The plain side calls the same stage bodies (each
+task's ``.fn``) one after the other with the same arguments: ingest, enrich, dataset, train,
+evaluate (the champion too, when there is one), drift, promote and the summary, with the same
+DB records, MLflow logging, Prefect artifacts and events. Artifacts and events are part of
+the work on both sides, so the plain side talks to the same Prefect API for them; what it
+lacks is only the orchestration (flow and task runs, states, result handling, the thread
+drift runs on beside training).
+
+Each side runs in a fresh process with the same imports done before its clock starts, on the
+same simulated landing data, in a fresh home and DVC project of its own. The ratio is whole
+wall time against whole wall time; nothing is subtracted from either side. Two API cases:
+
+- ``ephemeral``: no server configured, as ``make demo`` runs. Both sides start Prefect's
+  ephemeral API inside their clock (the flow at its first run, the plain side at its first
+  artifact); its start-up alone, measured in a process of its own, is printed beside.
+- ``server``: a ``prefect server`` already running on loopback (the deployment case), started
+  before either clock and stopped after.
 
     .venv/bin/python bench/pipeline.py            # 2 000 observations
     .venv/bin/python bench/pipeline.py --quick    # 300 observations, 1 epoch
@@ -11,122 +25,41 @@ Prefect. Prints ``figure`` and ``ratio`` lines (see DESIGN.md, Benchmarks).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+MODEL = "plastic-detector"
+BACKBONE = "resnet18"
 STAGES = ("ingest", "enrich", "build-dataset", "train", "evaluate", "drift", "promote")
 
 
-def fresh_project(root: Path, landing: Path) -> None:
-    """A home and a git+DVC project like a user's clone, sharing one landing folder."""
-    (root / "project" / ".dvc").mkdir(parents=True)
+def fresh_project(root: Path) -> dict[str, str]:
+    """A home and a git+DVC project like a user's clone; the environment that points at it."""
+    project = root / "project"
+    (project / ".dvc").mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".dvc/config", ".dvc/.gitignore"):
-        shutil.copy(REPO / name, root / "project" / name)
+        shutil.copy(REPO / name, project / name)
     git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid"]
-    subprocess.run(["git", "init", "-q"], cwd=root / "project", check=True)
-    subprocess.run([*git, "add", "."], cwd=root / "project", check=True)
-    subprocess.run([*git, "commit", "-qm", "bench"], cwd=root / "project", check=True)
-    os.environ["OCEANML_HOME"] = str(root / "home")
-    os.environ["OCEANML_PROJECT_DIR"] = str(root / "project")
-    os.environ["OCEANML_LANDING_URL"] = landing.as_uri()
-    from oceanml.settings import get_settings
-
-    get_settings.cache_clear()
-
-
-def run_prefect(model: str, epochs: int) -> tuple[dict[str, float], float, float]:
-    """The nightly flow; per-stage seconds from Prefect's own task-run records."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-
-    from flows.nightly import nightly
-
-    start = time.perf_counter()
-    state = nightly(model=model, max_epochs=epochs, backbone="resnet18", return_state=True)
-    total = time.perf_counter() - start
-    state.result()
-    with get_client(sync_client=True) as client:
-        flow_run = client.read_flow_run(state.state_details.flow_run_id)
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
-            id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
-    stages = {r.name.rsplit("-", 1)[0]: (r.end_time - r.start_time).total_seconds()
-              for r in runs if r.end_time}  # task run names are "<task>-<suffix>"
-    flow_seconds = (flow_run.end_time - flow_run.start_time).total_seconds()
-    return stages, total, total - flow_seconds
-
-
-def run_plain(model: str, epochs: int) -> tuple[dict[str, float], float]:
-    """The same stage functions, called one after the other by hand."""
-    from models.zoo import get_spec
-    from oceanml.db import session_factory
-    from oceanml.llm import make_provider
-    from oceanml.registry import client as mlflow_client
-    from oceanml.registry import set_champion
-    from oceanml.settings import get_settings
-    from tasks.dataset import build_dataset
-    from tasks.drift import compute_drift, load_thresholds, recent_observations
-    from tasks.enrich import enrich
-    from tasks.evaluate import evaluate_versions
-    from tasks.ingest import ingest
-    from tasks.promote import decide_promotion, load_policy
-    from tasks.train import TrainParams, train_model
-
-    settings = get_settings()
-    project = settings.project_dir.resolve()
-    sessions = session_factory(settings.db_url)
-    times: dict[str, float] = {}
-    start = time.perf_counter()
-
-    def timed(name, fn, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = fn(*args, **kwargs)
-        times[name] = time.perf_counter() - t0
-        return out
-
-    timed("ingest", ingest, settings, sessions)
-    timed("enrich", enrich, sessions, make_provider(settings))
-    ds = timed("build-dataset", build_dataset, settings, sessions, model)
-    params = TrainParams.load(project / "params.yaml", model, max_epochs=epochs,
-                              backbone="resnet18")
-    spec = get_spec(model, backbone=params.backbone, input_size=params.image_size)
-    trained = timed("train", train_model, spec, Path(ds.path), ds.version, params, settings,
-                    {"git_commit": "bench"})
-    evaluation = timed("evaluate", evaluate_versions, spec, Path(ds.path), settings,
-                       trained.model_version, None)
-
-    def drift():
-        from oceanml.db import Dataset
-
-        with sessions() as s:
-            ref = s.query(Dataset).filter_by(version=ds.version).one().reference_stats
-        since = datetime.now(UTC) - timedelta(days=settings.drift_window_days)
-        return compute_drift(ref, recent_observations(sessions, since),
-                             load_thresholds(project / "params.yaml"))
-
-    timed("drift", drift)
-
-    def promote():
-        decision = decide_promotion(evaluation.challenger, None,
-                                    load_policy(project / "params.yaml", model))
-        if decision.promote:
-            set_champion(mlflow_client(settings), model, trained.model_version)
-        return decision
-
-    timed("promote", promote)
-    return times, time.perf_counter() - start
+    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
+    subprocess.run([*git, "add", "."], cwd=project, check=True)
+    subprocess.run([*git, "commit", "-qm", "bench"], cwd=project, check=True)
+    return {"OCEANML_HOME": str(root / "home"), "OCEANML_PROJECT_DIR": str(project)}
 
 
 def warm_imports() -> None:
-    """Import the heavy libraries once up front, so neither run pays the other's import cost."""
+    """The heavy libraries, imported by both sides before their clocks start."""
     import lightning  # noqa: F401
     import matplotlib.pyplot  # noqa: F401
     import mlflow.pytorch  # noqa: F401
@@ -136,12 +69,168 @@ def warm_imports() -> None:
     import models.module  # noqa: F401
 
 
+def run_prefect(epochs: int | None) -> dict:
+    """The nightly flow; per-stage seconds from Prefect's own task-run records."""
+    warm_imports()
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.nightly import nightly
+
+    start = time.perf_counter()
+    state = nightly(model=MODEL, max_epochs=epochs, backbone=BACKBONE, return_state=True)
+    total = time.perf_counter() - start
+    results = state.result()
+    run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+    stages = {r.name.rsplit("-", 1)[0]: (r.end_time - r.start_time).total_seconds()
+              for r in runs if r.end_time}  # task run names are "<task>-<suffix>"
+    return {"total": total, "stages": stages, "promoted": results["promote"]["promoted"]}
+
+
+def run_plain(epochs: int | None) -> dict:
+    """The same stage bodies, called one after the other as the flow orders them."""
+    warm_imports()
+    from tasks.dataset import build_dataset_task
+    from tasks.drift import drift_task
+    from tasks.enrich import enrich_task
+    from tasks.evaluate import evaluate_task
+    from tasks.ingest import ingest_task
+    from tasks.promote import promote_task
+    from tasks.summary import summary_task
+    from tasks.train import train_task
+
+    stages: dict[str, float] = {}
+
+    def timed(name, task, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = task.fn(*args, **kwargs)
+        stages[name] = time.perf_counter() - t0
+        return out
+
+    start = time.perf_counter()
+    results = {"ingest": timed("ingest", ingest_task), "enrich": timed("enrich", enrich_task)}
+    results["dataset"] = timed("build-dataset", build_dataset_task, MODEL)
+    version = results["dataset"]["version"]
+    results["train"] = timed("train", train_task, MODEL, version, max_epochs=epochs,
+                             backbone=BACKBONE)
+    results["evaluate"] = timed("evaluate", evaluate_task, MODEL, version,
+                                results["train"]["model_version"])
+    results["drift"] = timed("drift", drift_task, MODEL, version)
+    results["promote"] = timed("promote", promote_task, MODEL, results["evaluate"])
+    print(summary_task.fn(MODEL, results))
+    return {"total": time.perf_counter() - start, "stages": stages,
+            "promoted": results["promote"]["promoted"]}
+
+
+def api_startup() -> dict:
+    """The ephemeral API's start-up alone: a fresh process's first call to it."""
+    from prefect.client.orchestration import get_client
+
+    start = time.perf_counter()
+    with get_client(sync_client=True) as client:
+        client.hello()
+    return {"total": time.perf_counter() - start}
+
+
+def environment(changes: dict[str, str | None]) -> dict[str, str]:
+    """This process's environment with ``changes`` (``None`` removes a variable)."""
+    env = dict(os.environ)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def child(side: str, env: dict[str, str | None], epochs: int | None) -> dict:
+    """Run one side in a fresh process; its JSON result."""
+    args = [sys.executable, __file__, "--side", side]
+    if epochs is not None:
+        args += ["--epochs", str(epochs)]
+    proc = subprocess.run(args, env=environment(env), cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{side} side failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def prefect_server(home: Path) -> Iterator[str]:
+    """``prefect server start`` on loopback with a home of its own; its API URL."""
+    port = free_port()
+    env = environment({"PREFECT_HOME": str(home), "PREFECT_API_URL": None})
+    log = open(home.parent / "prefect-server.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "prefect"), "server", "start", "--host", "127.0.0.1",
+         "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"prefect server did not start; see {log.name}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def compare(tag: str, root: Path, landing: Path, base_env: dict[str, str | None],
+            epochs: int | None) -> None:
+    """Both sides in fresh projects over the same landing data; the plain side first, so any
+    cache the first run warms favours the flow (the side under test errs against itself
+    no less than against the peer)."""
+    results = {}
+    for side in ("plain", "prefect"):
+        env = {**base_env, **fresh_project(root / f"{tag}-{side}"),
+               "OCEANML_LANDING_URL": landing.as_uri(),
+               "PREFECT_HOME": str(root / f"{tag}-{side}" / "prefect-home")}
+        results[side] = child(side, env, epochs)
+    for stage in STAGES:
+        key = stage.replace("-", "_")
+        for side in ("prefect", "plain"):
+            print(f"figure {tag}_{side}_{key}_s "
+                  f"{results[side]['stages'].get(stage, float('nan')):.2f} s")
+    for side in ("prefect", "plain"):
+        print(f"figure {tag}_{side}_total_s {results[side]['total']:.2f} s")
+        print(f"figure {tag}_{side}_promoted {int(results[side]['promoted'])} bool")
+    print(f"ratio {tag}_prefect_vs_plain {results['prefect']['total'] / results['plain']['total']:.3f}"
+          " goal <= 1.10")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="300 observations, 1 epoch")
     parser.add_argument("--observations", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=None, help="default: params.yaml")
+    parser.add_argument("--side", choices=("prefect", "plain", "api-startup"),
+                        help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.side:
+        run = {"prefect": lambda: run_prefect(args.epochs), "plain": lambda: run_plain(args.epochs),
+               "api-startup": api_startup}[args.side]
+        print(json.dumps(run()))
+        return
     n = 300 if args.quick else args.observations
     epochs = 1 if args.quick else args.epochs
     devices, days = 8, 2
@@ -150,8 +239,6 @@ def main() -> None:
     from oceanml.simulator import simulate, write_landing
     from oceanml.store import filesystem
 
-    warm_imports()
-
     with tempfile.TemporaryDirectory(prefix="oceanml-bench-") as tmp:
         root = Path(tmp)
         landing = root / "landing"
@@ -159,19 +246,15 @@ def main() -> None:
                       simulate(days=days, devices=devices, per_day=per_day, seed=11), faults=True)
         print(f"figure observations {devices * days * per_day} count")
 
-        fresh_project(root / "prefect", landing)
-        prefect_stages, prefect_total, startup = run_prefect("plastic-detector", epochs)
-        fresh_project(root / "plain", landing)
-        plain_stages, plain_total = run_plain("plastic-detector", epochs)
+        ephemeral: dict[str, str | None] = {"PREFECT_API_URL": None}
+        startup = child("api-startup", {**ephemeral, "PREFECT_HOME": str(root / "startup-home")},
+                        None)["total"]
+        print(f"figure ephemeral_api_startup_s {startup:.2f} s")
+        compare("ephemeral", root, landing, ephemeral, epochs)
 
-    for stage in STAGES:
-        print(f"figure prefect_{stage.replace('-', '_')}_s {prefect_stages.get(stage, float('nan')):.2f} s")
-        print(f"figure plain_{stage.replace('-', '_')}_s {plain_stages.get(stage, float('nan')):.2f} s")
-    print(f"figure prefect_total_s {prefect_total:.2f} s")
-    print(f"figure prefect_api_startup_s {startup:.2f} s")
-    print(f"figure plain_total_s {plain_total:.2f} s")
-    print(f"ratio prefect_vs_plain {prefect_total / plain_total:.3f} goal <= 1.10")
-    print(f"ratio prefect_vs_plain_warm_api {(prefect_total - startup) / plain_total:.3f} goal <= 1.10")
+        (root / "server-home").mkdir()
+        with prefect_server(root / "server-home") as url:
+            compare("server", root, landing, {"PREFECT_API_URL": url}, epochs)
 
 
 if __name__ == "__main__":
