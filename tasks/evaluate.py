@@ -1,54 +1,97 @@
 """Evaluate: challenger and champion scored on the same test split.
 
-:func:`score` is pure (labels in, report out: ``overall``, ``per_class``, ``slices``,
-``confusion``); :func:`evaluate_versions` loads models from the registry, predicts, scores and
-logs a confusion-matrix plot and the report to the challenger's MLflow run.
+:func:`score` and :func:`regression_score` are pure (labels in, report out: ``overall``,
+``per_class`` or ``per_target``, ``slices``, and ``confusion`` for classification);
+:func:`evaluate_versions` loads models from the registry, predicts, scores and logs a
+confusion-matrix plot and the report to the challenger's MLflow run; :func:`evaluate` is the
+stage's logic (reuse or score, then record), which :func:`evaluate_task` wraps.
+
+The metrics are torchmetrics' functional ones (the same library the training loop logs
+with), so evaluation and training agree on what precision, F1 or R2 mean. One definition is
+ours on purpose: macro-F1, see :func:`classification_metrics`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
 from models.zoo import ModelSpec, get_spec
+from oceanml import lineage
 from oceanml.db import Evaluation, session_factory
-from oceanml.lineage import flow_run_id
+from oceanml.logs import stage_logger
 from oceanml.registry import alias_version, load_model
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import Settings, get_settings
 from tasks.dataset import local_dataset
 
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
 MIN_SLICE = 5
 
 
-def _f1_table(confusion: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    tp = np.diag(confusion).astype(float)
-    precision = np.divide(tp, confusion.sum(axis=0), out=np.zeros_like(tp), where=confusion.sum(axis=0) > 0)
-    recall = np.divide(tp, confusion.sum(axis=1), out=np.zeros_like(tp), where=confusion.sum(axis=1) > 0)
-    denom = precision + recall
-    f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
-    return precision, recall, f1
+def _class_table(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    """Confusion matrix (rows true, columns predicted), accuracy and per-class precision,
+    recall and F1, by torchmetrics.
+
+    A class never predicted has precision 0, one never true recall 0 (torchmetrics'
+    ``zero_division=0``): an undefined ratio must not read as a good one. An empty input
+    (torchmetrics refuses it) gives zeros everywhere, accuracy included, so an empty split
+    scores below any floor instead of failing the stage.
+    """
+    if len(y_true) == 0:
+        return {"confusion": np.zeros((n, n), dtype=np.int64), "accuracy": np.float32(0.0),
+                **{k: np.zeros(n, dtype=np.float32) for k in ("precision", "recall", "f1")}}
+    import torch
+    from torchmetrics.functional import classification as tmc
+
+    preds = torch.as_tensor(np.asarray(y_pred, dtype=np.int64))
+    target = torch.as_tensor(np.asarray(y_true, dtype=np.int64))
+    per_class = {"num_classes": n, "average": "none"}
+    return {
+        "confusion": tmc.multiclass_confusion_matrix(preds, target, num_classes=n).numpy(),
+        "accuracy": tmc.multiclass_accuracy(preds, target, num_classes=n, average="micro").numpy(),
+        "precision": tmc.multiclass_precision(preds, target, **per_class).numpy(),
+        "recall": tmc.multiclass_recall(preds, target, **per_class).numpy(),
+        "f1": tmc.multiclass_f1_score(preds, target, **per_class).numpy(),
+    }
+
+
+def _overall(table: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Accuracy, macro-F1 over the classes present in the labels, n and the confusion matrix."""
+    confusion = table["confusion"]
+    present = confusion.sum(axis=1) > 0
+    return {
+        "accuracy": float(table["accuracy"]),
+        "macro_f1": float(table["f1"][present].mean()) if present.any() else 0.0,
+        "n": int(confusion.sum()),
+        "confusion": confusion,
+    }
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> dict[str, Any]:
-    """Accuracy and macro-F1 over the classes present in ``y_true``."""
-    confusion = np.zeros((n, n), dtype=int)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    _, _, f1 = _f1_table(confusion)
-    present = confusion.sum(axis=1) > 0
-    return {
-        "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "n": int(len(y_true)),
-        "confusion": confusion,
-    }
+    """Accuracy and macro-F1 over the classes present in ``y_true``, and the confusion matrix.
+
+    Macro-F1 is the mean per-class F1 of the classes that occur in the labels, not
+    torchmetrics' ``average="macro"``, which also averages in a class that is only predicted
+    (with F1 0). The promotion gate compares challenger and champion on the same split and
+    slices, so the classes averaged must depend on the data alone: under torchmetrics' macro,
+    one spurious prediction of a class absent from a small slice adds a zero to that model's
+    average only (a third off a two-class slice, past ``max_slice_drop``), and the two models
+    end up averaged over different classes. The wrong prediction is still paid for, once, in
+    the recall of the true class. (Training's ``val/macro_f1`` uses torchmetrics' macro: it
+    only ranks epochs of one model.)
+    """
+    return _overall(_class_table(y_true, y_pred, n))
 
 
 def score(
@@ -63,12 +106,12 @@ def score(
     may be a list (an item with several tags belongs to several slices).
     """
     y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    overall = classification_metrics(y_true, y_pred, len(classes))
+    table = _class_table(y_true, y_pred, len(classes))
+    overall = _overall(table)
     confusion = overall.pop("confusion")
-    precision, recall, f1 = _f1_table(confusion)
     per_class = {
-        name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-               "support": int(confusion[i].sum())}
+        name: {"precision": float(table["precision"][i]), "recall": float(table["recall"][i]),
+               "f1": float(table["f1"][i]), "support": int(confusion[i].sum())}
         for i, name in enumerate(classes)
     }
     by_slice: dict[str, dict[str, float]] = {}
@@ -86,10 +129,38 @@ def score(
 
 
 def regression_score(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str]) -> dict:
-    err = np.abs(y_true - y_pred)
+    """MAE, RMSE and R2 per target and overall.
+
+    Overall MAE and RMSE pool every (row, target) error, so they are the errors of one
+    prediction on the common [0, 1] scale of the indices; overall R2 is the mean of the
+    per-target R2 (torchmetrics' ``uniform_average``), since R2 of the pooled values would
+    credit the model for the differences between the targets' means. A target with no
+    variance in the split gets R2 0 (1 when predicted exactly), torchmetrics' convention, so
+    the report stays finite. R2 needs two rows: fewer raise ``ValueError`` (a split that
+    small cannot judge a model, and a NaN would pass every gate comparison).
+    """
+    import torch
+    from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
+
+    k = len(targets)
+    target = torch.as_tensor(np.asarray(y_true, dtype=np.float64)).reshape(-1, k)
+    preds = torch.as_tensor(np.asarray(y_pred, dtype=np.float64)).reshape(-1, k)
+    n = int(target.shape[0])
+    if n < 2:
+        raise ValueError(f"regression needs at least 2 test rows to score, got {n}")
+    mae = mean_absolute_error(preds, target, num_outputs=k).reshape(-1)
+    rmse = mean_squared_error(preds, target, squared=False, num_outputs=k).reshape(-1)
+    r2 = r2_score(preds, target, multioutput="raw_values").reshape(-1)
+    overall = {
+        "mae": float(mean_absolute_error(preds.reshape(-1), target.reshape(-1))),
+        "rmse": float(mean_squared_error(preds.reshape(-1), target.reshape(-1), squared=False)),
+        "r2": float(r2.mean()),
+        "n": n,
+    }
     return {
-        "overall": {"mae": float(err.mean()), "mse": float((err**2).mean()), "n": len(y_true)},
-        "per_target": {t: {"mae": float(err[:, i].mean())} for i, t in enumerate(targets)},
+        "overall": overall,
+        "per_target": {t: {"mae": float(mae[i]), "rmse": float(rmse[i]), "r2": float(r2[i])}
+                       for i, t in enumerate(targets)},
         "slices": {},
     }
 
@@ -154,12 +225,18 @@ class EvalOutcome:
 def evaluate_versions(
     spec: ModelSpec,
     dataset_dir: Path,
-    settings: Settings,
+    settings: Settings | None,
     challenger_version: str,
     champion_version: str | None,
+    *,
+    mlc: MlflowClient | None = None,
 ) -> EvalOutcome:
-    """Score both versions on ``dataset_dir``'s test split; log plots and the report to MLflow."""
-    mlc = mlflow_client(settings)
+    """Score both versions on ``dataset_dir``'s test split; log plots and the report to MLflow.
+
+    ``mlc`` is the registry client to use (the stage passes its own); without one, a client
+    is made from ``settings``, which is otherwise unused.
+    """
+    mlc = mlc or mlflow_client(settings)
     challenger = report_for(load_model(mlc, spec.name, challenger_version), dataset_dir, spec)
     champion = None
     if champion_version and champion_version != challenger_version:
@@ -167,7 +244,7 @@ def evaluate_versions(
     run_id = mlc.get_model_version(spec.name, challenger_version).run_id
     artifacts = {"report": "evaluation/report.json"}
     mlc.log_dict(run_id, {"challenger": challenger, "champion": champion,
-                             "champion_version": champion_version}, artifacts["report"])
+                          "champion_version": champion_version}, artifacts["report"])
     if "confusion" in challenger:
         import matplotlib.pyplot as plt
 
@@ -180,12 +257,54 @@ def evaluate_versions(
     return EvalOutcome(challenger, champion, artifacts)
 
 
+def evaluate(
+    sessions: sessionmaker,
+    mlc: MlflowClient,
+    spec: ModelSpec,
+    dataset_version: str,
+    model_version: str,
+    dataset_dir: Callable[[], Path],
+    flow_run_id: str | None,
+) -> dict[str, Any]:
+    """The evaluation of ``model_version`` against the current champion: recorded, or made.
+
+    An evaluation is identified by (model, version, champion version, dataset version): when
+    the DB holds one, it is returned with ``reused`` True and nothing is loaded, logged or
+    written. Otherwise both versions are scored (:func:`evaluate_versions`, which logs to the
+    challenger's MLflow run) and an ``Evaluation`` row records the reports. ``dataset_dir``
+    is called only then: resolving a dataset version may mean a DVC restore.
+
+    Returns:
+        ``model_version``, ``champion_version`` (None before any champion),
+        ``dataset_version``, the ``challenger`` and ``champion`` reports, and ``reused``.
+    """
+    champion = alias_version(mlc, spec.name)
+    champ_v = str(champion.version) if champion else ""
+    key = (Evaluation.model_name == spec.name, Evaluation.model_version == model_version,
+           Evaluation.champion_version == champ_v, Evaluation.dataset_version == dataset_version)
+    with sessions() as session:
+        row = session.scalar(select(Evaluation).where(*key))
+        reused = row is not None
+        if row is None:
+            outcome = evaluate_versions(spec, dataset_dir(), None, model_version,
+                                        champ_v or None, mlc=mlc)
+            row = Evaluation(model_name=spec.name, model_version=model_version,
+                             champion_version=champ_v, dataset_version=dataset_version,
+                             challenger_metrics=outcome.challenger,
+                             champion_metrics=outcome.champion, flow_run_id=flow_run_id)
+            session.add(row)
+            session.commit()
+    return {"model_version": model_version, "champion_version": champ_v or None,
+            "dataset_version": dataset_version, "challenger": row.challenger_metrics,
+            "champion": row.champion_metrics, "reused": reused}
+
+
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
 def evaluation_markdown(model: str, outcome: dict[str, Any]) -> str:
-    """The evaluation report: overall, per class and the weakest slices, side by side."""
+    """The evaluation report: overall, per class or target and the weakest slices."""
     challenger, champion = outcome["challenger"], outcome.get("champion")
     champ_v = outcome.get("champion_version")
     lines = [f"# Evaluation of `{model}` v{outcome['model_version']}",
@@ -200,6 +319,11 @@ def evaluation_markdown(model: str, outcome: dict[str, Any]) -> str:
         for name, m in challenger["per_class"].items():
             lines.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
                          f"| {m['support']} |")
+    if "per_target" in challenger:
+        lines += ["", "| target | mae | rmse | r2 |", "|---|---|---|---|"]
+        lines += [f"| {name} | " + " | ".join(_fmt(m[k]) if k in m else "-"  # older: mae only
+                                              for k in ("mae", "rmse", "r2")) + " |"
+                  for name, m in challenger["per_target"].items()]
     worst = sorted(challenger["slices"].items(), key=lambda kv: kv[1].get("macro_f1", 0))[:8]
     if worst:
         lines += ["", "Weakest slices:", "", "| slice | n | accuracy | macro_f1 |",
@@ -211,28 +335,20 @@ def evaluation_markdown(model: str, outcome: dict[str, Any]) -> str:
 
 @task(name="evaluate", retries=1, retry_delay_seconds=10)
 def evaluate_task(model: str, dataset_version: str, model_version: str) -> dict[str, Any]:
-    """Score ``model_version`` and the current champion on the dataset's test split."""
+    """Score ``model_version`` and the current champion on the dataset's test split.
+
+    :func:`evaluate` decides and records; this wrapper adds what needs a Prefect run: the
+    markdown artifact and the run log.
+    """
     settings = get_settings()
-    sessions = session_factory(settings.db_url)
-    champion = alias_version(mlflow_client(settings), model)
-    champ_v = str(champion.version) if champion else ""
-    key = (Evaluation.model_name == model, Evaluation.model_version == model_version,
-           Evaluation.champion_version == champ_v, Evaluation.dataset_version == dataset_version)
-    with sessions() as session:
-        row = session.scalar(select(Evaluation).where(*key))
-        reused = row is not None
-        if row is None:
-            outcome = evaluate_versions(get_spec(model), local_dataset(settings, model, dataset_version),
-                                        settings, model_version, champ_v or None)
-            row = Evaluation(model_name=model, model_version=model_version,
-                             champion_version=champ_v, dataset_version=dataset_version,
-                             challenger_metrics=outcome.challenger,
-                             champion_metrics=outcome.champion, flow_run_id=flow_run_id())
-            session.add(row)
-            session.commit()
-    result = {"model_version": model_version, "champion_version": champ_v or None,
-              "dataset_version": dataset_version, "challenger": row.challenger_metrics,
-              "champion": row.champion_metrics, "reused": reused}
+    result = evaluate(session_factory(settings.db_url), mlflow_client(settings), get_spec(model),
+                      dataset_version, model_version,
+                      lambda: local_dataset(settings, model, dataset_version),
+                      lineage.flow_run_id())
     create_markdown_artifact(evaluation_markdown(model, result), key=f"evaluation-{model}",
                              description="challenger vs champion on the test split")
+    stage_logger("evaluate").info(
+        "evaluate: %s v%s against champion %s on %s%s: %s", model, model_version,
+        result["champion_version"] or "none", dataset_version,
+        " (recorded earlier)" if result["reused"] else "", result["challenger"]["overall"])
     return result

@@ -1,6 +1,13 @@
-import pytest
+"""Evaluation metrics against hand counts: the independent check of what torchmetrics computes
+for us, and the pin of the one definition that is ours (macro-F1)."""
 
-from tasks.evaluate import score
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tasks.evaluate import evaluation_markdown, regression_score, score
 
 CLASSES = ("none", "light", "severe")
 
@@ -34,3 +41,92 @@ def test_slices_group_items_and_multi_valued_tags(monkeypatch) -> None:
 def test_small_slices_are_left_out() -> None:
     r = score([0, 1], [0, 1], CLASSES, {"device_type": ["buoy", "drone"]})
     assert r["slices"] == {}
+
+
+def test_macro_f1_averages_the_classes_in_the_labels_not_a_class_only_predicted() -> None:
+    """The gate's definition (see ``classification_metrics``), pinned against torchmetrics'.
+
+    ``severe`` is predicted once and never true. Hand count: none p=1 r=1/2 f1=2/3; light
+    p=1 r=1 f1=1; severe p=0 r=0 f1=0, support 0. Ours averages none and light: 5/6;
+    torchmetrics' ``average="macro"`` averages severe's 0 in too: 5/9.
+    """
+    from torchmetrics.functional.classification import multiclass_f1_score
+
+    y_true, y_pred = [0, 0, 1, 1], [0, 2, 1, 1]
+    r = score(y_true, y_pred, CLASSES)
+    assert r["overall"]["macro_f1"] == pytest.approx(5 / 6)
+    assert r["overall"]["accuracy"] == pytest.approx(3 / 4)
+    assert r["per_class"]["severe"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert r["per_class"]["none"]["f1"] == pytest.approx(2 / 3)
+    assert r["confusion"] == [[1, 0, 1], [0, 2, 0], [0, 0, 0]]
+    theirs = multiclass_f1_score(torch.tensor(y_pred), torch.tensor(y_true), num_classes=3,
+                                 average="macro")
+    assert float(theirs) == pytest.approx(5 / 9)  # the definition we do not use
+
+
+def test_a_spurious_prediction_in_a_slice_costs_its_recall_only(monkeypatch) -> None:
+    """Slice macro-F1 depends on the slice's labels: one stray ``severe`` on a two-class
+    slice costs 1/2 recall of ``none`` (F1 1 -> 2/3), not a third of the average."""
+    monkeypatch.setattr("tasks.evaluate.MIN_SLICE", 2)
+    y_true, y_pred = [0, 0, 1, 1], [0, 2, 1, 1]
+    r = score(y_true, y_pred, CLASSES, {"device_type": ["buoy"] * 4})
+    assert r["slices"]["device_type=buoy"] == {"accuracy": pytest.approx(3 / 4),
+                                               "macro_f1": pytest.approx(5 / 6), "n": 4}
+
+
+def test_no_items_score_zero_rather_than_fail() -> None:
+    r = score([], [], CLASSES)
+    assert r["overall"] == {"accuracy": 0.0, "macro_f1": 0.0, "n": 0}
+    assert r["confusion"] == [[0] * 3] * 3 and r["per_class"]["none"]["support"] == 0
+
+
+REG_TRUE = [[0.0, 1.0], [1.0, 2.0], [2.0, 2.0]]
+REG_PRED = [[0.5, 1.0], [1.0, 1.0], [2.0, 3.0]]
+
+
+def test_regression_metrics_match_a_hand_count() -> None:
+    """Errors a: -0.5, 0, 0; b: 0, 1, -1. Means a 1, b 5/3; total sums of squares a 2, b 2/3."""
+    r = regression_score(np.array(REG_TRUE), np.array(REG_PRED), ("a", "b"))
+    assert set(r) == {"overall", "per_target", "slices"} and r["slices"] == {}
+    a, b = r["per_target"]["a"], r["per_target"]["b"]
+    assert a == {"mae": pytest.approx(0.5 / 3), "rmse": pytest.approx(math.sqrt(0.25 / 3)),
+                 "r2": pytest.approx(1 - 0.25 / 2)}
+    assert b == {"mae": pytest.approx(2 / 3), "rmse": pytest.approx(math.sqrt(2 / 3)),
+                 "r2": pytest.approx(1 - 2 / (2 / 3))}
+    # overall: every (row, target) error pooled; R2 the mean of the targets' R2
+    assert r["overall"] == {"mae": pytest.approx(2.5 / 6),
+                            "rmse": pytest.approx(math.sqrt(2.25 / 6)),
+                            "r2": pytest.approx((0.875 - 2.0) / 2), "n": 3}
+
+
+def test_a_target_without_variance_gets_a_finite_r2() -> None:
+    """Constant truth: R2 is 0/0 or x/0; 1 when predicted exactly, else 0 (never NaN or -inf,
+    which JSON cannot hold and a gate comparison would let through)."""
+    y = np.array([[0.5, 0.1], [0.5, 0.2], [0.5, 0.3]])
+    exact = regression_score(y, y, ("const", "varying"))
+    assert exact["per_target"]["const"]["r2"] == 1.0
+    off = regression_score(y, y + [[0.2, 0.0]], ("const", "varying"))
+    assert off["per_target"]["const"]["r2"] == 0.0
+    assert off["per_target"]["const"]["mae"] == pytest.approx(0.2)
+    assert off["overall"]["r2"] == pytest.approx(0.5)  # mean of 0 and the exact target's 1
+
+
+def test_regression_needs_two_rows() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        regression_score(np.array([[0.1, 0.2]]), np.array([[0.1, 0.2]]), ("a", "b"))
+
+
+def test_the_markdown_shows_every_target_and_older_reports_without_rmse() -> None:
+    report = regression_score(np.array(REG_TRUE), np.array(REG_PRED), ("a", "b"))
+    older = {"overall": {"mae": 0.2, "mse": 0.1, "n": 3},
+             "per_target": {"a": {"mae": 0.1}, "b": {"mae": 0.3}}, "slices": {}}
+    text = evaluation_markdown("water-quality", {
+        "model_version": "2", "champion_version": "1", "dataset_version": "d",
+        "challenger": report, "champion": older})
+    assert "| target | mae | rmse | r2 |" in text
+    assert "| b | 0.667 | 0.816 | -2.000 |" in text
+    assert "| mae | 0.417 | 0.200 |" in text and "| rmse | 0.612 | - |" in text
+    older_text = evaluation_markdown("water-quality", {
+        "model_version": "1", "champion_version": None, "dataset_version": "d",
+        "challenger": older, "champion": None})
+    assert "| a | 0.100 | - | - |" in older_text
