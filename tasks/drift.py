@@ -5,14 +5,18 @@ category counts). Continuous features get a two-sample KS test and PSI over the 
 quantile bins; categorical ones a chi-square test. A feature drifts when PSI passes its bar,
 or KS is significant *and* large enough to matter (on thousands of rows any difference is
 "significant"); the report drifts when enough features do.
+
+:func:`compute_drift` is pure; :func:`detect_drift` is the stage's logic (find the reference,
+compare, record); :func:`drift_task` wraps it with what needs a Prefect run (the table
+artifact, the event and the run log).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,13 +28,16 @@ from scipy import stats
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from oceanml import lineage
 from oceanml.db import SENSOR_COLUMNS, Dataset, DriftRecord, Observation, session_factory
-from oceanml.lineage import flow_run_id
 from oceanml.logs import stage_logger
 from oceanml.registry import alias_version
 from oceanml.registry import client as mlflow_client
-from oceanml.settings import Settings, get_settings
+from oceanml.settings import get_settings
 from tasks.shards import IMAGE_FEATURES
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 EPS = 1e-4
 KS_MIN_EFFECT = 0.1
@@ -51,6 +58,7 @@ class DriftReport:
     share_drifted: float
     features: dict[str, dict[str, Any]] = field(default_factory=dict)
     reason: str = ""
+    reference_dataset_version: str | None = None  # None: there was nothing to compare with
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,14 +136,43 @@ def recent_observations(sessions: sessionmaker, since: datetime) -> pd.DataFrame
     ])
 
 
-def reference_dataset(sessions: sessionmaker, settings: Settings, model: str,
+def reference_dataset(sessions: sessionmaker, mlc: MlflowClient, model: str,
                       fallback_version: str | None) -> Dataset | None:
     """The champion's training dataset; before any champion, the given fallback version."""
-    champion = alias_version(mlflow_client(settings), model)
+    champion = alias_version(mlc, model)
     version = champion.tags.get("dataset_version") if champion else fallback_version
     with sessions() as session:
         return session.scalar(select(Dataset).where(Dataset.name == model,
                                                     Dataset.version == version))
+
+
+def detect_drift(
+    sessions: sessionmaker,
+    mlc: MlflowClient,
+    model: str,
+    fallback_dataset_version: str | None,
+    thresholds: DriftThresholds,
+    since: datetime,
+    flow_run_id: str | None,
+) -> DriftReport:
+    """Compare the observations since ``since`` with the reference dataset; record the check.
+
+    Every check with a reference adds a ``DriftRecord`` (a time series of checks: two checks
+    of the same data are two rows); without a reference (no champion and no stored fallback
+    dataset) nothing is recorded and the report says so, with ``reference_dataset_version``
+    None.
+    """
+    reference = reference_dataset(sessions, mlc, model, fallback_dataset_version)
+    if reference is None:
+        return DriftReport(False, 0, 0.0, reason="no reference dataset yet")
+    report = compute_drift(reference.reference_stats, recent_observations(sessions, since),
+                           thresholds)
+    with sessions() as session:
+        session.add(DriftRecord(model_name=model, reference_dataset_version=reference.version,
+                                n_current=report.n_current, drifted=report.drifted,
+                                features=report.features, flow_run_id=flow_run_id))
+        session.commit()
+    return replace(report, reference_dataset_version=reference.version)
 
 
 def drift_table(report: DriftReport) -> list[dict[str, Any]]:
@@ -146,33 +183,32 @@ def drift_table(report: DriftReport) -> list[dict[str, Any]]:
 @task(name="drift", retries=1, retry_delay_seconds=10)
 def drift_task(model: str, fallback_dataset_version: str | None = None,
                now: datetime | None = None) -> dict[str, Any]:
-    """Compare recent observations with the reference; emit ``oceanml.drift.detected``."""
+    """Compare recent observations with the reference; emit ``oceanml.drift.detected``.
+
+    :func:`detect_drift` does the work; this wrapper adds what needs a Prefect run: the
+    per-feature table artifact, the event when drift is detected and the run log.
+    """
     settings = get_settings()
-    sessions = session_factory(settings.db_url)
-    project = settings.project_dir.resolve()
-    reference = reference_dataset(sessions, settings, model, fallback_dataset_version)
-    if reference is None:
-        return {"drifted": False, "reason": "no reference dataset yet", "n_current": 0}
     since = (now or datetime.now(UTC)) - timedelta(days=settings.drift_window_days)
-    report = compute_drift(reference.reference_stats, recent_observations(sessions, since),
-                           load_thresholds(project / "params.yaml"))
-    with sessions() as session:
-        session.add(DriftRecord(model_name=model, reference_dataset_version=reference.version,
-                                 n_current=report.n_current, drifted=report.drifted,
-                                 features=report.features, flow_run_id=flow_run_id()))
-        session.commit()
+    report = detect_drift(session_factory(settings.db_url), mlflow_client(settings), model,
+                          fallback_dataset_version,
+                          load_thresholds(settings.project_dir.resolve() / "params.yaml"),
+                          since, lineage.flow_run_id())
+    reference = report.reference_dataset_version
+    if reference is None:
+        return {"drifted": False, "reason": report.reason, "n_current": 0}
     if report.features:
         create_table_artifact(drift_table(report), key=f"drift-{model}",
-                              description=f"drift vs dataset {reference.version}: {report.reason}")
+                              description=f"drift vs dataset {reference}: {report.reason}")
     if report.drifted:
         emit_event(
             event="oceanml.drift.detected",
             resource={"prefect.resource.id": f"oceanml.model.{model}",
                       "prefect.resource.name": model},
-            payload={"reference_dataset_version": reference.version, "reason": report.reason,
+            payload={"reference_dataset_version": reference, "reason": report.reason,
                      "share_drifted": report.share_drifted},
         )
     stage_logger("drift").info("drift: %s (%s)", "DETECTED" if report.drifted else "none",
-                          report.reason)
+                               report.reason)
     return {"drifted": report.drifted, "reason": report.reason, "n_current": report.n_current,
-            "reference_dataset_version": reference.version, "share_drifted": report.share_drifted}
+            "reference_dataset_version": reference, "share_drifted": report.share_drifted}

@@ -11,18 +11,22 @@ from oceanml.settings import get_settings
 
 
 def _metrics(report: dict[str, Any] | None) -> str:
-    """``accuracy 0.940, macro_f1 0.939`` (or ``mae``, ``mse`` for regression)."""
+    """``accuracy 0.940, macro_f1 0.939`` (``mae``, ``rmse``, ``r2`` for regression)."""
     overall = (report or {}).get("overall", {})
     return ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if isinstance(v, float)) or "-"
 
 
-def nightly_summary(model: str, results: dict[str, dict[str, Any]], where: dict[str, str]) -> str:
-    """Markdown of every stage's outcome, saying plainly when a stage had nothing to do."""
+def summary_rows(model: str, results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(stage, outcome) for every stage, saying plainly when a stage had nothing to do.
+
+    ``results`` holds each stage task's return value under the stage's name, as the nightly
+    flow collects them.
+    """
     ingest, enrich = results["ingest"], results["enrich"]
     dataset, train = results["dataset"], results["train"]
     evaluation, drift, promote = results["evaluate"], results["drift"], results["promote"]
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(ingest["reasons"].items())) or "none"
-    rows = [
+    return [
         ("ingest", f"{ingest['ingested']} new observations, {ingest['rejected']} rejected "
                    f"({reasons}), {ingest['already_known']} already known"
                    + (" - nothing new" if not ingest["ingested"] else "")),
@@ -42,12 +46,18 @@ def nightly_summary(model: str, results: dict[str, dict[str, Any]], where: dict[
                      else "(new)")),
         ("evaluate", f"test {_metrics(evaluation['challenger'])}; champion "
                      + (f"v{evaluation['champion_version']}" if evaluation["champion_version"]
-                        else "none")),
+                        else "none")
+                     + (" (recorded earlier: reused)" if evaluation.get("reused") else "")),
         ("drift", ("DETECTED - " if drift["drifted"] else "none - ") + drift["reason"]),
         ("promote", ("PROMOTED - " if promote["promoted"] else "not promoted - ")
                     + promote["reason"]
                     + ("" if promote["decided_now"] else " (no new decision)")),
     ]
+
+
+def nightly_summary(model: str, results: dict[str, dict[str, Any]], where: dict[str, str]) -> str:
+    """Markdown of every stage's outcome (:func:`summary_rows`) and where to look further."""
+    rows = summary_rows(model, results)
     lines = [f"# OceanML nightly: `{model}`", "", "| stage | outcome |", "|---|---|"]
     lines += [f"| {stage} | {text} |" for stage, text in rows]
     lines += ["", "Where to look:", ""] + [f"- {k}: {v}" for k, v in where.items()]

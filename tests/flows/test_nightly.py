@@ -112,6 +112,56 @@ def test_a_second_run_adds_nothing(runs) -> None:
         assert s.scalar(select(func.count()).select_from(Reject)) == 6
 
 
+def printed_summary(flow_run_id: str) -> str:
+    """The summary the nightly printed, as its ``nightly-summary`` artifact holds it."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["nightly-summary"]),
+            flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
+    return artifact.data
+
+
+def test_the_summary_tells_each_stages_outcome(runs) -> None:
+    from tasks.summary import summary_rows
+
+    text = printed_summary(runs.flow_run_id)
+    first = dict(summary_rows(MODEL, runs.first))
+    for stage, outcome in first.items():
+        assert f"| {stage} | {outcome} |" in text
+    version = runs.first["train"]["model_version"]
+    reasons = ", ".join(f"{k}: 1" for k in sorted(FAULT_REASONS))
+    assert first["ingest"].startswith(f"240 new observations, 6 rejected ({reasons})")
+    assert first["enrich"].startswith("240 enriched by heuristic/")
+    assert first["dataset"].startswith(f"`{runs.first['dataset']['version']}` new version")
+    assert first["train"] == f"{MODEL} v{version} (new)"
+    assert first["evaluate"].startswith("test accuracy ")
+    assert first["evaluate"].endswith("; champion none")
+    assert "features drifted" in first["drift"]  # a verdict against the fallback dataset
+    assert first["promote"].startswith("PROMOTED - no champion yet; macro_f1 ")
+
+    second = dict(summary_rows(MODEL, runs.second))
+    assert second["ingest"].startswith("0 new observations, 0 rejected (none)")
+    assert second["ingest"].endswith(" - nothing new")
+    assert second["enrich"].startswith("0 enriched") and second["enrich"].endswith(
+        " - nothing to do")
+    assert "unchanged: no new version" in second["dataset"]
+    assert second["train"] == f"{MODEL} v{version} (already trained on this data and params: " \
+                              "reused)"
+    assert f"; champion v{version}" in second["evaluate"]
+    assert "features drifted" in second["drift"]  # against the champion's dataset
+    assert second["promote"] == (f"not promoted - v{version} is already the champion "
+                                 "(no new decision)")
+
+
 def test_a_retrain_right_after_the_nightly_respects_the_cooldown_and_reuses(runs) -> None:
     from flows.retrain import retrain
 

@@ -1,0 +1,124 @@
+"""The drift stage's logic on real ingested observations, SQLite and an MLflow registry.
+
+``detect_drift`` is what ``drift_task`` runs; the task only adds the table artifact, the
+``oceanml.drift.detected`` event and the log. The reference is the ``reference_stats.json``
+a real shard build writes, stored in a ``Dataset`` row as ``build_dataset`` stores it.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from oceanml.db import Dataset, DriftRecord, Observation
+from oceanml.registry import client, ensure_registered_model, set_champion
+from oceanml.simulator import simulate, write_landing
+from oceanml.store import filesystem
+from tasks.dataset import select_manifest, write_manifest
+from tasks.drift import DriftThresholds, detect_drift
+from tasks.ingest import ingest
+from tasks.shards import DatasetParams, build
+
+END = datetime(2026, 11, 20, tzinfo=UTC)
+MODEL = "plastic-detector"
+SINCE = END - timedelta(days=2)
+THRESHOLDS = DriftThresholds()
+
+
+def shifted(stats: dict[str, Any]) -> dict[str, Any]:
+    """The same reference with every numeric feature moved far above anything observed."""
+    numeric = {}
+    for name, ref in stats["numeric"].items():
+        delta = 10 * (max(ref["edges"]) - min(ref["edges"])) + 10
+        numeric[name] = {**ref, "sample": [v + delta for v in ref["sample"]],
+                         "edges": [e + delta for e in ref["edges"]], "mean": ref["mean"] + delta}
+    return {**stats, "numeric": numeric}
+
+
+@pytest.fixture
+def reference(settings, sessions, tmp_path) -> dict[str, Any]:
+    """Two days of observations ingested; dataset ``ds-1`` built from them and stored, and
+    ``ds-shifted`` whose numeric features lie far from every observation."""
+    write_landing(filesystem(settings.landing_url),
+                  simulate(days=2, devices=4, per_day=30, end=END, annotated_fraction=0.9),
+                  faults=False)
+    ingest(settings, sessions, now=END)
+    write_manifest(select_manifest(sessions, MODEL).frame, tmp_path / "m.csv")
+    build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams(MODEL, 32), settings)
+    stats = json.loads((tmp_path / "ds" / "reference_stats.json").read_text())
+    with sessions() as s:
+        for version, ref in (("ds-1", stats), ("ds-shifted", shifted(stats))):
+            s.add(Dataset(name=MODEL, version=version, path="data/datasets/x",
+                          reference_stats=ref))
+        s.commit()
+    return stats
+
+
+def records(sessions) -> list[tuple]:
+    with sessions() as s:
+        return [(r.model_name, r.reference_dataset_version, r.n_current, r.drifted, r.features,
+                 r.flow_run_id) for r in s.scalars(select(DriftRecord).order_by(DriftRecord.id))]
+
+
+def recent(sessions) -> int:
+    with sessions() as s:
+        return s.scalar(select(func.count()).select_from(Observation)
+                        .where(Observation.observed_at >= SINCE))
+
+
+@pytest.mark.parametrize("fallback", [None, "ds-unknown"])
+def test_without_a_reference_there_is_no_verdict_and_no_record(
+        settings, sessions, reference, fallback) -> None:
+    report = detect_drift(sessions, client(settings), MODEL, fallback, THRESHOLDS, SINCE, "r")
+    assert (report.drifted, report.n_current, report.reason, report.reference_dataset_version) \
+        == (False, 0, "no reference dataset yet", None)
+    assert records(sessions) == []
+
+
+def test_before_any_champion_the_fallback_is_the_reference_and_each_check_is_recorded(
+        settings, sessions, reference) -> None:
+    mlc = client(settings)
+    n = recent(sessions)
+    assert n >= THRESHOLDS.min_samples  # enough for a verdict
+    report = detect_drift(sessions, mlc, MODEL, "ds-1", THRESHOLDS, SINCE, "run-1")
+    assert report.reference_dataset_version == "ds-1" and report.n_current == n
+    assert not report.drifted  # the reference is these very observations
+    assert set(report.features) == {*reference["numeric"], "device_type"}
+    assert report.reason.startswith(f"0/{len(report.features)} features drifted (none)")
+    assert records(sessions) == [(MODEL, "ds-1", n, False, report.features, "run-1")]
+
+    # No reuse: every check is a point of the drift history, even on unchanged data.
+    again = detect_drift(sessions, mlc, MODEL, "ds-1", THRESHOLDS, SINCE, "run-2")
+    assert again == report
+    assert records(sessions) == [(MODEL, "ds-1", n, False, report.features, "run-1"),
+                                 (MODEL, "ds-1", n, False, report.features, "run-2")]
+
+
+def test_the_champions_training_data_is_the_reference(settings, sessions, reference) -> None:
+    mlc = client(settings)
+    ensure_registered_model(mlc, MODEL)
+    mlc.create_model_version(MODEL, source=str(settings.home),
+                             tags={"dataset_version": "ds-shifted", "training_key": "k"})
+    set_champion(mlc, MODEL, "1")
+    report = detect_drift(sessions, mlc, MODEL, "ds-1", THRESHOLDS, SINCE, "run-1")
+    assert report.reference_dataset_version == "ds-shifted"
+    assert report.drifted
+    numeric = [f for f in report.features.values() if f["kind"] == "numeric"]
+    assert numeric and all(f["drifted"] for f in numeric)
+    assert not report.features["device_type"]["drifted"]
+    assert report.share_drifted == round(len(numeric) / len(report.features), 4)
+    assert records(sessions) == [(MODEL, "ds-shifted", recent(sessions), True, report.features,
+                                  "run-1")]
+
+
+def test_too_few_recent_observations_are_recorded_without_a_verdict(
+        settings, sessions, reference) -> None:
+    later = END + timedelta(days=1)
+    report = detect_drift(sessions, client(settings), MODEL, "ds-1", THRESHOLDS, later, None)
+    assert (report.drifted, report.n_current, report.features) == (False, 0, {})
+    assert report.reason == "only 0 recent observations (< 50); no verdict"
+    assert records(sessions) == [(MODEL, "ds-1", 0, False, {}, None)]

@@ -1,0 +1,155 @@
+"""The evaluate stage's logic on real shards, a real SQLite DB and a real MLflow store.
+
+``evaluate`` is what ``evaluate_task`` runs; the task only adds the markdown artifact and the
+log. No model is trained: versions are untrained nets that always answer one class, logged
+and registered the way the trainer does it, so the expected report follows from the labels.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import select
+from torch import nn
+
+from models.datamodule import read_split
+from models.net import OceanNet
+from models.zoo import get_spec
+from oceanml.db import Evaluation
+from oceanml.registry import client, ensure_experiment, ensure_registered_model, set_champion
+from oceanml.simulator import simulate, write_landing
+from oceanml.store import filesystem
+from tasks.dataset import select_manifest, write_manifest
+from tasks.evaluate import evaluate, score
+from tasks.ingest import ingest
+from tasks.shards import DatasetParams, build
+from tasks.train import _log_model
+
+END = datetime(2026, 11, 20, tzinfo=UTC)
+SPEC = get_spec("plastic-detector")
+SIZE = 32
+
+
+@pytest.fixture
+def dataset(settings, sessions, tmp_path) -> Path:
+    """Shards ingested, selected and built for real (the pattern of tests/model/conftest.py)."""
+    write_landing(filesystem(settings.landing_url),
+                  simulate(days=1, devices=4, per_day=40, end=END, annotated_fraction=0.9),
+                  faults=False)
+    ingest(settings, sessions, now=END)
+    write_manifest(select_manifest(sessions, SPEC.name).frame, tmp_path / "m.csv")
+    build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams(SPEC.name, SIZE), settings)
+    return tmp_path / "ds"
+
+
+class Recording:
+    """The real client, noting each call that would write to the tracking store or registry."""
+
+    WRITES = ("create_", "set_", "log_", "delete_", "update_", "transition_", "rename_")
+
+    def __init__(self, mlc: Any) -> None:
+        self._mlc = mlc
+        self.writes: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith(self.WRITES):
+            self.writes.append(name)
+        return getattr(self._mlc, name)
+
+
+def always(label: str) -> nn.Module:
+    """An untrained OceanNet whose logits always favour ``label``."""
+    net = OceanNet(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()), 3, SPEC.num_outputs,
+                   SPEC.task)
+    with torch.no_grad():
+        net.head.weight.zero_()
+        net.head.bias.copy_(torch.eye(SPEC.num_outputs)[SPEC.outputs.index(label)] * 5)
+    return net.eval()
+
+
+def register(mlc, settings, label: str) -> str:
+    """A registered version answering ``label``: run, model artifact and tags as the trainer's."""
+    experiment = ensure_experiment(mlc, settings.experiment_name, settings.mlflow_artifact_uri)
+    ensure_registered_model(mlc, SPEC.name)
+    tags = {"git_commit": "abc123", "prefect_flow_run_id": "", "dataset_version": "ds-1",
+            "training_key": f"always-{label}", "model_spec": json.dumps(SPEC.to_dict())}
+    run = mlc.create_run(experiment, tags=tags)
+    _log_model(mlc, run.info.run_id, always(label), SIZE)
+    version = mlc.create_model_version(SPEC.name, source=f"{run.info.artifact_uri}/model",
+                                       run_id=run.info.run_id, tags=tags)
+    mlc.set_terminated(run.info.run_id)
+    return str(version.version)
+
+
+def expected(dataset: Path, label: str) -> dict[str, Any]:
+    """The report of a model answering ``label`` on every test row, from the shards' labels."""
+    test = read_split(dataset, "test", ["label", "device_type", "llm_tags"])
+    truth = [SPEC.outputs.index(x) for x in test["label"]]
+    slices = {"device_type": test["device_type"],
+              "tag": [t.split(",") if t else [] for t in test["llm_tags"]]}
+    return score(truth, [SPEC.outputs.index(label)] * len(truth), SPEC.outputs, slices)
+
+
+def rows(sessions) -> list[Evaluation]:
+    with sessions() as s:
+        return list(s.scalars(select(Evaluation).order_by(Evaluation.id)))
+
+
+def test_an_evaluation_is_scored_logged_and_recorded_once(settings, sessions, dataset) -> None:
+    mlc = client(settings)
+    v1 = register(mlc, settings, "none")
+    resolved: list[Path] = []
+
+    def dataset_dir() -> Path:
+        resolved.append(dataset)
+        return dataset
+
+    first = evaluate(sessions, mlc, SPEC, "ds-1", v1, dataset_dir, "run-1")
+    report = expected(dataset, "none")
+    labels = read_split(dataset, "test", ["label"])["label"]
+    assert report["overall"]["accuracy"] == pytest.approx(labels.count("none") / len(labels))
+    assert first == {"model_version": v1, "champion_version": None, "dataset_version": "ds-1",
+                     "challenger": report, "champion": None, "reused": False}
+    [row] = rows(sessions)
+    assert (row.model_name, row.model_version, row.champion_version, row.dataset_version,
+            row.champion_metrics, row.flow_run_id) == (SPEC.name, v1, "", "ds-1", None, "run-1")
+    assert row.challenger_metrics == report
+    run_id = mlc.get_model_version(SPEC.name, v1).run_id
+    metrics = mlc.get_run(run_id).data.metrics
+    assert {k: v for k, v in metrics.items() if k.startswith("eval/")} == {
+        "eval/accuracy": pytest.approx(report["overall"]["accuracy"]),
+        "eval/macro_f1": pytest.approx(report["overall"]["macro_f1"]),
+        "eval/n": len(labels)}
+    logged = {a.path for a in mlc.list_artifacts(run_id, "evaluation")}
+    assert logged == {"evaluation/report.json", "evaluation/confusion_matrix.png"}
+
+    recording = Recording(mlc)  # a re-run, a retry: the recorded evaluation, nothing loaded
+    again = evaluate(sessions, recording, SPEC, "ds-1", v1, dataset_dir, "run-2")
+    assert again == {**first, "reused": True}
+    assert recording.writes == [] and len(resolved) == 1 and len(rows(sessions)) == 1
+
+
+def test_the_champion_is_scored_beside_and_keys_a_new_evaluation(
+        settings, sessions, dataset, tmp_path) -> None:
+    mlc = client(settings)
+    v1, v2 = register(mlc, settings, "none"), register(mlc, settings, "light")
+    alone = evaluate(sessions, mlc, SPEC, "ds-1", v2, lambda: dataset, "run-1")
+    assert alone["champion"] is None and not alone["reused"]
+
+    set_champion(mlc, SPEC.name, v1)
+    against = evaluate(sessions, mlc, SPEC, "ds-1", v2, lambda: dataset, "run-2")
+    assert not against["reused"] and against["champion_version"] == v1
+    assert against["challenger"] == expected(dataset, "light")
+    assert against["champion"] == expected(dataset, "none")
+    assert [(r.model_version, r.champion_version, r.flow_run_id) for r in rows(sessions)] == [
+        (v2, "", "run-1"), (v2, v1, "run-2")]
+    assert rows(sessions)[1].champion_metrics == expected(dataset, "none")
+    run_id = mlc.get_model_version(SPEC.name, v2).run_id
+    report = json.loads(Path(mlc.download_artifacts(run_id, "evaluation/report.json",
+                                                    str(tmp_path))).read_text())
+    assert report["champion_version"] == v1 and report["champion"] == against["champion"]

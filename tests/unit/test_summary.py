@@ -1,0 +1,103 @@
+"""The nightly summary: the exact row each stage's result gives, first run and re-run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.summary import nightly_summary, summary_rows
+
+MODEL = "plastic-detector"
+
+
+def first_run() -> dict[str, dict[str, Any]]:
+    """Stage results as the tasks return them on a first night with new data."""
+    return {
+        "ingest": {"ingested": 240, "rejected": 2, "already_known": 0,
+                   "reasons": {"schema": 1, "duplicate": 1}},
+        "enrich": {"provider": "heuristic", "model": "heuristic-v1", "enriched": 240,
+                   "cache_hits": 3, "requests": 237, "failed": 0, "left": 0, "stopped": "",
+                   "prompt_tokens": 0, "completion_tokens": 0, "errors": 0, "cost": 0.0},
+        "dataset": {"version": "a1b2c3", "created": True,
+                    "split_counts": {"train": 190, "val": 24, "test": 24}},
+        "train": {"model_version": "1", "reused": False, "run_id": "r", "metrics": {}},
+        "evaluate": {"model_version": "1", "champion_version": None, "dataset_version": "a1b2c3",
+                     "challenger": {"overall": {"accuracy": 0.9375, "macro_f1": 0.9123, "n": 24},
+                                    "per_class": {}, "slices": {}},
+                     "champion": None, "reused": False},
+        "drift": {"drifted": False, "reason": "no reference dataset yet", "n_current": 0},
+        "promote": {"promoted": True, "decided_now": True, "champion_version": "1",
+                    "reason": "no champion yet; macro_f1 0.912 passes the bar 0.500"},
+    }
+
+
+def rerun() -> dict[str, dict[str, Any]]:
+    """The same night run again: nothing new anywhere, decisions reused."""
+    results = first_run()
+    results["ingest"] = {"ingested": 0, "rejected": 0, "already_known": 242, "reasons": {}}
+    results["enrich"] = {**results["enrich"], "enriched": 0, "cache_hits": 0, "requests": 0}
+    results["dataset"] = {**results["dataset"], "created": False}
+    results["train"] = {**results["train"], "reused": True}
+    results["evaluate"] = {**results["evaluate"], "champion_version": "1", "reused": True}
+    results["drift"] = {"drifted": True, "n_current": 240, "reference_dataset_version": "a1b2c3",
+                        "share_drifted": 0.5,
+                        "reason": "3/6 features drifted (ph, turbidity_ntu, device_type); "
+                                  "bar is 30%"}
+    results["promote"] = {"promoted": False, "decided_now": False, "champion_version": "1",
+                          "reason": "v1 is already the champion"}
+    return results
+
+
+def test_a_first_run_says_what_each_stage_did() -> None:
+    assert summary_rows(MODEL, first_run()) == [
+        ("ingest", "240 new observations, 2 rejected (duplicate: 1, schema: 1), "
+                   "0 already known"),
+        ("enrich", "240 enriched by heuristic/heuristic-v1 (237 requests, 3 cached, 0 failed, "
+                   "0 left)"),
+        ("dataset", "`a1b2c3` new version, splits {'train': 190, 'val': 24, 'test': 24}"),
+        ("train", "plastic-detector v1 (new)"),
+        ("evaluate", "test accuracy 0.938, macro_f1 0.912; champion none"),
+        ("drift", "none - no reference dataset yet"),
+        ("promote", "PROMOTED - no champion yet; macro_f1 0.912 passes the bar 0.500"),
+    ]
+
+
+def test_a_rerun_says_plainly_that_nothing_was_new() -> None:
+    assert summary_rows(MODEL, rerun()) == [
+        ("ingest", "0 new observations, 0 rejected (none), 242 already known - nothing new"),
+        ("enrich", "0 enriched by heuristic/heuristic-v1 (0 requests, 0 cached, 0 failed, "
+                   "0 left) - nothing to do"),
+        ("dataset", "`a1b2c3` unchanged: no new version, "
+                    "splits {'train': 190, 'val': 24, 'test': 24}"),
+        ("train", "plastic-detector v1 (already trained on this data and params: reused)"),
+        ("evaluate", "test accuracy 0.938, macro_f1 0.912; champion v1 "
+                     "(recorded earlier: reused)"),
+        ("drift", "DETECTED - 3/6 features drifted (ph, turbidity_ntu, device_type); "
+                  "bar is 30%"),
+        ("promote", "not promoted - v1 is already the champion (no new decision)"),
+    ]
+
+
+def test_a_paid_provider_stopped_by_its_budget_and_a_regression_model() -> None:
+    results = first_run()
+    results["enrich"] = {**results["enrich"], "provider": "openai", "model": "gpt-4o-mini",
+                         "enriched": 100, "failed": 2, "left": 138,
+                         "stopped": "request budget 102 reached", "prompt_tokens": 9000,
+                         "completion_tokens": 1000, "cost": 0.01234}
+    results["evaluate"]["challenger"] = {
+        "overall": {"mae": 0.0812, "rmse": 0.1104, "r2": 0.4567, "n": 24},
+        "per_target": {}, "slices": {}}
+    rows = dict(summary_rows("water-quality", results))
+    assert rows["enrich"] == ("100 enriched by openai/gpt-4o-mini (237 requests, 3 cached, "
+                              "2 failed, 138 left: request budget 102 reached), 10000 tokens, "
+                              "~$0.0123")
+    assert rows["evaluate"] == "test mae 0.081, rmse 0.110, r2 0.457; champion none"
+    assert rows["train"] == "water-quality v1 (new)"
+
+
+def test_the_markdown_is_one_table_row_per_stage_then_where_to_look() -> None:
+    text = nightly_summary(MODEL, first_run(), {"MLflow": "`mlflow ui`"})
+    lines = text.splitlines()
+    assert lines[:4] == [f"# OceanML nightly: `{MODEL}`", "", "| stage | outcome |", "|---|---|"]
+    assert lines[4:11] == [f"| {stage} | {outcome} |"
+                           for stage, outcome in summary_rows(MODEL, first_run())]
+    assert lines[11:] == ["", "Where to look:", "", "- MLflow: `mlflow ui`"]
