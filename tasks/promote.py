@@ -1,22 +1,31 @@
-"""Promote: gates as a pure decision, then the registry alias moves (or not), recorded either way."""
+"""Promote: gates as a pure decision, then the registry alias moves (or not), recorded either way.
+
+:func:`decide_promotion` is the pure decision; :func:`promote` is the stage's logic (reuse a
+recorded decision or decide, tag the version, move the alias, record); :func:`promote_task`
+wraps it with what needs a Prefect run (the event and the run log).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from prefect import task
 from prefect.events import emit_event
 from sqlalchemy import select
+from sqlalchemy.orm import sessionmaker
 
+from oceanml import lineage
 from oceanml.db import Promotion, session_factory
-from oceanml.lineage import flow_run_id
 from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
 from oceanml.registry import set_champion
 from oceanml.settings import get_settings
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 
 @dataclass(frozen=True)
@@ -68,17 +77,54 @@ def decide_promotion(
 
 
 def load_policy(params_file: Path, model: str) -> PromotionPolicy:
-    """The ``promote`` defaults of ``params.yaml`` with the model's ``per_model`` overrides."""
+    """The ``promote`` defaults of ``params.yaml`` with the model's ``per_model`` overrides.
+
+    Every key is checked, every model's entry too: a misspelt gate (``flor: 0.9``) stops the
+    stage with a message naming the key and its place, not a TypeError from the dataclass, and
+    a typo in one model's entry is found on the first run, not when that model is promoted.
+    """
     section = dict(yaml.safe_load(params_file.read_text()).get("promote") or {})
-    overrides = (section.pop("per_model", None) or {}).get(model, {})
-    return PromotionPolicy(**{**section, **overrides})
+    per_model = section.pop("per_model", None) or {}
+    known = {f.name for f in fields(PromotionPolicy)}
+
+    def check(values: object, where: str) -> None:
+        if not isinstance(values, dict):
+            raise ValueError(f"{params_file}: {where} must be a mapping of policy keys")
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"{params_file}: {where}: unknown key(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(sorted(known))})")
+
+    check(section, "promote")
+    if not isinstance(per_model, dict):
+        raise ValueError(f"{params_file}: promote.per_model must map model names to overrides")
+    for name, overrides in per_model.items():
+        check(overrides or {}, f"promote.per_model.{name}")
+    return PromotionPolicy(**{**section, **(per_model.get(model) or {})})
 
 
-@task(name="promote", retries=1, retry_delay_seconds=10)
-def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
-    """Decide on the evaluation, move ``champion`` if the gates pass, record the decision."""
-    settings = get_settings()
-    sessions = session_factory(settings.db_url)
+def promote(
+    sessions: sessionmaker,
+    mlc: MlflowClient,
+    model: str,
+    evaluation: dict[str, Any],
+    policy: PromotionPolicy,
+    flow_run_id: str | None,
+) -> dict[str, Any]:
+    """Decide on ``evaluation`` (an :func:`tasks.evaluate.evaluate` result) once, and record it.
+
+    A decision is identified by (model, challenger version, champion version): when the DB
+    holds one, it is returned with ``decided_now`` False and the registry is not touched, so
+    a re-run or a retry cannot move the alias twice or rewrite the reason. A challenger that
+    already is the champion needs no decision and records none. Otherwise the challenger's
+    version gets the tags ``promotion`` (``promoted`` / ``rejected``) and
+    ``promotion_reason``, ``champion`` moves to it if the gates pass (the old champion keeps
+    ``previous-champion``), and a ``Promotion`` row records the decision either way.
+
+    Returns:
+        ``promoted``, ``reason``, ``decided_now`` and ``champion_version`` (the champion after
+        the decision; "" before any).
+    """
     challenger_v = evaluation["model_version"]
     champ_v = evaluation.get("champion_version") or ""
     if champ_v == challenger_v:
@@ -91,24 +137,38 @@ def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
         if row is not None:
             return {"promoted": row.promoted, "reason": row.reason, "decided_now": False,
                     "champion_version": challenger_v if row.promoted else champ_v}
-        decision = decide_promotion(evaluation["challenger"], evaluation.get("champion"),
-                                    load_policy(settings.project_dir.resolve() / "params.yaml",
-                                                model))
-        mlc = mlflow_client(settings)
+        decision = decide_promotion(evaluation["challenger"], evaluation.get("champion"), policy)
         mlc.set_model_version_tag(model, challenger_v, "promotion",
-                                     "promoted" if decision.promote else "rejected")
+                                  "promoted" if decision.promote else "rejected")
         mlc.set_model_version_tag(model, challenger_v, "promotion_reason", decision.reason)
         if decision.promote:
             set_champion(mlc, model, challenger_v)
         session.add(Promotion(model_name=model, challenger_version=challenger_v,
                               champion_version=champ_v, promoted=decision.promote,
-                              reason=decision.reason, flow_run_id=flow_run_id()))
+                              reason=decision.reason, flow_run_id=flow_run_id))
         session.commit()
-    if decision.promote:
-        emit_event(event="oceanml.model.promoted",
-                   resource={"prefect.resource.id": f"oceanml.model.{model}"},
-                   payload={"version": challenger_v, "previous": champ_v or None,
-                            "reason": decision.reason})
-    stage_logger("promote").info("promote: %s (%s)", decision.promote, decision.reason)
     return {"promoted": decision.promote, "reason": decision.reason, "decided_now": True,
             "champion_version": challenger_v if decision.promote else champ_v}
+
+
+@task(name="promote", retries=1, retry_delay_seconds=10)
+def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
+    """Decide on the evaluation, move ``champion`` if the gates pass, record the decision.
+
+    :func:`promote` does the work; this wrapper reads the policy from ``params.yaml`` and
+    emits ``oceanml.model.promoted`` when the alias moved in this call (a reused decision
+    emits nothing: its event went out when it was made).
+    """
+    settings = get_settings()
+    policy = load_policy(settings.project_dir.resolve() / "params.yaml", model)
+    result = promote(session_factory(settings.db_url), mlflow_client(settings), model,
+                     evaluation, policy, lineage.flow_run_id())
+    if result["decided_now"] and result["promoted"]:
+        emit_event(event="oceanml.model.promoted",
+                   resource={"prefect.resource.id": f"oceanml.model.{model}"},
+                   payload={"version": evaluation["model_version"],
+                            "previous": evaluation.get("champion_version") or None,
+                            "reason": result["reason"]})
+    stage_logger("promote").info("promote: %s (%s)%s", result["promoted"], result["reason"],
+                                 "" if result["decided_now"] else " (no new decision)")
+    return result

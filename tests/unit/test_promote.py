@@ -1,4 +1,11 @@
-from tasks.promote import PromotionPolicy, decide_promotion
+"""Promotion: the gates as a pure decision, and the policy each model gets from params.yaml."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tasks.promote import PromotionPolicy, decide_promotion, load_policy
 
 POLICY = PromotionPolicy(metric="macro_f1", floor=0.5, margin=0.02, max_slice_drop=0.1)
 
@@ -42,13 +49,91 @@ def test_a_lower_is_better_metric_is_gated_the_other_way() -> None:
     assert not d.promote and "margin" in d.reason
 
 
-def test_params_yaml_gives_each_model_its_policy() -> None:
-    from pathlib import Path
+def write_params(tmp_path: Path, promote: dict) -> Path:
+    """A params.yaml with this ``promote`` section: the real file's layout, our values."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"datasets": {}, "promote": promote}))
+    return path
 
-    from tasks.promote import load_policy
 
+# shared defaults that differ from the dataclass's, so a loader ignoring the file shows
+DEFAULTS = {"metric": "accuracy", "higher_is_better": True, "floor": 0.6, "margin": 0.03,
+            "max_slice_drop": 0.07}
+
+
+def test_params_yaml_gives_each_model_its_policy(tmp_path: Path) -> None:
+    """A model's ``per_model`` entry overrides the shared gates, key by key; a model without
+    one, or one overriding only some keys, keeps the shared values for the rest."""
+    params = write_params(tmp_path, {**DEFAULTS, "per_model": {
+        "water-quality": {"metric": "mae", "higher_is_better": False, "floor": 0.15,
+                          "margin": 0.002, "max_slice_drop": 0.25},
+        "algae-bloom": {"margin": 0.05},
+    }})
+    assert load_policy(params, "water-quality") == PromotionPolicy(
+        metric="mae", higher_is_better=False, floor=0.15, margin=0.002, max_slice_drop=0.25)
+    assert load_policy(params, "plastic-detector") == PromotionPolicy(**DEFAULTS)
+    assert load_policy(params, "algae-bloom") == PromotionPolicy(**{**DEFAULTS, "margin": 0.05})
+
+
+def test_the_overridden_policy_is_the_one_that_gates(tmp_path: Path) -> None:
+    """The same reports pass one model's gates and fail another's: the override is used."""
+    shared = {**DEFAULTS, "metric": "macro_f1"}  # floor 0.6, margin 0.03
+    params = write_params(tmp_path, {**shared, "per_model": {
+        "plastic-detector": {"floor": 0.8, "margin": 0.001}}})
+    challenger, champion = report(0.72), report(0.70)
+    assert decide_promotion(challenger, None, load_policy(params, "algae-bloom")).promote
+    strict = decide_promotion(challenger, None, load_policy(params, "plastic-detector"))
+    assert not strict.promote and "floor 0.800" in strict.reason
+    params = write_params(tmp_path, {**shared, "per_model": {
+        "plastic-detector": {"floor": 0.5, "margin": 0.001}}})
+    assert decide_promotion(challenger, champion, load_policy(params, "plastic-detector")).promote
+    assert not decide_promotion(challenger, champion, load_policy(params, "algae-bloom")).promote
+
+
+def test_no_per_model_section_means_the_shared_policy_for_all(tmp_path: Path) -> None:
+    """``per_model`` is optional, and an empty one (``per_model:``) is not an error."""
+    params = write_params(tmp_path, DEFAULTS)
+    assert load_policy(params, "water-quality") == PromotionPolicy(**DEFAULTS)
+    empty = write_params(tmp_path, {**DEFAULTS, "per_model": None})
+    assert load_policy(empty, "water-quality") == PromotionPolicy(**DEFAULTS)
+
+
+@pytest.mark.parametrize("model", ["water-quality", "plastic-detector"])
+def test_an_unknown_per_model_key_is_refused_naming_the_key_and_the_model(
+        tmp_path: Path, model: str) -> None:
+    """A misspelt gate must stop the stage, for every model: promoting under a gate the
+    operator did not mean is worse than not promoting."""
+    params = write_params(tmp_path, {**DEFAULTS, "per_model": {
+        "water-quality": {"metric": "mae", "flor": 0.9, "max_slice_dorp": 0.2}}})
+    with pytest.raises(ValueError, match=r"promote\.per_model\.water-quality: unknown key\(s\) "
+                                         r"flor, max_slice_dorp \(known: "):
+        load_policy(params, model)
+
+
+def test_an_unknown_shared_key_or_a_malformed_entry_is_refused(tmp_path: Path) -> None:
+    """The shared gates apply to every model, so a typo there is refused too; an entry that
+    is not a mapping says so instead of failing inside the dataclass."""
+    params = write_params(tmp_path, {**DEFAULTS, "margn": 0.2})
+    with pytest.raises(ValueError, match=r"promote: unknown key\(s\) margn"):
+        load_policy(params, "algae-bloom")
+    params = write_params(tmp_path, {**DEFAULTS, "per_model": {"water-quality": 0.15}})
+    with pytest.raises(ValueError, match=r"promote\.per_model\.water-quality must be a mapping"):
+        load_policy(params, "water-quality")
+    params = write_params(tmp_path, {**DEFAULTS, "per_model": ["water-quality"]})
+    with pytest.raises(ValueError, match=r"promote\.per_model must map model names"):
+        load_policy(params, "water-quality")
+
+
+def test_the_repository_params_yaml_loads_for_every_model() -> None:
+    """The shipped file: water-quality is gated on MAE (lower is better), the others on the
+    shared section as written."""
     params = Path(__file__).resolve().parents[2] / "params.yaml"
-    assert load_policy(params, "plastic-detector").metric == "macro_f1"
+    doc = yaml.safe_load(params.read_text())
+    defaults = PromotionPolicy(**{k: v for k, v in doc["promote"].items() if k != "per_model"})
+    others = sorted(set(doc["datasets"]) - {"water-quality"})
+    assert "plastic-detector" in others
+    for model in others:
+        assert load_policy(params, model) == defaults, model
     water = load_policy(params, "water-quality")
     assert (water.metric, water.higher_is_better) == ("mae", False)
-    assert water.max_slice_drop == load_policy(params, "algae-bloom").max_slice_drop
+    assert water.max_slice_drop == defaults.max_slice_drop

@@ -1,0 +1,160 @@
+"""The promote stage's logic on a real SQLite DB and a real MLflow registry (SQLite store).
+
+``promote`` is what ``promote_task`` runs; the task only adds the Prefect event and the log.
+No model is trained: the registry holds versions with the trainer's tags, which is all a
+promotion reads or writes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from models.zoo import get_spec
+from oceanml.db import Promotion
+from oceanml.registry import (
+    CHAMPION,
+    PREVIOUS,
+    alias_version,
+    client,
+    ensure_registered_model,
+    set_champion,
+)
+from tasks.promote import PromotionPolicy, promote
+
+MODEL = "plastic-detector"
+POLICY = PromotionPolicy(metric="macro_f1", floor=0.5, margin=0.01, max_slice_drop=0.1)
+
+
+class Recording:
+    """The real client, noting each call that would write to the tracking store or registry."""
+
+    WRITES = ("create_", "set_", "log_", "delete_", "update_", "transition_", "rename_")
+
+    def __init__(self, mlc: Any) -> None:
+        self._mlc = mlc
+        self.writes: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith(self.WRITES):
+            self.writes.append(name)
+        return getattr(self._mlc, name)
+
+
+@pytest.fixture
+def mlc(settings, tmp_path):
+    """A registry holding versions 1-3 of the model, tagged as the trainer tags them."""
+    mlc = client(settings)
+    ensure_registered_model(mlc, MODEL)
+    for n in (1, 2, 3):
+        mlc.create_model_version(MODEL, source=str(tmp_path), tags={
+            "git_commit": "abc123", "prefect_flow_run_id": "", "dataset_version": "ds-1",
+            "training_key": f"key-{n}", "model_spec": json.dumps(get_spec(MODEL).to_dict())})
+    return mlc
+
+
+def evaluation(version: str, f1: float, champion: str | None = None,
+               champion_f1: float | None = None) -> dict[str, Any]:
+    """What ``evaluate`` returns, cut to what the gates read."""
+    def report(value: float) -> dict[str, Any]:
+        return {"overall": {"accuracy": value, "macro_f1": value, "n": 10}, "slices": {}}
+
+    return {"model_version": version, "champion_version": champion,
+            "dataset_version": "ds-1", "challenger": report(f1),
+            "champion": report(champion_f1) if champion_f1 is not None else None,
+            "reused": False}
+
+
+def rows(sessions) -> list[tuple]:
+    with sessions() as s:
+        return [(p.model_name, p.challenger_version, p.champion_version, p.promoted, p.reason,
+                 p.flow_run_id) for p in s.scalars(select(Promotion).order_by(Promotion.id))]
+
+
+def tags(mlc, version: str) -> dict[str, str]:
+    return dict(mlc.get_model_version(MODEL, version).tags)
+
+
+def aliases(mlc) -> dict[str, str | None]:
+    found = {a: alias_version(mlc, MODEL, a) for a in (CHAMPION, PREVIOUS)}
+    return {a: str(v.version) if v else None for a, v in found.items()}
+
+
+def test_a_first_model_above_the_floor_becomes_champion_once(sessions, mlc) -> None:
+    before = tags(mlc, "1")
+    first = promote(sessions, mlc, MODEL, evaluation("1", 0.7), POLICY, "run-1")
+    reason = "no champion yet; macro_f1 0.700 passes the bar 0.500"
+    assert first == {"promoted": True, "reason": reason, "decided_now": True,
+                     "champion_version": "1"}
+    assert aliases(mlc) == {CHAMPION: "1", PREVIOUS: None}
+    assert tags(mlc, "1") == {**before, "promotion": "promoted", "promotion_reason": reason}
+    assert "promotion" not in tags(mlc, "2")
+    assert rows(sessions) == [(MODEL, "1", "", True, reason, "run-1")]
+
+    recording = Recording(mlc)  # a re-run, a retry: the recorded decision, nothing written
+    again = promote(sessions, recording, MODEL, evaluation("1", 0.7), POLICY, "run-2")
+    assert again == {**first, "decided_now": False}
+    assert recording.writes == []
+    assert rows(sessions) == [(MODEL, "1", "", True, reason, "run-1")]
+
+
+def test_a_challenger_beating_the_champion_moves_the_alias_and_keeps_the_old_one(
+        sessions, mlc) -> None:
+    set_champion(mlc, MODEL, "1")
+    result = promote(sessions, mlc, MODEL, evaluation("2", 0.9, "1", 0.8), POLICY, "run-1")
+    assert result["promoted"] and result["decided_now"] and result["champion_version"] == "2"
+    assert result["reason"].startswith("macro_f1 0.900 beats the champion's 0.800 by 0.100")
+    assert aliases(mlc) == {CHAMPION: "2", PREVIOUS: "1"}
+    assert tags(mlc, "2")["promotion"] == "promoted" and "promotion" not in tags(mlc, "1")
+    assert rows(sessions) == [(MODEL, "2", "1", True, result["reason"], "run-1")]
+
+
+def test_a_rejection_is_tagged_and_recorded_and_the_alias_stays(sessions, mlc) -> None:
+    set_champion(mlc, MODEL, "1")
+    ev = evaluation("2", 0.805, "1", 0.8)
+    rejected = promote(sessions, mlc, MODEL, ev, POLICY, None)
+    reason = "macro_f1 0.805 does not beat the champion's 0.800 by the margin 0.010"
+    assert rejected == {"promoted": False, "reason": reason, "decided_now": True,
+                        "champion_version": "1"}
+    assert aliases(mlc) == {CHAMPION: "1", PREVIOUS: None}
+    assert tags(mlc, "2")["promotion"] == "rejected"
+    assert tags(mlc, "2")["promotion_reason"] == reason
+    assert rows(sessions) == [(MODEL, "2", "1", False, reason, None)]
+
+    recording = Recording(mlc)
+    assert promote(sessions, recording, MODEL, ev, POLICY, "run-2") == {
+        **rejected, "decided_now": False}
+    assert recording.writes == [] and len(rows(sessions)) == 1
+
+
+def test_a_new_champion_makes_a_new_decision_for_the_same_challenger(sessions, mlc) -> None:
+    """The decision's key is (model, challenger, champion): v2 lost to v1, v3 became champion,
+    so v2 against v3 is a question not yet answered."""
+    set_champion(mlc, MODEL, "1")
+    promote(sessions, mlc, MODEL, evaluation("2", 0.805, "1", 0.8), POLICY, "run-1")
+    set_champion(mlc, MODEL, "3")
+    result = promote(sessions, mlc, MODEL, evaluation("2", 0.805, "3", 0.7), POLICY, "run-2")
+    assert result["promoted"] and result["decided_now"]
+    assert aliases(mlc) == {CHAMPION: "2", PREVIOUS: "3"}
+    assert [r[1:4] for r in rows(sessions)] == [("2", "1", False), ("2", "3", True)]
+
+
+def test_the_champion_itself_needs_no_decision_and_records_none(sessions, mlc) -> None:
+    set_champion(mlc, MODEL, "1")
+    recording = Recording(mlc)
+    result = promote(sessions, recording, MODEL, evaluation("1", 0.9, "1"), POLICY, "run-1")
+    assert result == {"promoted": False, "reason": "v1 is already the champion",
+                      "decided_now": False, "champion_version": "1"}
+    assert recording.writes == [] and rows(sessions) == []
+
+
+def test_below_the_floor_without_a_champion_leaves_no_champion(sessions, mlc) -> None:
+    result = promote(sessions, mlc, MODEL, evaluation("1", 0.4), POLICY, "run-1")
+    assert result == {"promoted": False, "reason": "macro_f1 0.400 is below the floor 0.500",
+                      "decided_now": True, "champion_version": ""}
+    assert aliases(mlc) == {CHAMPION: None, PREVIOUS: None}
+    assert tags(mlc, "1")["promotion"] == "rejected"
+    assert rows(sessions) == [(MODEL, "1", "", False, result["reason"], "run-1")]
