@@ -25,8 +25,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+## test-fast: the inner loop (unit, data, model behaviour without training): under 3 minutes on 2 cores
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not integration"
+	$(BIN)/python -m pytest -q -m "not slow and not integration" tests/unit tests/data tests/model
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
