@@ -1,4 +1,5 @@
-"""Shared fixtures: a throw-away OceanML home and DVC project per test, real SQLite, real files."""
+"""Shared fixtures: a throw-away OceanML home and DVC project per test, real SQLite, real files,
+and a small dataset ingested, selected and sharded for real."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,14 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 from oceanml.db import session_factory  # noqa: E402
 from oceanml.settings import Settings, get_settings  # noqa: E402
+from oceanml.simulator import simulate, write_landing  # noqa: E402
+from oceanml.store import filesystem  # noqa: E402
+from tasks.dataset import select_manifest, write_manifest  # noqa: E402
+from tasks.ingest import ingest  # noqa: E402
+from tasks.shards import DatasetParams, build  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+DATASET_END = datetime(2026, 11, 20, tzinfo=UTC)
 
 
 def make_project(root: Path, params_overrides: dict | None = None) -> Path:
@@ -50,3 +58,16 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
 @pytest.fixture
 def sessions(settings: Settings):
     return session_factory(settings.db_url)
+
+
+@pytest.fixture
+def dataset(settings, sessions, tmp_path) -> Path:
+    """160 simulated observations of one day, ingested and built into 32 px shards of
+    ``plastic-detector``: the dataset training and evaluation tests read."""
+    write_landing(filesystem(settings.landing_url),
+                  simulate(days=1, devices=4, per_day=40, end=DATASET_END, annotated_fraction=0.9),
+                  faults=False)
+    ingest(settings, sessions, now=DATASET_END)
+    write_manifest(select_manifest(sessions, "plastic-detector").frame, tmp_path / "m.csv")
+    build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams("plastic-detector", 32), settings)
+    return tmp_path / "ds"

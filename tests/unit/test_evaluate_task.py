@@ -8,7 +8,6 @@ and registered the way the trainer does it, so the expected report follows from 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,44 +21,12 @@ from models.net import OceanNet
 from models.zoo import get_spec
 from oceanml.db import Evaluation
 from oceanml.registry import client, ensure_experiment, ensure_registered_model, set_champion
-from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
-from tasks.dataset import select_manifest, write_manifest
 from tasks.evaluate import evaluate, score
-from tasks.ingest import ingest
-from tasks.shards import DatasetParams, build
 from tasks.train import _log_model
+from tests.mlflow_recording import Recording
 
-END = datetime(2026, 11, 20, tzinfo=UTC)
 SPEC = get_spec("plastic-detector")
 SIZE = 32
-
-
-@pytest.fixture
-def dataset(settings, sessions, tmp_path) -> Path:
-    """Shards ingested, selected and built for real (the pattern of tests/model/conftest.py)."""
-    write_landing(filesystem(settings.landing_url),
-                  simulate(days=1, devices=4, per_day=40, end=END, annotated_fraction=0.9),
-                  faults=False)
-    ingest(settings, sessions, now=END)
-    write_manifest(select_manifest(sessions, SPEC.name).frame, tmp_path / "m.csv")
-    build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams(SPEC.name, SIZE), settings)
-    return tmp_path / "ds"
-
-
-class Recording:
-    """The real client, noting each call that would write to the tracking store or registry."""
-
-    WRITES = ("create_", "set_", "log_", "delete_", "update_", "transition_", "rename_")
-
-    def __init__(self, mlc: Any) -> None:
-        self._mlc = mlc
-        self.writes: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith(self.WRITES):
-            self.writes.append(name)
-        return getattr(self._mlc, name)
 
 
 def always(label: str) -> nn.Module:

@@ -24,24 +24,10 @@ from oceanml.registry import (
     set_champion,
 )
 from tasks.promote import PromotionPolicy, promote
+from tests.mlflow_recording import Recording
 
 MODEL = "plastic-detector"
 POLICY = PromotionPolicy(metric="macro_f1", floor=0.5, margin=0.01, max_slice_drop=0.1)
-
-
-class Recording:
-    """The real client, noting each call that would write to the tracking store or registry."""
-
-    WRITES = ("create_", "set_", "log_", "delete_", "update_", "transition_", "rename_")
-
-    def __init__(self, mlc: Any) -> None:
-        self._mlc = mlc
-        self.writes: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith(self.WRITES):
-            self.writes.append(name)
-        return getattr(self._mlc, name)
 
 
 @pytest.fixture
