@@ -30,7 +30,7 @@ from oceanml.db import Evaluation, session_factory
 from oceanml.logs import stage_logger
 from oceanml.registry import alias_version, load_model
 from oceanml.registry import client as mlflow_client
-from oceanml.settings import Settings, get_settings
+from oceanml.settings import get_settings
 from tasks.dataset import local_dataset
 
 if TYPE_CHECKING:
@@ -223,20 +223,13 @@ class EvalOutcome:
 
 
 def evaluate_versions(
+    mlc: MlflowClient,
     spec: ModelSpec,
     dataset_dir: Path,
-    settings: Settings | None,
     challenger_version: str,
     champion_version: str | None,
-    *,
-    mlc: MlflowClient | None = None,
 ) -> EvalOutcome:
-    """Score both versions on ``dataset_dir``'s test split; log plots and the report to MLflow.
-
-    ``mlc`` is the registry client to use (the stage passes its own); without one, a client
-    is made from ``settings``, which is otherwise unused.
-    """
-    mlc = mlc or mlflow_client(settings)
+    """Score both versions on ``dataset_dir``'s test split; log plots and the report to MLflow."""
     challenger = report_for(load_model(mlc, spec.name, challenger_version), dataset_dir, spec)
     champion = None
     if champion_version and champion_version != challenger_version:
@@ -286,8 +279,7 @@ def evaluate(
         row = session.scalar(select(Evaluation).where(*key))
         reused = row is not None
         if row is None:
-            outcome = evaluate_versions(spec, dataset_dir(), None, model_version,
-                                        champ_v or None, mlc=mlc)
+            outcome = evaluate_versions(mlc, spec, dataset_dir(), model_version, champ_v or None)
             row = Evaluation(model_name=spec.name, model_version=model_version,
                              champion_version=champ_v, dataset_version=dataset_version,
                              challenger_metrics=outcome.challenger,
