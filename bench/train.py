@@ -114,6 +114,7 @@ def run_lightning(shards: Path, args, workdir: Path) -> tuple[float, float]:
     from tasks.train import build_data, build_module, build_trainer
 
     spec, params, hardware, tracking = setup(shards, args, workdir)
+    gpu = hardware.gpu  # probed once, not per step
     clock = Clock(args.warmup_epochs)
 
     class Timing(L.Callback):
@@ -124,7 +125,7 @@ def run_lightning(shards: Path, args, workdir: Path) -> tuple[float, float]:
             clock.batch_start(len(batch[1]))
 
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-            sync(hardware)
+            sync(gpu)
             clock.batch_end()
 
         def on_train_end(self, trainer, module) -> None:
@@ -140,8 +141,9 @@ def run_lightning(shards: Path, args, workdir: Path) -> tuple[float, float]:
     return clock.result()
 
 
-def sync(hardware) -> None:
-    if hardware.gpu:
+def sync(gpu: bool) -> None:
+    """Wait for the GPU's queued work, so a step's time is its own."""
+    if gpu:
         import torch
 
         torch.cuda.synchronize()
@@ -161,13 +163,14 @@ def run_torch(shards: Path, args, workdir: Path) -> tuple[float, float]:
     from tasks.train import LOG_EVERY_N_STEPS, build_data
 
     spec, params, hardware, tracking = setup(shards, args, workdir)
-    device = "cuda" if hardware.gpu else "cpu"
+    gpu = hardware.gpu  # probed once, not per step
+    device = "cuda" if gpu else "cpu"
     precision = hardware.trainer_kwargs()["precision"]
     autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
     L.seed_everything(params.seed, workers=True, verbose=False)
     backbone, features = build_backbone(spec.backbone, params.weights)
     net = OceanNet(backbone, features, spec.num_outputs, spec.task).to(device)
-    if hardware.gpu:
+    if gpu:
         net = net.to(memory_format=torch.channels_last)
     optimiser = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=params.max_epochs)
@@ -185,7 +188,7 @@ def run_torch(shards: Path, args, workdir: Path) -> tuple[float, float]:
     clock = Clock(args.warmup_epochs)
 
     def step(images, targets, metrics):
-        if hardware.gpu:
+        if gpu:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast:
             out = net(images)
@@ -214,7 +217,7 @@ def run_torch(shards: Path, args, workdir: Path) -> tuple[float, float]:
             global_step += 1
             if global_step % LOG_EVERY_N_STEPS == 0:
                 mlc.log_metric(run_id, "train/loss_step", float(loss), step=global_step)
-            sync(hardware)
+            sync(gpu)
             clock.batch_end()
         schedule.step()
         net.eval()
