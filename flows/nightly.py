@@ -1,4 +1,5 @@
-"""The nightly lifecycle: ingest -> enrich -> dataset -> train -> evaluate -> drift -> promote."""
+"""The nightly lifecycle: ingest -> enrich -> dataset -> train -> evaluate -> drift -> promote
+-> score (the champion, new or kept, scores what it has not scored yet)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.score import score_step
 from flows.training import train_step
 from tasks.dataset import build_dataset_task
 from tasks.drift import drift_task
@@ -28,8 +30,10 @@ def nightly(
     train = train_step(model, dataset["version"], max_epochs=max_epochs, backbone=backbone)
     evaluation = evaluate_task(model, dataset["version"], train["model_version"])
     promote = promote_task(model, evaluation, wait_for=[drift])
+    scored = score_step(model)
     results = {"ingest": ingest, "enrich": enrich, "dataset": dataset, "train": train,
-               "evaluate": evaluation, "drift": drift.result(), "promote": promote}
+               "evaluate": evaluation, "drift": drift.result(), "promote": promote,
+               "score": scored}
     print(summary_task(model, results))
     return results
 

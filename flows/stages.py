@@ -6,6 +6,7 @@ from typing import Any
 
 from prefect import flow
 
+from flows.score import score
 from tasks.dataset import build_dataset_task, latest_dataset_task
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task
@@ -59,5 +60,5 @@ def promote_flow(model: str = "plastic-detector") -> dict[str, Any]:
 
 STAGE_FLOWS = {
     "ingest": ingest_flow, "enrich": enrich_flow, "dataset": dataset_flow, "train": train_flow,
-    "evaluate": evaluate_flow, "drift": drift_flow, "promote": promote_flow,
+    "evaluate": evaluate_flow, "drift": drift_flow, "promote": promote_flow, "score": score,
 }

@@ -21,8 +21,8 @@ import lightning as L
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from torchvision.io import ImageReadMode, decode_jpeg
 
+from models.preprocess import decode
 from models.zoo import ModelSpec
 
 SPLITS = ("train", "val", "test")
@@ -197,8 +197,7 @@ class ShardStream(IterableDataset):
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         images = []
         for data, _ in batch:
-            image = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                                mode=ImageReadMode.RGB)
+            image = decode(data)
             if self.augment and rng.random() < 0.5:
                 image = image.flip(-1)
             images.append(image)

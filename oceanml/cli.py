@@ -20,7 +20,9 @@ datasets_app = typer.Typer(help="Dataset versions (DVC) recorded in the metadata
                            no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 
-STAGES = ("nightly", "ingest", "enrich", "dataset", "train", "evaluate", "drift", "promote")
+STAGES = ("nightly", "ingest", "enrich", "dataset", "train", "evaluate", "drift", "promote",
+          "score")
+DEFAULT_MODEL = "plastic-detector"
 Stage = Enum("Stage", {s: s for s in STAGES}, type=str)
 
 
@@ -62,7 +64,8 @@ def simulate(
 @app.command()
 def run(
     stage: Annotated[Stage, typer.Argument(help="The nightly flow, or one stage alone.")],
-    model: Annotated[str, typer.Option(help="Model of the zoo.")] = "plastic-detector",
+    model: Annotated[str | None, typer.Option(
+        help=f"Model of the zoo (default {DEFAULT_MODEL}; score: every champion).")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Override params.yaml.")] = None,
     backbone: Annotated[str | None, typer.Option(help="e.g. resnet18 on a CPU.")] = None,
 ) -> None:
@@ -72,11 +75,15 @@ def run(
     if name == "nightly":
         from flows.nightly import nightly
 
-        nightly(model=model, max_epochs=max_epochs, backbone=backbone)
+        nightly(model=model or DEFAULT_MODEL, max_epochs=max_epochs, backbone=backbone)
         return
     from flows.stages import STAGE_FLOWS
 
-    kwargs = {"model": model} if name not in ("ingest", "enrich") else {}
+    kwargs: dict = {}
+    if name == "score":
+        kwargs = {"model": model}
+    elif name not in ("ingest", "enrich"):
+        kwargs = {"model": model or DEFAULT_MODEL}
     if name == "train":
         kwargs.update(max_epochs=max_epochs, backbone=backbone)
     result = STAGE_FLOWS[name](**kwargs)

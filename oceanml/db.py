@@ -26,7 +26,7 @@ from sqlalchemy import (
     create_engine,
     event,
 )
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 
 def utcnow() -> datetime:
@@ -203,6 +203,30 @@ class Promotion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Prediction(Base):
+    """What a champion said about an observation (batch scoring) or an image (the endpoint).
+
+    Unique on (observation, model, version): a re-run scores nothing twice and a new champion
+    scores again. Online answers have no observation id (SQL NULLs never collide), and carry
+    the image's content hash, so drift can still tell what the endpoint was shown.
+    """
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("observation_id", "model_name", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    observation_id: Mapped[int | None] = mapped_column(ForeignKey("observations.id"))
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    model_version: Mapped[str] = mapped_column(String(16))
+    label: Mapped[str | None] = mapped_column(String(64))
+    probabilities: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
+    values: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
+    source: Mapped[str] = mapped_column(String(16), default="batch")  # batch | online
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    scored_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -236,6 +260,23 @@ def make_engine(url: str) -> Engine:
 def init_db(engine: Engine) -> None:
     """Create missing tables (idempotent)."""
     Base.metadata.create_all(engine)
+
+
+def insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> int:
+    """Insert ``rows``, skipping those a unique constraint already holds; returns how many
+    were new. One statement per call (``ON CONFLICT DO NOTHING``, SQLite and PostgreSQL), so
+    two writers racing on the same rows both succeed and neither duplicates."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        raise NotImplementedError(f"insert_new: no ON CONFLICT for {dialect}")
+    result = session.execute(insert(model).on_conflict_do_nothing(), rows)
+    return max(result.rowcount, 0)
 
 
 @lru_cache(maxsize=8)

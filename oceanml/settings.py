@@ -87,6 +87,21 @@ class Settings(BaseSettings):
         None, description="When set, flows train through the train deployment on this pool.")
     train_deployment: str = Field("train/train-gpu", description="flow-name/deployment-name.")
 
+    # Batch scoring: in the flow's process, or fanned out as runs of the score deployment.
+    score_batch_size: int = Field(128, ge=1, description="Images per forward pass.")
+    score_work_pool: str | None = Field(
+        None, description="When set, scoring fans partitions out to the score deployment.")
+    score_deployment: str = Field("score/score", description="flow-name/deployment-name.")
+
+    # The online endpoint (`oceanml serve`).
+    serve_max_batch: int = Field(32, ge=1, description="Images per forward pass at most.")
+    serve_max_wait_ms: float = Field(
+        5.0, ge=0, description="How long a batch waits for company before it runs.")
+    serve_poll_s: float = Field(10.0, gt=0, description="Registry poll for a new champion.")
+    serve_max_images: int = Field(16, ge=1, description="Images one request may carry.")
+    serve_log_interval_s: float = Field(
+        1.0, gt=0, description="Online predictions are written to the DB this often.")
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         home = self.home

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from models.preprocess import shard_jpeg
 from oceanml.db import SENSOR_COLUMNS
 from oceanml.settings import Settings, get_settings
 from oceanml.store import filesystem
@@ -114,17 +114,6 @@ def reference_stats(frame: pd.DataFrame, sample: int, bins: int = 10) -> dict[st
     }
 
 
-def _resize_jpeg(data: bytes, size: int) -> bytes:
-    from PIL import Image
-
-    img = Image.open(io.BytesIO(data)).convert("RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=90)
-    return buf.getvalue()
-
-
 SHARD_FORMAT = "v2"  # bump when the bytes a shard holds change for the same rows
 ROW_GROUP_ROWS = 64  # the unit a training worker reads: many per shard, so workers share them
 
@@ -153,7 +142,7 @@ def shard_key(rows: pd.DataFrame, image_size: int) -> str:
 def _encode_shard(rows: pd.DataFrame, lake: Any, image_size: int, pool: ThreadPoolExecutor,
                   dest: Path) -> None:
     blobs = lake.fs.cat([lake.path(k) for k in rows["image_key"]])
-    images = list(pool.map(lambda k: _resize_jpeg(blobs[lake.path(k)], image_size),
+    images = list(pool.map(lambda k: shard_jpeg(blobs[lake.path(k)], image_size),
                            rows["image_key"]))
     table = pa.table({
         "content_hash": rows["content_hash"].tolist(),

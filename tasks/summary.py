@@ -52,7 +52,19 @@ def summary_rows(model: str, results: dict[str, dict[str, Any]]) -> list[tuple[s
         ("promote", ("PROMOTED - " if promote["promoted"] else "not promoted - ")
                     + promote["reason"]
                     + ("" if promote["decided_now"] else " (no new decision)")),
+        *([("score", _score(results["score"]))] if "score" in results else []),
     ]
+
+
+def _score(score: dict[str, Any]) -> str:
+    """The score stage's line: what the champion scored, or why it scored nothing."""
+    if not score.get("version"):
+        return f"nothing scored - {score.get('reason') or 'no champion'}"
+    failed = len(score.get("failed") or {})
+    return (f"v{score['version']} scored {score.get('scored', 0)} observations"
+            + (f" over {len(score['days'])} days" if score.get("days") else "")
+            + (f", {failed} failed (see the run log)" if failed else "")
+            + (f" - {score['reason']}" if score.get("reason") else ""))
 
 
 def nightly_summary(model: str, results: dict[str, dict[str, Any]], where: dict[str, str]) -> str:

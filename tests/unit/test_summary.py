@@ -27,6 +27,9 @@ def first_run() -> dict[str, dict[str, Any]]:
         "drift": {"drifted": False, "reason": "no reference dataset yet", "n_current": 0},
         "promote": {"promoted": True, "decided_now": True, "champion_version": "1",
                     "reason": "no champion yet; macro_f1 0.912 passes the bar 0.500"},
+        "score": {"model": MODEL, "version": "1", "scored": 240, "already": 0,
+                  "failed": {"17": "OSError: missing blob"},
+                  "days": {"2026-11-19": 120, "2026-11-20": 120}, "reason": ""},
     }
 
 
@@ -44,6 +47,8 @@ def rerun() -> dict[str, dict[str, Any]]:
                                   "bar is 30%"}
     results["promote"] = {"promoted": False, "decided_now": False, "champion_version": "1",
                           "reason": "v1 is already the champion"}
+    results["score"] = {"model": MODEL, "version": "1", "scored": 0, "already": 0,
+                        "failed": {}, "days": {}, "reason": "nothing left to score"}
     return results
 
 
@@ -58,6 +63,7 @@ def test_a_first_run_says_what_each_stage_did() -> None:
         ("evaluate", "test accuracy 0.938, macro_f1 0.912; champion none"),
         ("drift", "none - no reference dataset yet"),
         ("promote", "PROMOTED - no champion yet; macro_f1 0.912 passes the bar 0.500"),
+        ("score", "v1 scored 240 observations over 2 days, 1 failed (see the run log)"),
     ]
 
 
@@ -74,6 +80,7 @@ def test_a_rerun_says_plainly_that_nothing_was_new() -> None:
         ("drift", "DETECTED - 3/6 features drifted (ph, turbidity_ntu, device_type); "
                   "bar is 30%"),
         ("promote", "not promoted - v1 is already the champion (no new decision)"),
+        ("score", "v1 scored 0 observations - nothing left to score"),
     ]
 
 
@@ -98,6 +105,6 @@ def test_the_markdown_is_one_table_row_per_stage_then_where_to_look() -> None:
     text = nightly_summary(MODEL, first_run(), {"MLflow": "`mlflow ui`"})
     lines = text.splitlines()
     assert lines[:4] == [f"# OceanML nightly: `{MODEL}`", "", "| stage | outcome |", "|---|---|"]
-    assert lines[4:11] == [f"| {stage} | {outcome} |"
+    assert lines[4:12] == [f"| {stage} | {outcome} |"
                            for stage, outcome in summary_rows(MODEL, first_run())]
-    assert lines[11:] == ["", "Where to look:", "", "- MLflow: `mlflow ui`"]
+    assert lines[12:] == ["", "Where to look:", "", "- MLflow: `mlflow ui`"]
