@@ -275,8 +275,8 @@ def insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]]) 
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise NotImplementedError(f"insert_new: no ON CONFLICT for {dialect}")
-    result = session.execute(insert(model).on_conflict_do_nothing(), rows)
-    return max(result.rowcount, 0)
+    statement = insert(model).on_conflict_do_nothing().returning(model.id)
+    return len(session.execute(statement, rows).all())  # RETURNING names only rows inserted
 
 
 @lru_cache(maxsize=8)

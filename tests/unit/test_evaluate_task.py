@@ -20,10 +20,10 @@ from models.datamodule import read_split
 from models.net import OceanNet
 from models.zoo import get_spec
 from oceanml.db import Evaluation
-from oceanml.registry import client, ensure_experiment, ensure_registered_model, set_champion
+from oceanml.registry import client, set_champion
 from tasks.evaluate import evaluate, score
-from tasks.train import _log_model
 from tests.mlflow_recording import Recording
+from tests.registered import register as register_version
 
 SPEC = get_spec("plastic-detector")
 SIZE = 32
@@ -40,17 +40,8 @@ def always(label: str) -> nn.Module:
 
 
 def register(mlc, settings, label: str) -> str:
-    """A registered version answering ``label``: run, model artifact and tags as the trainer's."""
-    experiment = ensure_experiment(mlc, settings.experiment_name, settings.mlflow_artifact_uri)
-    ensure_registered_model(mlc, SPEC.name)
-    tags = {"git_commit": "abc123", "prefect_flow_run_id": "", "dataset_version": "ds-1",
-            "training_key": f"always-{label}", "model_spec": json.dumps(SPEC.to_dict())}
-    run = mlc.create_run(experiment, tags=tags)
-    _log_model(mlc, run.info.run_id, always(label), SIZE)
-    version = mlc.create_model_version(SPEC.name, source=f"{run.info.artifact_uri}/model",
-                                       run_id=run.info.run_id, tags=tags)
-    mlc.set_terminated(run.info.run_id)
-    return str(version.version)
+    """A registered version answering ``label``, tagged as the trainer tags its versions."""
+    return register_version(mlc, settings, always(label), f"always-{label}", size=SIZE)
 
 
 def expected(dataset: Path, label: str) -> dict[str, Any]:
