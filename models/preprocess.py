@@ -16,15 +16,18 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 JPEG_QUALITY = 90
 
 
-def shard_jpeg(data: bytes, size: int) -> bytes:
-    """``data`` (any format PIL reads) as an RGB ``size`` x ``size`` JPEG: what shards store."""
+def shard_jpeg(data: bytes | Image.Image, size: int) -> bytes:
+    """``data`` (bytes of any format PIL reads, or an opened image) as an RGB ``size`` x
+    ``size`` JPEG: what shards store."""
     from PIL import Image
 
-    img = Image.open(io.BytesIO(data)).convert("RGB")
+    img = data if isinstance(data, Image.Image) else Image.open(io.BytesIO(data))
+    img = img.convert("RGB")
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)
     buf = io.BytesIO()
@@ -41,6 +44,6 @@ def decode(jpeg: bytes) -> torch.Tensor:
                        mode=ImageReadMode.RGB)
 
 
-def model_input(data: bytes, size: int) -> torch.Tensor:
+def model_input(data: bytes | Image.Image, size: int) -> torch.Tensor:
     """The tensor a model of input ``size`` gets for an image: shard it, then decode it."""
     return decode(shard_jpeg(data, size))

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 
+PROMOTED_EVENT = "oceanml.model.promoted"
+
+
 @dataclass(frozen=True)
 class PromotionPolicy:
     metric: str = "macro_f1"
@@ -164,8 +167,9 @@ def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     result = promote(session_factory(settings.db_url), mlflow_client(settings), model,
                      evaluation, policy, lineage.flow_run_id())
     if result["decided_now"] and result["promoted"]:
-        emit_event(event="oceanml.model.promoted",
-                   resource={"prefect.resource.id": f"oceanml.model.{model}"},
+        emit_event(event=PROMOTED_EVENT,
+                   resource={"prefect.resource.id": f"oceanml.model.{model}",
+                             "prefect.resource.name": model},
                    payload={"version": evaluation["model_version"],
                             "previous": evaluation.get("champion_version") or None,
                             "reason": result["reason"]})

@@ -165,23 +165,32 @@ def image_stats(img: Image.Image) -> dict[str, float]:
     }
 
 
-def _image_rejection(exc: Exception) -> Rejection:
+def image_rejection(exc: Exception) -> Rejection:
     """PIL words truncation several ways ("image file is truncated", "Truncated File Read")."""
     reason = "image_truncated" if "truncated" in str(exc).lower() else "image_undecodable"
     return Rejection(reason, f"{type(exc).__name__}: {exc}")
 
 
-def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
-    """Refuse oversized, undecodable, truncated or decompression-bomb images."""
+def open_checked(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image:
+    """The image in ``data``, opened (header read, pixels not yet decoded) once it passes the
+    byte limit, is recognised and has at most ``max_pixels`` pixels: the checks ingestion and
+    the online endpoint share, before anything is decoded."""
     if len(data) > max_bytes:
         raise Rejection("image_too_large", f"{len(data)} bytes > limit {max_bytes}")
     try:
         img = Image.open(io.BytesIO(data))
     except Exception as exc:  # PIL raises several types for garbage input
-        raise _image_rejection(exc) from exc
+        raise image_rejection(exc) from exc
     width, height = img.size
     if width * height > max_pixels:
         raise Rejection("decompression_bomb", f"{width}x{height} pixels > limit {max_pixels}")
+    return img
+
+
+def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
+    """Refuse oversized, undecodable, truncated or decompression-bomb images."""
+    img = open_checked(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    width, height = img.size
     if img.format == "JPEG":
         # decode at 1/2..1/8 scale, enough for the statistics: every byte is still read, so a
         # truncated file still fails below, at a fraction of the cost
@@ -189,7 +198,7 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     try:
         img.load()  # the pixel limit above keeps PIL's own bomb warning from ever firing
     except Exception as exc:
-        raise _image_rejection(exc) from exc
+        raise image_rejection(exc) from exc
     return ImageInfo(width, height, img.format or "unknown", image_stats(img))
 
 

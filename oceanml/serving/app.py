@@ -1,0 +1,221 @@
+"""The FastAPI application ``oceanml serve`` runs.
+
+``POST /v1/models/{name}/predict`` answers an image (or several) with the champion's class
+and probabilities, or values, plus the version that answered and the latency;
+``GET /v1/models`` lists what is served; ``/health/live``, ``/health/ready`` and ``/metrics``
+are for the orchestrator and Prometheus. Bad input is a 4xx with ``{"error", "detail"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from models.predictor import Predictor, answers
+from oceanml.db import session_factory
+from oceanml.serving.batcher import Batcher
+from oceanml.serving.champions import Champions
+from oceanml.serving.inputs import BadInput, Limits, open_image, parse
+from oceanml.serving.metrics import Metrics
+from oceanml.serving.prediction_log import PredictionLog
+from oceanml.settings import Settings
+from tasks.validate import image_rejection
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger("oceanml.serve")
+
+
+class Service:
+    """Everything one app serves with: champions, batchers, the prediction log, metrics."""
+
+    def __init__(self, settings: Settings, names: list[str], mlc: MlflowClient,
+                 device: str | None = None) -> None:
+        self.settings = settings
+        self.names = names
+        self.metrics = Metrics()
+        self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels,
+                             settings.serve_max_images)
+        self.champions = Champions(mlc, names, poll_s=settings.serve_poll_s, device=device,
+                                   on_swap=self._swapped)
+        self.batchers: dict[str, Batcher] = {}
+        self.log = PredictionLog(session_factory(settings.db_url),
+                                 interval_s=settings.serve_log_interval_s,
+                                 on_written=self.metrics.logged.inc,
+                                 on_dropped=self.metrics.dropped.inc)
+        self.listener: asyncio.Task | None = None
+
+    def _swapped(self, predictor: Predictor) -> None:
+        self.metrics.swapped(predictor.name, predictor.version, predictor.loaded_at)
+
+    async def start(self) -> None:
+        for name in self.names:
+            self.batchers[name] = Batcher(
+                max_batch=self.settings.serve_max_batch,
+                max_wait_ms=self.settings.serve_max_wait_ms,
+                on_batch=lambda model, n: self.metrics.batch_size.labels(model).observe(n))
+            self.batchers[name].start()
+        self.log.start()
+        self.champions.start()
+        from oceanml.serving.events import listen_for_promotions
+
+        self.listener = listen_for_promotions(self.champions)
+
+    async def stop(self) -> None:
+        if self.listener is not None:
+            self.listener.cancel()
+        self.champions.stop()
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        await run_in_threadpool(self.log.stop)
+
+    def prepare(self, predictor: Predictor, images: list[bytes]) -> Any:
+        """Check and prepare every image of a request (in a worker thread: PIL decodes)."""
+        import torch
+
+        tensors = []
+        for n, data in enumerate(images):
+            opened = open_image(data, n, self.limits)
+            try:
+                tensors.append(predictor.prepare(opened))
+            except Exception as exc:  # truncated or corrupt past the header
+                rejection = image_rejection(exc)
+                raise BadInput(422, rejection.reason, f"image {n}: {rejection.detail}") from None
+        return torch.stack(tensors)
+
+    def record(self, predictor: Predictor, images: list[bytes], outputs: Any) -> None:
+        from tasks.score import prediction_rows
+
+        hashes = [hashlib.sha256(data).hexdigest() for data in images]
+        self.log.add(prediction_rows(predictor, [None] * len(images), outputs, None,
+                                     source="online", content_hashes=hashes))
+
+
+def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
+               device: str | None = None) -> FastAPI:
+    """The app serving the champions of ``names``; models load in the background at start."""
+    service = Service(settings, names, mlc, device)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await service.start()
+        yield
+        await service.stop()
+
+    app = FastAPI(title="OceanML", lifespan=lifespan,
+                  description="The champions of the OceanML fleet, answering images now.")
+    app.state.service = service
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.post("/v1/models/{name}/predict")
+    async def predict(name: str, request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        status = 200
+        try:
+            body = await answer(service, name, request, started)
+            return JSONResponse(body)
+        except BadInput as exc:
+            status = exc.status
+            raise
+        except Exception:
+            status = 500
+            raise
+        finally:
+            model = name if name in service.names else "unknown"
+            service.metrics.requests.labels(model, str(status)).inc()
+            service.metrics.latency.labels(model, str(status)).observe(
+                time.perf_counter() - started)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        out = []
+        for name in service.names:
+            p = service.champions.get(name)
+            out.append({"name": name, "champion_version": p.version if p else None,
+                        "loaded_at": _iso(p.loaded_at) if p else None,
+                        "task": p.spec.task if p else None,
+                        "outputs": list(p.spec.outputs) if p else None,
+                        "input_size": p.spec.input_size if p else None,
+                        "device": p.device if p else None,
+                        "error": service.champions.errors.get(name)})
+        return {"models": out}
+
+    @app.get("/health/live")
+    async def live() -> dict[str, str]:
+        return {"status": "live"}
+
+    @app.get("/health/ready")
+    async def ready() -> JSONResponse:
+        missing = {n: service.champions.errors.get(n, "loading")
+                   for n in service.names if service.champions.get(n) is None}
+        if missing:
+            return JSONResponse({"status": "not ready", "missing": missing}, status_code=503)
+        return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(service.metrics.registry),
+                        media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def answer(service: Service, name: str, request: Request, started: float
+                 ) -> dict[str, Any]:
+    """Read, check, batch, answer and record one prediction request."""
+    if name not in service.names:
+        raise BadInput(404, "unknown_model",
+                       f"{name!r} is not served here; served: {', '.join(service.names)}")
+    predictor = service.champions.get(name)
+    if predictor is None:
+        raise BadInput(503, "not_loaded", f"{name} has no champion loaded yet: "
+                       f"{service.champions.errors.get(name, 'loading')}")
+    parsed = await read_request(service, request)
+    images = await run_in_threadpool(service.prepare, predictor, parsed.images)
+    outputs = await service.batchers[name].predict(predictor, images)
+    service.record(predictor, parsed.images, outputs)
+    return {"model": name, "version": predictor.version,
+            "predictions": answers(predictor.spec, outputs),
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+
+async def read_request(service: Service, request: Request) -> Any:
+    """The body, refused with 413 as soon as it outgrows what the limits allow."""
+    cap = service.limits.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise BadInput(413, "body_too_large", f"{declared} bytes > limit {cap}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise BadInput(413, "body_too_large", f"more than {cap} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    content_type = request.headers.get("content-type", "")
+    form = None
+    if content_type.lower().startswith("multipart/form-data"):
+        request._body = body  # Starlette's form parser reads the body already received
+        try:
+            form = await request.form(max_files=service.limits.max_images + 1)
+        except Exception as exc:  # malformed multipart
+            raise BadInput(422, "bad_multipart", str(exc) or type(exc).__name__) from None
+    return parse(content_type, body, form, service.limits)
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()

@@ -1,0 +1,108 @@
+"""Requests that arrive together run as one forward pass.
+
+Each request puts its prepared images and the predictor it started with on the queue. One
+consumer takes what is waiting, waits up to ``max_wait_ms`` for more (up to ``max_batch``
+images), and runs a forward pass per predictor in the batch on a thread of its own, so the
+event loop keeps accepting requests; whatever arrives meanwhile forms the next batch, so
+batches grow with load. A request's images are never split across versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.predictor import Predictor
+
+
+@dataclass
+class Item:
+    predictor: Predictor
+    images: Any  # (n, 3, H, W) uint8 tensor
+    future: asyncio.Future = field(repr=False)
+
+    @property
+    def n(self) -> int:
+        return int(self.images.shape[0])
+
+
+class Batcher:
+    def __init__(self, *, max_batch: int, max_wait_ms: float,
+                 on_batch: Callable[[str, int], None] | None = None) -> None:
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000.0
+        self.on_batch = on_batch or (lambda name, n: None)
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+        self._task: asyncio.Task | None = None
+
+    async def predict(self, predictor: Predictor, images: Any) -> np.ndarray:
+        """The outputs for ``images`` from ``predictor``, computed in some batch."""
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put(Item(predictor, images, future))
+        return await future
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.executor.shutdown(wait=True)
+
+    async def _collect(self) -> list[Item]:
+        items = [await self.queue.get()]
+        size = items[0].n
+        deadline = time.monotonic() + self.max_wait_s
+        while size < self.max_batch:
+            try:
+                item = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), left)
+                except TimeoutError:
+                    break
+            items.append(item)
+            size += item.n
+        return items
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            items = await self._collect()
+            groups: dict[int, list[Item]] = {}
+            for item in items:
+                groups.setdefault(id(item.predictor), []).append(item)
+            for group in groups.values():
+                await self._forward(loop, group)
+
+    async def _forward(self, loop: asyncio.AbstractEventLoop, group: list[Item]) -> None:
+        import torch
+
+        predictor = group[0].predictor
+        try:
+            images = torch.cat([item.images for item in group])
+            outputs = await loop.run_in_executor(self.executor, predictor.outputs, images)
+        except Exception as exc:  # the request(s) get a 500 naming it; serving goes on
+            for item in group:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        self.on_batch(predictor.name, int(images.shape[0]))
+        start = 0
+        for item in group:
+            if not item.future.done():  # the client may have gone away
+                item.future.set_result(outputs[start:start + item.n])
+            start += item.n

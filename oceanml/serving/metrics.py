@@ -1,0 +1,39 @@
+"""The endpoint's Prometheus metrics, on a registry of its own (one per app).
+
+Latency percentiles come from the histogram, e.g. p99 per model over five minutes:
+``histogram_quantile(0.99, sum by (le, model) (rate(oceanml_request_latency_seconds_bucket[5m])))``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("oceanml_requests", "Prediction requests answered.",
+                                ["model", "status"], registry=r)
+        self.latency = Histogram("oceanml_request_latency_seconds",
+                                 "Prediction request latency, arrival to answer.",
+                                 ["model", "status"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("oceanml_batch_size", "Images per forward pass.", ["model"],
+                                    buckets=BATCH_BUCKETS, registry=r)
+        self.version = Gauge("oceanml_model_version", "Registry version being served.",
+                             ["model"], registry=r)
+        self.loaded_at = Gauge("oceanml_model_loaded_timestamp_seconds",
+                               "When the served version was loaded (Unix time).", ["model"],
+                               registry=r)
+        self.logged = Counter("oceanml_prediction_log_written", "Online predictions recorded.",
+                              registry=r)
+        self.dropped = Counter("oceanml_prediction_log_dropped",
+                               "Online predictions not recorded (queue full or DB down).",
+                               registry=r)
+
+    def swapped(self, name: str, version: str, loaded_at: float) -> None:
+        self.version.labels(name).set(float(version))
+        self.loaded_at.labels(name).set(loaded_at)
