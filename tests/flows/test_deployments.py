@@ -73,3 +73,36 @@ def test_drift_events_start_the_retrain_deployment(env) -> None:
     assert len(runs) == 1
     assert runs[0].parameters["model"] == "algae-bloom"
     assert runs[0].parameters["reason"] == "5/11 features drifted"
+
+
+def test_the_score_deployment_runs_hourly_and_on_promotion(env) -> None:
+    import time
+
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+    from prefect.events import emit_event
+
+    deployed = prefect("--no-prompt", "deploy", "--name", "score", env=env)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("score/score")
+        schedule = deployment.schedules[0].schedule
+        assert (schedule.cron, schedule.timezone) == ("15 * * * *", "UTC")
+        assert deployment.entrypoint == "flows/score.py:score"
+        linked = [a for a in client.read_automations()
+                  if any(getattr(x, "deployment_id", None) == deployment.id for x in a.actions)]
+        assert len(linked) == 1 and linked[0].trigger.expect == {"oceanml.model.promoted"}
+
+    emit_event(event="oceanml.model.promoted",
+               resource={"prefect.resource.id": "oceanml.model.debris-classifier",
+                         "prefect.resource.name": "debris-classifier"},
+               payload={"version": "4", "previous": "3", "reason": "beats the champion"})
+    runs = []
+    deadline = time.monotonic() + 60
+    with get_client(sync_client=True) as client:
+        while not runs and time.monotonic() < deadline:
+            time.sleep(1)
+            runs = [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(
+                id=DeploymentFilterId(any_=[deployment.id])))
+                    if r.parameters.get("model") == "debris-classifier"]  # not the hourly ones
+    assert len(runs) == 1
+    assert float(runs[0].parameters["last_days"]) == 2.0  # the drift window
