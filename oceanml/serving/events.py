@@ -42,6 +42,7 @@ async def _listen(champions: Champions) -> None:
                     if name in champions.names:
                         log.info("promotion of %s announced: checking the registry now", name)
                         champions.wake()
+            await asyncio.sleep(1.0)  # the server closed the stream cleanly: reconnect soon
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the server went away: polling goes on meanwhile

@@ -1,0 +1,237 @@
+"""Online serving: OceanML's endpoint against ``mlflow models serve`` of the same version.
+
+One registered version (an untrained ResNet-18 OceanNet at the CPU seed size, 64 px) is
+served twice on loopback, each by one server process on the same machine: ``oceanml serve``
+(as shipped: checks, preprocessing, server-side batching, prediction log, metrics) and
+``mlflow models serve --env-manager local`` (uvicorn, one worker, its default). Both get the
+same simulated images; the load generator builds every request body before the clock starts
+(OceanML: the JPEG as base64 JSON; MLflow: the same image already preprocessed to the float
+tensor its signature takes, so MLflow is spared the decoding OceanML does), then keeps
+``concurrency`` requests in flight until a fixed number has been answered. Figures:
+requests/s, p50 and p99 latency, failures. Goal: >= 3x MLflow's requests/s at concurrency 16
+and 64, with p99 no worse.
+
+Then the promotion under load: while 16 clients keep asking OceanML, a new version is
+registered and made champion. Goal: 0 failed requests and the first answer from the new
+version within 2 poll intervals.
+
+    .venv/bin/python bench/serve.py            # 1 500 requests per level (300 at 1)
+    .venv/bin/python bench/serve.py --quick    # 200 (50 at 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+BIN = Path(sys.executable).parent
+END = datetime(2026, 11, 20, tzinfo=UTC)
+SIZE = 64
+POLL_S = 1.0
+LEVELS = (1, 16, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=REPO)
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> float:
+    import httpx
+
+    start_t = time.monotonic()
+    while time.monotonic() - start_t < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return time.monotonic() - start_t
+        except Exception:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout} s: {log.read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+async def load(url: str, bodies: list[bytes], concurrency: int, total: int,
+               on_answer=None) -> dict[str, float]:
+    """Keep ``concurrency`` POSTs in flight until ``total`` are answered."""
+    import httpx
+
+    latencies: list[float] = []
+    failed = 0
+    sent = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        async def worker() -> None:
+            nonlocal sent, failed
+            while sent < total:
+                body = bodies[sent % len(bodies)]
+                sent += 1
+                t0 = time.perf_counter()
+                try:
+                    r = await client.post(url, content=body,
+                                          headers={"content-type": "application/json"})
+                    ok = r.status_code == 200
+                    if ok and on_answer:
+                        on_answer(r)
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                failed += not ok
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    q = statistics.quantiles(latencies, n=100, method="inclusive")
+    return {"rps": len(latencies) / wall, "p50_ms": q[49] * 1000, "p99_ms": q[98] * 1000,
+            "failed": failed, "n": len(latencies)}
+
+
+def bodies_for(images: list[bytes]) -> tuple[list[bytes], list[bytes]]:
+    """(OceanML bodies, MLflow bodies) for the same images."""
+    import json
+
+    from models.preprocess import model_input
+
+    ocean = [json.dumps({"image": base64.b64encode(d).decode()}).encode() for d in images]
+    mlflow = [json.dumps({"inputs": (model_input(d, SIZE).float() / 255.0)[None].tolist()})
+              .encode() for d in images]
+    return ocean, mlflow
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=1_500)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    total = 200 if args.quick else args.requests
+    with tempfile.TemporaryDirectory(prefix="oceanml-bench-serve-") as tmp:
+        root = Path(tmp)
+        env = {**os.environ, "OCEANML_HOME": str(root / "home"), "OCEANML_PROJECT_DIR": tmp,
+               "OCEANML_SERVE_POLL_S": str(POLL_S), "PATH": f"{BIN}:{os.environ['PATH']}",
+               "PREFECT_API_URL": ""}
+        os.environ.update({k: env[k] for k in ("OCEANML_HOME", "OCEANML_PROJECT_DIR")})
+        from bench.score import resnet18_net
+        from oceanml.registry import client, set_champion
+        from oceanml.settings import get_settings
+        from oceanml.simulator import simulate, write_landing
+        from oceanml.store import filesystem
+        from tests.registered import SPEC, register
+
+        get_settings.cache_clear()
+        settings = get_settings()
+        landing = filesystem(settings.landing_url)
+        write_landing(landing, simulate(days=1, devices=4, per_day=16, end=END), faults=False)
+        images = [landing.fs.cat_file(p) for p in sorted(landing.fs.find(landing.root))
+                  if p.endswith(".jpg")][:64]
+        mlc = client(settings)
+        v1 = register(mlc, settings, resnet18_net(), "bench-v1", size=SIZE)
+        set_champion(mlc, SPEC.name, v1)
+        ocean_bodies, mlflow_bodies = bodies_for(images)
+        print(f"figure distinct_images {len(images)} images")
+
+        ocean_port, mlflow_port = free_port(), free_port()
+        ocean = start([str(BIN / "oceanml"), "serve", "--port", str(ocean_port), "--models",
+                       SPEC.name, "--device", "cpu"], env, root / "oceanml.log")
+        mlflow = start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{SPEC.name}/{v1}",
+                        "--env-manager", "local", "-h", "127.0.0.1", "-p", str(mlflow_port)],
+                       {**env, "MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri},
+                       root / "mlflow.log")
+        try:
+            ocean_url = f"http://127.0.0.1:{ocean_port}"
+            mlflow_url = f"http://127.0.0.1:{mlflow_port}"
+            print(f"figure oceanml_ready_s {wait_http(ocean_url + '/health/ready', ocean, root / 'oceanml.log'):.1f} s")
+            print(f"figure mlflow_ready_s {wait_http(mlflow_url + '/ping', mlflow, root / 'mlflow.log'):.1f} s")
+            predict = f"{ocean_url}/v1/models/{SPEC.name}/predict"
+            invocations = f"{mlflow_url}/invocations"
+            for c in LEVELS:  # warm-up, untimed
+                asyncio.run(load(predict, ocean_bodies, c, 2 * c))
+                asyncio.run(load(invocations, mlflow_bodies, c, 2 * c))
+            results = {}
+            for c in LEVELS:
+                n = max(total // 4, 20) if c == 1 else total
+                results[c] = {"oceanml": asyncio.run(load(predict, ocean_bodies, c, n)),
+                              "mlflow": asyncio.run(load(invocations, mlflow_bodies, c, n))}
+                for side, r in results[c].items():
+                    print(f"figure {side}_c{c}_rps {r['rps']:.1f} req/s")
+                    print(f"figure {side}_c{c}_p50 {r['p50_ms']:.1f} ms")
+                    print(f"figure {side}_c{c}_p99 {r['p99_ms']:.1f} ms")
+                    print(f"figure {side}_c{c}_failed {r['failed']} requests")
+            stop(mlflow)
+            promotion = promote_under_load(mlc, settings, predict, ocean_bodies, total)
+        finally:
+            for proc in (ocean, mlflow):
+                if proc.poll() is None:
+                    stop(proc)
+    for c in (16, 64):
+        o, m = results[c]["oceanml"], results[c]["mlflow"]
+        print(f"ratio rps_vs_mlflow_c{c} {o['rps'] / m['rps']:.2f} goal >= 3")
+        print(f"ratio p99_vs_mlflow_c{c} {o['p99_ms'] / m['p99_ms']:.2f} goal <= 1")
+    print(f"figure promotion_requests {promotion['n']} requests")
+    print(f"figure promotion_failed {promotion['failed']} requests")
+    print(f"ratio promotion_failed_requests {promotion['failed']} goal == 0")
+    print(f"figure promotion_first_new_answer_s {promotion['first_new_s']:.2f} s")
+    print(f"ratio promotion_first_new_answer_in_poll_intervals "
+          f"{promotion['first_new_s'] / POLL_S:.2f} goal <= 2")
+
+
+def promote_under_load(mlc, settings, predict: str, bodies: list[bytes], total: int) -> dict:
+    """16 clients ask OceanML; after a second, v2 becomes champion. Failures and how long
+    until the first answer from v2, counted from the alias move."""
+    from bench.score import resnet18_net
+    from oceanml.registry import set_champion
+    from tests.registered import SPEC, register
+
+    v2 = register(mlc, settings, resnet18_net(), "bench-v2", size=SIZE)  # before the clock
+    state = {"moved_at": None, "first_new": None}
+
+    def on_answer(response) -> None:
+        if (state["moved_at"] is not None and state["first_new"] is None
+                and response.json()["version"] == v2):
+            state["first_new"] = time.monotonic()
+
+    async def run() -> dict:
+        async def promote_later() -> None:
+            await asyncio.sleep(1.0)
+            await asyncio.to_thread(set_champion, mlc, SPEC.name, v2)
+            state["moved_at"] = time.monotonic()
+
+        result, _ = await asyncio.gather(load(predict, bodies, 16, max(total, 400), on_answer),
+                                         promote_later())
+        return result
+
+    result = asyncio.run(run())
+    first = state["first_new"]
+    result["first_new_s"] = (first - state["moved_at"]) if first else float("inf")
+    return result
+
+
+if __name__ == "__main__":
+    main()
