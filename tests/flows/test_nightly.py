@@ -160,6 +160,23 @@ def test_the_summary_tells_each_stages_outcome(runs) -> None:
     assert "features drifted" in second["drift"]  # against the champion's dataset
     assert second["promote"] == (f"not promoted - v{version} is already the champion "
                                  "(no new decision)")
+    with runs.sessions() as s:
+        with_image = s.scalar(select(func.count()).where(Observation.image_key.is_not(None)))
+    assert first["score"] == f"v{version} scored {with_image} observations over 2 days"
+    assert second["score"] == f"v{version} scored 0 observations - nothing left to score"
+
+
+def test_the_champion_scored_every_observation_once(runs) -> None:
+    from oceanml.db import Prediction
+
+    version = runs.first["train"]["model_version"]
+    with runs.sessions() as s:
+        rows = s.execute(select(Prediction.model_version, Prediction.flow_run_id,
+                                func.count()).group_by(Prediction.model_version,
+                                                       Prediction.flow_run_id)).all()
+        with_image = s.scalar(select(func.count()).where(Observation.image_key.is_not(None)))
+    assert with_image > 0
+    assert rows == [(version, runs.flow_run_id, with_image)]  # all by the first night
 
 
 def test_a_retrain_right_after_the_nightly_respects_the_cooldown_and_reuses(runs) -> None:
