@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 
@@ -179,6 +179,9 @@ def open_checked(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Image
         raise Rejection("image_too_large", f"{len(data)} bytes > limit {max_bytes}")
     try:
         img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:  # its message names an in-memory buffer, not the input
+        raise Rejection("image_undecodable", "not an image format PIL recognises "
+                        f"(first bytes {data[:8]!r})") from None
     except Exception as exc:  # PIL raises several types for garbage input
         raise image_rejection(exc) from exc
     width, height = img.size
