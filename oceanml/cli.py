@@ -14,11 +14,14 @@ from typing import Annotated
 
 import typer
 
+from oceanml.cli_models import app as models_app
+
 app = typer.Typer(help="OceanML: the ocean-monitoring ML lifecycle as Prefect flows.",
                   no_args_is_help=True)
 datasets_app = typer.Typer(help="Dataset versions (DVC) recorded in the metadata DB.",
                            no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
+app.add_typer(models_app, name="models")
 
 STAGES = ("nightly", "ingest", "enrich", "dataset", "train", "evaluate", "drift", "promote",
           "score")

@@ -203,6 +203,31 @@ class Promotion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class ChampionChange(Base):
+    """Every change of a model's champion, append-only: the source of truth the MLflow
+    ``champion`` alias follows (``oceanml.champion_history``)."""
+
+    __tablename__ = "champion_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    version: Mapped[str] = mapped_column(String(16))
+    previous_version: Mapped[str | None] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(16))  # promote | rollback | adopt
+    reason: Mapped[str] = mapped_column(Text, default="")
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    decided_by: Mapped[str] = mapped_column(String(128), default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelLock(Base):
+    """One row per model; on PostgreSQL, promotions of a model lock it ``FOR UPDATE``."""
+
+    __tablename__ = "model_locks"
+
+    model_name: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
 class Prediction(Base):
     """What a champion said about an observation (batch scoring) or an image (the endpoint).
 

@@ -26,10 +26,11 @@ from sqlalchemy.orm import sessionmaker
 
 from models.zoo import ModelSpec, get_spec
 from oceanml import lineage
+from oceanml.champion_history import current_champion
 from oceanml.db import Evaluation, session_factory
 from oceanml.logs import stage_logger
-from oceanml.registry import alias_version, load_model
 from oceanml.registry import client as mlflow_client
+from oceanml.registry import load_model
 from oceanml.settings import get_settings
 from tasks.dataset import local_dataset
 
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 MIN_SLICE = 5
+CURRENT = object()  # evaluate against whatever is champion now
 
 
 def _class_table(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -258,6 +260,8 @@ def evaluate(
     model_version: str,
     dataset_dir: Callable[[], Path],
     flow_run_id: str | None,
+    *,
+    champion_version: str | None | object = CURRENT,
 ) -> dict[str, Any]:
     """The evaluation of ``model_version`` against the current champion: recorded, or made.
 
@@ -265,14 +269,17 @@ def evaluate(
     the DB holds one, it is returned with ``reused`` True and nothing is loaded, logged or
     written. Otherwise both versions are scored (:func:`evaluate_versions`, which logs to the
     challenger's MLflow run) and an ``Evaluation`` row records the reports. ``dataset_dir``
-    is called only then: resolving a dataset version may mean a DVC restore.
+    is called only then: resolving a dataset version may mean a DVC restore. The champion is
+    the current one (``oceanml.champion_history``) unless ``champion_version`` names one (the
+    promotion re-evaluates against a champion that changed meanwhile); None means none.
 
     Returns:
         ``model_version``, ``champion_version`` (None before any champion),
         ``dataset_version``, the ``challenger`` and ``champion`` reports, and ``reused``.
     """
-    champion = alias_version(mlc, spec.name)
-    champ_v = str(champion.version) if champion else ""
+    if champion_version is CURRENT:
+        champion_version = current_champion(sessions, mlc, spec.name)
+    champ_v = str(champion_version or "")
     key = (Evaluation.model_name == spec.name, Evaluation.model_version == model_version,
            Evaluation.champion_version == champ_v, Evaluation.dataset_version == dataset_version)
     with sessions() as session:

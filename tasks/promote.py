@@ -7,6 +7,7 @@ wraps it with what needs a Prefect run (the event and the run log).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,10 +19,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from oceanml import lineage
-from oceanml.db import Promotion, session_factory
+from oceanml.champion_history import (
+    current_champion,
+    history,
+    model_lock,
+    record_change,
+    sync_alias,
+)
+from oceanml.db import ChampionChange, Promotion, session_factory
 from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
-from oceanml.registry import set_champion
 from oceanml.settings import get_settings
 
 if TYPE_CHECKING:
@@ -29,6 +36,7 @@ if TYPE_CHECKING:
 
 
 PROMOTED_EVENT = "oceanml.model.promoted"
+ROLLED_BACK_EVENT = "oceanml.model.rolled_back"
 
 
 @dataclass(frozen=True)
@@ -113,45 +121,156 @@ def promote(
     evaluation: dict[str, Any],
     policy: PromotionPolicy,
     flow_run_id: str | None,
+    *,
+    reevaluate: Callable[[str | None], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Decide on ``evaluation`` (an :func:`tasks.evaluate.evaluate` result) once, and record it.
 
+    Everything happens under the model's lock (:func:`oceanml.champion_history.model_lock`),
+    against the champion read under it: when that is not the champion ``evaluation`` was made
+    against (another promotion won meanwhile), ``reevaluate(champion)`` scores the candidate
+    against the new champion on the same split first; without it, the stage stops rather than
+    decide on a stale comparison.
+
     A decision is identified by (model, challenger version, champion version): when the DB
-    holds one, it is returned with ``decided_now`` False and the registry is not touched, so
-    a re-run or a retry cannot move the alias twice or rewrite the reason. A challenger that
-    already is the champion needs no decision and records none. Otherwise the challenger's
+    holds one for the evaluation's question, it is returned with ``decided_now`` False and
+    nothing moves, so a re-run or a retry cannot move the champion twice or rewrite the
+    reason (``champion_version`` is then the champion now). A challenger that already is
+    the champion needs no decision and records none. Otherwise a ``promotions`` row records the
+    decision either way and, on promotion, a ``champion_history`` change; after the commit the
     version gets the tags ``promotion`` (``promoted`` / ``rejected``) and
-    ``promotion_reason``, ``champion`` moves to it if the gates pass (the old champion keeps
-    ``previous-champion``), and a ``Promotion`` row records the decision either way.
+    ``promotion_reason``, and the MLflow aliases follow the history
+    (:func:`oceanml.champion_history.sync_alias`: ``champion`` moves to it, the old one keeps
+    ``previous-champion``).
 
     Returns:
-        ``promoted``, ``reason``, ``decided_now`` and ``champion_version`` (the champion after
-        the decision; "" before any).
+        ``promoted``, ``reason``, ``decided_now``, ``champion_version`` (the champion after the
+        decision; "" before any) and ``previous_version`` (the champion it was decided against).
     """
     challenger_v = evaluation["model_version"]
-    champ_v = evaluation.get("champion_version") or ""
-    if champ_v == challenger_v:
-        return {"promoted": False, "reason": f"v{challenger_v} is already the champion",
-                "decided_now": False, "champion_version": champ_v}
-    key = (Promotion.model_name == model, Promotion.challenger_version == challenger_v,
-           Promotion.champion_version == champ_v)
-    with sessions() as session:
-        row = session.scalar(select(Promotion).where(*key))
-        if row is not None:
-            return {"promoted": row.promoted, "reason": row.reason, "decided_now": False,
-                    "champion_version": challenger_v if row.promoted else champ_v}
+    with model_lock(sessions, model):
+        sync_alias(mlc, sessions, model)  # repairs a change whose alias move was cut short
+        champ_v = current_champion(sessions, mlc, model) or ""
+        asked = evaluation.get("champion_version") or ""
+        recorded = recorded_decision(sessions, model, challenger_v, asked)
+        if recorded is None and champ_v == challenger_v:
+            return {"promoted": False, "reason": f"v{challenger_v} is already the champion",
+                    "decided_now": False, "champion_version": champ_v,
+                    "previous_version": champ_v}
+        if recorded is None and champ_v != asked:
+            if reevaluate is None:
+                raise RuntimeError(f"{model}: the champion is v{champ_v or ' none'}, but the "
+                                   f"evaluation was made against v{asked or ' none'}")
+            evaluation, asked = reevaluate(champ_v or None), champ_v
+            recorded = recorded_decision(sessions, model, challenger_v, asked)
+        if recorded is not None:
+            return {"promoted": recorded.promoted, "reason": recorded.reason,
+                    "decided_now": False, "champion_version": champ_v,
+                    "previous_version": asked}
         decision = decide_promotion(evaluation["challenger"], evaluation.get("champion"), policy)
+        with sessions() as session:
+            session.add(Promotion(model_name=model, challenger_version=challenger_v,
+                                  champion_version=champ_v, promoted=decision.promote,
+                                  reason=decision.reason, flow_run_id=flow_run_id))
+            if decision.promote:
+                record_change(session, model, challenger_v, champ_v or None, "promote",
+                              decision.reason, decided_by=f"flow-run:{flow_run_id or '-'}")
+            session.commit()
         mlc.set_model_version_tag(model, challenger_v, "promotion",
                                   "promoted" if decision.promote else "rejected")
         mlc.set_model_version_tag(model, challenger_v, "promotion_reason", decision.reason)
-        if decision.promote:
-            set_champion(mlc, model, challenger_v)
-        session.add(Promotion(model_name=model, challenger_version=challenger_v,
-                              champion_version=champ_v, promoted=decision.promote,
-                              reason=decision.reason, flow_run_id=flow_run_id))
-        session.commit()
+        sync_alias(mlc, sessions, model)
     return {"promoted": decision.promote, "reason": decision.reason, "decided_now": True,
-            "champion_version": challenger_v if decision.promote else champ_v}
+            "champion_version": challenger_v if decision.promote else champ_v,
+            "previous_version": champ_v}
+
+
+def recorded_decision(sessions: sessionmaker, model: str, challenger: str, champion: str
+                      ) -> Promotion | None:
+    """The decision already made on ``challenger`` against ``champion``, if any."""
+    with sessions() as session:
+        return session.scalar(select(Promotion).where(
+            Promotion.model_name == model, Promotion.challenger_version == challenger,
+            Promotion.champion_version == champion))
+
+
+def change_champion(
+    sessions: sessionmaker,
+    mlc: MlflowClient,
+    model: str,
+    choose: Callable[[list[ChampionChange]], str],
+    *,
+    action: str,
+    reason: str,
+    decided_by: str,
+    forced: bool = False,
+) -> dict[str, Any]:
+    """Make ``choose(history)`` the champion, under the model's lock, without gates: what a
+    rollback and a forced promotion do. ``choose`` sees the history read under the lock and
+    raises ``ValueError`` (with what to do instead) when the move makes no sense."""
+    with model_lock(sessions, model):
+        sync_alias(mlc, sessions, model)
+        current_champion(sessions, mlc, model)  # adopts a pre-history alias
+        with sessions() as session:
+            changes = history(session, model)
+            version = choose(changes)
+            previous = changes[-1].version if changes else None
+            record_change(session, model, version, previous, action, reason, decided_by,
+                          forced)
+            session.commit()
+        sync_alias(mlc, sessions, model)
+    return {"model": model, "version": version, "previous_version": previous,
+            "action": action, "reason": reason, "forced": forced, "decided_by": decided_by}
+
+
+def rollback(sessions: sessionmaker, mlc: MlflowClient, model: str, to: str | None,
+             reason: str, decided_by: str) -> dict[str, Any]:
+    """Back to the champion before the current one, or to ``to`` if it was champion before."""
+    def choose(changes: list[ChampionChange]) -> str:
+        if not changes:
+            raise ValueError(f"{model} has no champion to roll back from")
+        current = changes[-1].version
+        if to is None:
+            if not changes[-1].previous_version:
+                raise ValueError(f"{model} v{current} is its first champion: nothing to roll "
+                                 "back to (promote a version with --force instead)")
+            return changes[-1].previous_version
+        if to == current:
+            raise ValueError(f"{model} v{to} is the champion already")
+        if to not in {c.version for c in changes}:
+            raise ValueError(f"{model} v{to} was never champion: `oceanml models promote` "
+                             "runs the gates for a new one")
+        return to
+
+    return change_champion(sessions, mlc, model, choose, action="rollback", reason=reason,
+                           decided_by=decided_by)
+
+
+def force_promote(sessions: sessionmaker, mlc: MlflowClient, model: str, version: str,
+                  reason: str, decided_by: str) -> dict[str, Any]:
+    """Make ``version`` champion without gates, recorded as forced with its reason."""
+    mlc.get_model_version(model, version)  # raises for a version the registry does not hold
+
+    def choose(changes: list[ChampionChange]) -> str:
+        if changes and changes[-1].version == version:
+            raise ValueError(f"{model} v{version} is the champion already")
+        return version
+
+    result = change_champion(sessions, mlc, model, choose, action="promote", reason=reason,
+                             decided_by=decided_by, forced=True)
+    mlc.set_model_version_tag(model, version, "promotion", "forced")
+    mlc.set_model_version_tag(model, version, "promotion_reason", reason)
+    return result
+
+
+def emit_champion_event(event: str, model: str, version: str, previous: str | None,
+                        reason: str) -> None:
+    """``oceanml.model.promoted`` / ``rolled_back``: model, version, previous and reason."""
+    emit_event(event=event,
+               resource={"prefect.resource.id": f"oceanml.model.{model}",
+                         "prefect.resource.name": model},
+               payload={"model": model, "version": version, "previous": previous or None,
+                        "reason": reason})
 
 
 @task(name="promote", retries=1, retry_delay_seconds=10)
@@ -162,17 +281,25 @@ def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     emits ``oceanml.model.promoted`` when the alias moved in this call (a reused decision
     emits nothing: its event went out when it was made).
     """
+    from models.zoo import get_spec
+    from tasks.dataset import local_dataset
+    from tasks.evaluate import evaluate
+
     settings = get_settings()
+    sessions, mlc = session_factory(settings.db_url), mlflow_client(settings)
     policy = load_policy(settings.project_dir.resolve() / "params.yaml", model)
-    result = promote(session_factory(settings.db_url), mlflow_client(settings), model,
-                     evaluation, policy, lineage.flow_run_id())
+    dataset = evaluation["dataset_version"]
+
+    def reevaluate(champion: str | None) -> dict[str, Any]:
+        return evaluate(sessions, mlc, get_spec(model), dataset, evaluation["model_version"],
+                        lambda: local_dataset(settings, model, dataset), lineage.flow_run_id(),
+                        champion_version=champion)
+
+    result = promote(sessions, mlc, model, evaluation, policy, lineage.flow_run_id(),
+                     reevaluate=reevaluate)
     if result["decided_now"] and result["promoted"]:
-        emit_event(event=PROMOTED_EVENT,
-                   resource={"prefect.resource.id": f"oceanml.model.{model}",
-                             "prefect.resource.name": model},
-                   payload={"version": evaluation["model_version"],
-                            "previous": evaluation.get("champion_version") or None,
-                            "reason": result["reason"]})
+        emit_champion_event(PROMOTED_EVENT, model, evaluation["model_version"],
+                            result["previous_version"], result["reason"])
     stage_logger("promote").info("promote: %s (%s)%s", result["promoted"], result["reason"],
                                  "" if result["decided_now"] else " (no new decision)")
     return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import subprocess
 from collections import Counter
@@ -114,6 +115,11 @@ def test_a_second_run_adds_nothing(runs) -> None:
 
 def printed_summary(flow_run_id: str) -> str:
     """The summary the nightly printed, as its ``nightly-summary`` artifact holds it."""
+    return run_artifact(flow_run_id, "nightly-summary").data
+
+
+def run_artifact(flow_run_id: str, key: str):
+    """The artifact ``key`` that the flow run made."""
     from uuid import UUID
 
     from prefect.client.orchestration import get_client
@@ -125,9 +131,9 @@ def printed_summary(flow_run_id: str) -> str:
 
     with get_client(sync_client=True) as client:
         [artifact] = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["nightly-summary"]),
+            key=ArtifactFilterKey(any_=[key]),
             flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)])))
-    return artifact.data
+    return artifact
 
 
 def test_the_summary_tells_each_stages_outcome(runs) -> None:
@@ -177,6 +183,13 @@ def test_the_champion_scored_every_observation_once(runs) -> None:
         with_image = s.scalar(select(func.count()).where(Observation.image_key.is_not(None)))
     assert with_image > 0
     assert rows == [(version, runs.flow_run_id, with_image)]  # all by the first night
+    with runs.sessions() as s:
+        labels = dict(s.execute(select(Prediction.label, func.count())
+                                .group_by(Prediction.label)).all())
+    table = json.loads(run_artifact(runs.flow_run_id, "score-distribution").data)
+    assert {r["class"]: r["count"] for r in table} == labels  # the UI's class distribution
+    progress = run_artifact(runs.flow_run_id, f"score-{MODEL}-progress")
+    assert progress.type == "progress" and float(progress.data) == 100.0
 
 
 def test_a_retrain_right_after_the_nightly_respects_the_cooldown_and_reuses(runs) -> None:

@@ -43,3 +43,35 @@ def test_ingest_and_enrich_on_postgres_are_idempotent(settings, pg_url) -> None:
     assert row.image_stats["brightness"] > 0 and row.labels is not None
     assert sensor.image_key is None and sensor.extra_readings == {"wind_knots": 12.0}
     assert sensor.ph == 8.1 and sensor.created_at is not None
+
+
+def test_scoring_on_postgres_writes_each_prediction_once(settings, pg_url) -> None:
+    """ON CONFLICT DO NOTHING ... RETURNING on PostgreSQL: a re-run and a racing run over the
+    same rows write nothing twice, and count what they found already written."""
+    from models.predictor import load_predictor
+    from oceanml.db import Prediction
+    from oceanml.registry import client, set_champion
+    from tasks.score import pending, score_model, score_rows
+    from tests.registered import SPEC, conv_net, register
+
+    settings.db_url = pg_url
+    sessions = session_factory(pg_url)
+    write_landing(filesystem(settings.landing_url),
+                  simulate(days=1, devices=3, per_day=10, end=END), faults=False)
+    ingest(settings, sessions, now=END)
+    with sessions() as s:
+        with_image = s.scalar(select(func.count()).where(Observation.image_key.is_not(None)))
+    mlc = client(settings)
+    set_champion(mlc, SPEC.name, register(mlc, settings, conv_net(1), "v1"))
+
+    first = score_model(sessions, mlc, settings, SPEC.name)
+    assert (first.scored, first.failed) == (with_image, {})
+    assert score_model(sessions, mlc, settings, SPEC.name).reason == "nothing left to score"
+    everything = pending(sessions, SPEC.name, "not-a-version")  # every observation with an image
+    racing = score_rows(sessions, load_predictor(mlc, SPEC.name, "1", device="cpu"), everything,
+                        filesystem(settings.lake_url), batch_size=7, workers=0, flow_run_id="b")
+    assert (racing.scored, racing.already) == (0, with_image)
+    with sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction)) == with_image
+        row = s.scalar(select(Prediction).limit(1))
+    assert row.scored_at.tzinfo is not None and set(row.probabilities) == set(SPEC.outputs)

@@ -37,3 +37,11 @@ def test_settings_masks_secrets(settings, monkeypatch) -> None:
 def test_an_unknown_dataset_version_is_a_clear_error(settings) -> None:
     result = runner.invoke(app, ["datasets", "show", "deadbeef"])
     assert result.exit_code == 2 and "no dataset version deadbeef" in result.output
+
+
+def test_serve_refuses_an_unknown_model_and_an_empty_registry(settings) -> None:
+    unknown = runner.invoke(app, ["serve", "--models", "kraken-detector"])
+    assert unknown.exit_code == 2 and "unknown model(s) kraken-detector" in unknown.output
+    empty = runner.invoke(app, ["serve"])
+    assert empty.exit_code == 2 and "no model has a champion yet" in empty.output
+

@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from models.zoo import get_spec
+from oceanml.champion_history import current_champion, history, record_change, sync_alias
 from oceanml.db import Promotion
 from oceanml.registry import (
     CHAMPION,
@@ -69,12 +70,26 @@ def aliases(mlc) -> dict[str, str | None]:
     return {a: str(v.version) if v else None for a, v in found.items()}
 
 
+def crown(sessions, mlc, version: str) -> None:
+    """Make ``version`` champion the way every change is made: history first, then alias."""
+    with sessions() as s:
+        record_change(s, MODEL, version, current_champion(sessions, mlc, MODEL), "promote",
+                      "by the test", "test")
+        s.commit()
+    sync_alias(mlc, sessions, MODEL)
+
+
+def changes(sessions) -> list[tuple]:
+    with sessions() as s:
+        return [(c.version, c.previous_version, c.action) for c in history(s, MODEL)]
+
+
 def test_a_first_model_above_the_floor_becomes_champion_once(sessions, mlc) -> None:
     before = tags(mlc, "1")
     first = promote(sessions, mlc, MODEL, evaluation("1", 0.7), POLICY, "run-1")
     reason = "no champion yet; macro_f1 0.700 passes the bar 0.500"
     assert first == {"promoted": True, "reason": reason, "decided_now": True,
-                     "champion_version": "1"}
+                     "champion_version": "1", "previous_version": ""}
     assert aliases(mlc) == {CHAMPION: "1", PREVIOUS: None}
     assert tags(mlc, "1") == {**before, "promotion": "promoted", "promotion_reason": reason}
     assert "promotion" not in tags(mlc, "2")
@@ -104,7 +119,7 @@ def test_a_rejection_is_tagged_and_recorded_and_the_alias_stays(sessions, mlc) -
     rejected = promote(sessions, mlc, MODEL, ev, POLICY, None)
     reason = "macro_f1 0.805 does not beat the champion's 0.800 by the margin 0.010"
     assert rejected == {"promoted": False, "reason": reason, "decided_now": True,
-                        "champion_version": "1"}
+                        "champion_version": "1", "previous_version": "1"}
     assert aliases(mlc) == {CHAMPION: "1", PREVIOUS: None}
     assert tags(mlc, "2")["promotion"] == "rejected"
     assert tags(mlc, "2")["promotion_reason"] == reason
@@ -121,7 +136,7 @@ def test_a_new_champion_makes_a_new_decision_for_the_same_challenger(sessions, m
     so v2 against v3 is a question not yet answered."""
     set_champion(mlc, MODEL, "1")
     promote(sessions, mlc, MODEL, evaluation("2", 0.805, "1", 0.8), POLICY, "run-1")
-    set_champion(mlc, MODEL, "3")
+    crown(sessions, mlc, "3")
     result = promote(sessions, mlc, MODEL, evaluation("2", 0.805, "3", 0.7), POLICY, "run-2")
     assert result["promoted"] and result["decided_now"]
     assert aliases(mlc) == {CHAMPION: "2", PREVIOUS: "3"}
@@ -133,14 +148,54 @@ def test_the_champion_itself_needs_no_decision_and_records_none(sessions, mlc) -
     recording = Recording(mlc)
     result = promote(sessions, recording, MODEL, evaluation("1", 0.9, "1"), POLICY, "run-1")
     assert result == {"promoted": False, "reason": "v1 is already the champion",
-                      "decided_now": False, "champion_version": "1"}
+                      "decided_now": False, "champion_version": "1", "previous_version": "1"}
     assert recording.writes == [] and rows(sessions) == []
 
 
 def test_below_the_floor_without_a_champion_leaves_no_champion(sessions, mlc) -> None:
     result = promote(sessions, mlc, MODEL, evaluation("1", 0.4), POLICY, "run-1")
     assert result == {"promoted": False, "reason": "macro_f1 0.400 is below the floor 0.500",
-                      "decided_now": True, "champion_version": ""}
+                      "decided_now": True, "champion_version": "", "previous_version": ""}
     assert aliases(mlc) == {CHAMPION: None, PREVIOUS: None}
     assert tags(mlc, "1")["promotion"] == "rejected"
     assert rows(sessions) == [(MODEL, "1", "", False, result["reason"], "run-1")]
+
+
+def test_every_change_is_in_the_history_and_the_alias_follows_it(sessions, mlc) -> None:
+    promote(sessions, mlc, MODEL, evaluation("1", 0.7), POLICY, "run-1")
+    promote(sessions, mlc, MODEL, evaluation("2", 0.9, "1", 0.7), POLICY, "run-2")
+    promote(sessions, mlc, MODEL, evaluation("3", 0.6, "2", 0.9), POLICY, "run-3")  # refused
+    assert changes(sessions) == [("1", None, "promote"), ("2", "1", "promote")]
+    assert aliases(mlc) == {CHAMPION: "2", PREVIOUS: "1"}
+
+
+def test_an_alias_left_behind_by_a_crash_is_repaired_by_the_next_promotion(sessions,
+                                                                          mlc) -> None:
+    promote(sessions, mlc, MODEL, evaluation("1", 0.7), POLICY, "run-1")
+    with sessions() as s:  # committed, then the process died before moving the alias
+        record_change(s, MODEL, "2", "1", "promote", "won", "flow-run:x")
+        s.commit()
+    assert aliases(mlc)[CHAMPION] == "1"
+    result = promote(sessions, mlc, MODEL, evaluation("3", 0.6, "2", 0.9), POLICY, "run-3")
+    assert not result["promoted"] and result["previous_version"] == "2"
+    assert aliases(mlc) == {CHAMPION: "2", PREVIOUS: "1"}
+
+
+def test_a_stale_evaluation_is_redone_against_the_champion_read_under_the_lock(sessions,
+                                                                             mlc) -> None:
+    """v3 was evaluated against v1, but v2 won meanwhile: v3 is judged against v2."""
+    promote(sessions, mlc, MODEL, evaluation("1", 0.7), POLICY, "run-1")
+    promote(sessions, mlc, MODEL, evaluation("2", 0.95, "1", 0.7), POLICY, "run-2")
+    stale = evaluation("3", 0.9, "1", 0.7)  # would beat v1
+    with pytest.raises(RuntimeError, match="champion is v2"):
+        promote(sessions, mlc, MODEL, stale, POLICY, "run-3")
+    asked = []
+
+    def reevaluate(champion):
+        asked.append(champion)
+        return evaluation("3", 0.9, champion, 0.95)
+
+    result = promote(sessions, mlc, MODEL, stale, POLICY, "run-3", reevaluate=reevaluate)
+    assert asked == ["2"] and not result["promoted"]
+    assert "does not beat the champion's 0.950" in result["reason"]
+    assert aliases(mlc)[CHAMPION] == "2" and rows(sessions)[-1][1:4] == ("3", "2", False)

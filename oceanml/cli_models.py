@@ -1,0 +1,244 @@
+"""``oceanml models``: read, challenge and undo which version serves.
+
+The champion history in the metadata DB is the source of truth; each command that reads it
+first lets the MLflow alias catch up (:func:`oceanml.champion_history.sync_alias`). Every
+command takes ``--json`` for scripts; a refused promotion exits 1 with the reason.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(help="Champions, versions and decisions; promote by hand and roll back.",
+                  no_args_is_help=True)
+JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _context() -> tuple[Any, Any, Any]:
+    from oceanml.db import session_factory
+    from oceanml.registry import client
+    from oceanml.settings import get_settings
+
+    settings = get_settings()
+    return settings, session_factory(settings.db_url), client(settings)
+
+
+def _emit(doc: Any, as_json: bool, lines: list[str]) -> None:
+    typer.echo(json.dumps(doc, indent=2, default=str) if as_json else "\n".join(lines))
+
+
+def _who() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in a bare container
+        return "cli:unknown"
+
+
+def _model(name: str) -> str:
+    from models.zoo import ZOO
+
+    if name not in ZOO:
+        raise typer.BadParameter(f"unknown model {name!r}; the zoo has {', '.join(ZOO)}")
+    return name
+
+
+def _change(c: Any) -> dict[str, Any]:
+    return {"version": c.version, "previous_version": c.previous_version, "action": c.action,
+            "forced": c.forced, "reason": c.reason, "decided_by": c.decided_by,
+            "at": c.created_at.isoformat()}
+
+
+def _decision(p: Any) -> dict[str, Any]:
+    return {"challenger_version": p.challenger_version,
+            "champion_version": p.champion_version or None, "promoted": p.promoted,
+            "reason": p.reason, "flow_run_id": p.flow_run_id, "at": p.created_at.isoformat()}
+
+
+@app.command("list")
+def list_models(as_json: JsonFlag = False) -> None:
+    """Every model: champion, previous champion, versions, last decision."""
+    from sqlalchemy import select
+
+    from models.zoo import ZOO
+    from oceanml.champion_history import current_champion, head, sync_alias
+    from oceanml.db import Promotion
+
+    _, sessions, mlc = _context()
+    out = []
+    for name in ZOO:
+        champion = current_champion(sessions, mlc, name)
+        sync_alias(mlc, sessions, name)
+        with sessions() as s:
+            latest = head(s, name)
+            decision = s.scalar(select(Promotion).where(Promotion.model_name == name)
+                                .order_by(Promotion.id.desc()).limit(1))
+        versions = mlc.search_model_versions(f"name = '{name}'")
+        out.append({"name": name, "champion": champion,
+                    "previous": latest.previous_version if latest else None,
+                    "versions": sorted(int(v.version) for v in versions),
+                    "last_decision": _decision(decision) if decision else None})
+    _emit(out, as_json, [
+        f"{m['name']:20} champion {('v' + m['champion']) if m['champion'] else '-':6} "
+        f"previous {('v' + m['previous']) if m['previous'] else '-':6} "
+        f"versions {len(m['versions'])}"
+        + (f"  last: v{m['last_decision']['challenger_version']} "
+           f"{'promoted' if m['last_decision']['promoted'] else 'refused'}: "
+           f"{m['last_decision']['reason']}" if m["last_decision"] else "")
+        for m in out])
+
+
+@app.command()
+def show(name: str, as_json: JsonFlag = False) -> None:
+    """Versions of NAME with their lineage and the decisions taken on them."""
+    from sqlalchemy import select
+
+    from oceanml.champion_history import current_champion
+    from oceanml.db import Promotion
+
+    _, sessions, mlc = _context()
+    name = _model(name)
+    champion = current_champion(sessions, mlc, name)
+    with sessions() as s:
+        decisions = s.scalars(select(Promotion).where(Promotion.model_name == name)
+                              .order_by(Promotion.id)).all()
+    versions = []
+    for v in sorted(mlc.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
+        tags = v.tags or {}
+        versions.append({
+            "version": str(v.version), "champion": str(v.version) == champion,
+            "dataset_version": tags.get("dataset_version"), "git_commit": tags.get("git_commit"),
+            "prefect_flow_run_id": tags.get("prefect_flow_run_id"), "run_id": v.run_id,
+            "promotion": tags.get("promotion"),
+            "decisions": [_decision(d) for d in decisions
+                          if d.challenger_version == str(v.version)]})
+    _emit({"name": name, "champion": champion, "versions": versions}, as_json, [
+        f"v{v['version']:4}{' (champion)' if v['champion'] else '':12} dataset "
+        f"{v['dataset_version'] or '-'} commit {(v['git_commit'] or '-')[:12]} "
+        f"{v['promotion'] or ''}"
+        + "".join(f"\n      vs v{d['champion_version'] or '-'}: "
+                  f"{'promoted' if d['promoted'] else 'refused'}: {d['reason']}"
+                  for d in v["decisions"])
+        for v in versions])
+
+
+@app.command("history")
+def history_cmd(name: str, as_json: JsonFlag = False) -> None:
+    """Every change of NAME's champion: when, to what, by what, why."""
+    from oceanml.champion_history import current_champion, history
+
+    _, sessions, mlc = _context()
+    name = _model(name)
+    current_champion(sessions, mlc, name)
+    with sessions() as s:
+        changes = [_change(c) for c in history(s, name)]
+    _emit(changes, as_json, [
+        f"{c['at'][:19]} {c['action']:8} v{c['previous_version'] or '-'} -> v{c['version']}"
+        f"{' (forced)' if c['forced'] else ''} by {c['decided_by']}: {c['reason']}"
+        for c in changes] or [f"{name} has had no champion"])
+
+
+@app.command()
+def promote(
+    name: str,
+    version: str,
+    force: Annotated[bool, typer.Option(help="Skip the gates (recorded as forced).")] = False,
+    reason: Annotated[str, typer.Option(help="Why; required with --force.")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Make VERSION champion if it passes the gates (at once with --force, recorded as forced).
+
+    The gates compare it with the current champion on the test split of its own dataset."""
+    from tasks.promote import PROMOTED_EVENT
+
+    settings, sessions, mlc = _context()
+    name = _model(name)
+    if force:
+        if not reason:
+            raise typer.BadParameter("--force needs --reason: the history keeps it")
+        result = _guarded(lambda: _force(sessions, mlc, name, version, reason))
+        _announce(PROMOTED_EVENT, result)
+        _emit(result, as_json, [f"{name} v{version} is champion (forced): {reason}"])
+        return
+    result = _guarded(lambda: _gated(settings, sessions, mlc, name, version))
+    if result["promoted"] and result["decided_now"]:
+        _announce(PROMOTED_EVENT, {"model": name, "version": version,
+                                   "previous_version": result["previous_version"],
+                                   "reason": result["reason"]})
+    _emit({"model": name, "version": version, **result}, as_json,
+          [f"{name} v{version}: {'PROMOTED' if result['promoted'] else 'refused'} - "
+           f"{result['reason']}"])
+    if not result["promoted"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def rollback(
+    name: str,
+    to: Annotated[str | None, typer.Option(help="A version that was champion before.")] = None,
+    reason: Annotated[str, typer.Option(help="Why.")] = "rolled back by hand",
+    as_json: JsonFlag = False,
+) -> None:
+    """Back to the previous champion, or to --to VERSION if it was champion before."""
+    from tasks.promote import ROLLED_BACK_EVENT
+    from tasks.promote import rollback as do_rollback
+
+    _, sessions, mlc = _context()
+    name = _model(name)
+    result = _guarded(lambda: do_rollback(sessions, mlc, name, to, reason, _who()))
+    _announce(ROLLED_BACK_EVENT, result)
+    _emit(result, as_json, [f"{name}: v{result['previous_version']} -> v{result['version']} "
+                            f"(rollback): {reason}"])
+
+
+def _guarded(action: Any) -> Any:
+    """Run ``action``; a refusal (ValueError, unknown version) is a usage error, not a trace."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return action()
+    except (ValueError, LookupError, MlflowException) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _force(sessions: Any, mlc: Any, name: str, version: str, reason: str) -> dict[str, Any]:
+    from tasks.promote import force_promote
+
+    return force_promote(sessions, mlc, name, version, reason, _who())
+
+
+def _gated(settings: Any, sessions: Any, mlc: Any, name: str, version: str) -> dict[str, Any]:
+    """Evaluate VERSION against the champion on its dataset's test split, then the gates."""
+    from models.zoo import get_spec
+    from tasks.dataset import local_dataset
+    from tasks.evaluate import CURRENT, evaluate
+    from tasks.promote import load_policy
+    from tasks.promote import promote as gated_promote
+
+    dataset = (mlc.get_model_version(name, version).tags or {}).get("dataset_version")
+    if not dataset:
+        raise ValueError(f"{name} v{version} has no dataset_version tag: nothing to evaluate "
+                         "it on (use --force with a --reason)")
+
+    def evaluation(champion: Any = CURRENT) -> dict[str, Any]:
+        return evaluate(sessions, mlc, get_spec(name), dataset, version,
+                        lambda: local_dataset(settings, name, dataset), None,
+                        champion_version=champion)
+
+    policy = load_policy(settings.project_dir.resolve() / "params.yaml", name)
+    return gated_promote(sessions, mlc, name, evaluation(), policy, None, reevaluate=evaluation)
+
+
+def _announce(event: str, result: dict[str, Any]) -> None:
+    """Emit the event where a Prefect API listens; the embedded default has none."""
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        return
+    from tasks.promote import emit_champion_event
+
+    emit_champion_event(event, result["model"], result["version"], result["previous_version"],
+                        result["reason"])
