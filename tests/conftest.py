@@ -23,6 +23,7 @@ from oceanml.store import filesystem  # noqa: E402
 from tasks.dataset import select_manifest, write_manifest  # noqa: E402
 from tasks.ingest import ingest  # noqa: E402
 from tasks.shards import DatasetParams, build  # noqa: E402
+from tests.postgres import throwaway_database  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET_END = datetime(2026, 11, 20, tzinfo=UTC)
@@ -71,3 +72,15 @@ def dataset(settings, sessions, tmp_path) -> Path:
     write_manifest(select_manifest(sessions, "plastic-detector").frame, tmp_path / "m.csv")
     build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams("plastic-detector", 32), settings)
     return tmp_path / "ds"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A database of the test's own on the server ``OCEANML_TEST_PG_URL`` names, dropped after."""
+    url = os.environ.get("OCEANML_TEST_PG_URL")
+    if not url:
+        if os.environ.get("OCEANML_REQUIRE_PG"):
+            pytest.fail("OCEANML_REQUIRE_PG is set but OCEANML_TEST_PG_URL is not")
+        pytest.skip("set OCEANML_TEST_PG_URL (bash .ci/start-postgres.sh prints one)")
+    with throwaway_database(url) as database_url:
+        yield database_url
