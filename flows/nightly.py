@@ -15,6 +15,7 @@ from tasks.enrich import enrich_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.promote import promote_task
+from tasks.score import distribution_task
 from tasks.summary import summary_task
 
 
@@ -31,6 +32,8 @@ def nightly(
     evaluation = evaluate_task(model, dataset["version"], train["model_version"])
     promote = promote_task(model, evaluation, wait_for=[drift])
     scored = score_step(model)
+    if scored.get("version"):
+        distribution_task({model: scored["version"]})
     results = {"ingest": ingest, "enrich": enrich, "dataset": dataset, "train": train,
                "evaluate": evaluation, "drift": drift.result(), "promote": promote,
                "score": scored}

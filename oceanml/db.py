@@ -300,7 +300,8 @@ def insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]]) 
         from sqlalchemy.dialects.sqlite import insert
     else:
         raise NotImplementedError(f"insert_new: no ON CONFLICT for {dialect}")
-    statement = insert(model).on_conflict_do_nothing().returning(model.id)
+    key = model.__table__.primary_key.columns
+    statement = insert(model).on_conflict_do_nothing().returning(*key)
     return len(session.execute(statement, rows).all())  # RETURNING names only rows inserted
 
 
