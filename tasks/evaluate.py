@@ -190,10 +190,16 @@ def predict(net: Any, dataset_dir: Path, spec: ModelSpec, batch_size: int = 256)
 
 
 def report_for(net: Any, dataset_dir: Path, spec: ModelSpec) -> dict[str, Any]:
+    """The report of ``net`` on the test split, with its per-example ``examples`` (labels and
+    predictions in shard order), which the promotion gate pairs across two models."""
     truth, preds, slices = predict(net, dataset_dir, spec)
     if spec.task == "classification":
-        return score(truth, preds, spec.outputs, slices)
-    return regression_score(truth, preds, spec.outputs)
+        report = score(truth, preds, spec.outputs, slices)
+    else:
+        report = regression_score(truth, preds, spec.outputs)
+    report["examples"] = {"y_true": np.asarray(truth).tolist(),
+                          "y_pred": np.asarray(preds).tolist()}
+    return report
 
 
 def confusion_figure(report: dict[str, Any], title: str) -> Any:

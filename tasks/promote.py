@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import yaml
 from prefect import task
 from prefect.events import emit_event
@@ -46,6 +47,8 @@ class PromotionPolicy:
     floor: float = 0.5  # for a lower-is-better metric, the worst value allowed
     margin: float = 0.01
     max_slice_drop: float = 0.10
+    confidence: float = 0.9  # the gain must clear the margin at this one-sided confidence
+    bootstrap_samples: int = 2000
 
     def gain(self, new: float, old: float) -> float:
         """How much better ``new`` is than ``old`` (negative when worse), in either direction."""
@@ -61,10 +64,15 @@ class Decision:
 def decide_promotion(
     challenger: dict[str, Any], champion: dict[str, Any] | None, policy: PromotionPolicy
 ) -> Decision:
-    """Floor, then improvement over the champion by a margin, then no slice regressing too far.
+    """Floor, then a gain over the champion that clears the margin, then no slice regressing
+    too far.
 
-    ``challenger`` / ``champion`` are evaluation reports (``overall`` and ``slices``) on the
-    same test split.
+    ``challenger`` / ``champion`` are evaluation reports (``overall``, ``slices`` and, from
+    :func:`tasks.evaluate.report_for`, the per-example ``examples``) on the same test split.
+    With the examples, the gain must clear the margin at ``policy.confidence``: the lower
+    bound of a paired bootstrap of the challenger-minus-champion difference
+    (:func:`gain_lower_bound`), so a gain inside the noise of a small split is no gain. Reports
+    without examples (recorded before they were kept) are judged on the point gain.
     """
     m = policy.metric
     value = challenger["overall"][m]
@@ -74,17 +82,69 @@ def decide_promotion(
     if champion is None:
         return Decision(True, f"no champion yet; {m} {value:.3f} passes the bar {policy.floor:.3f}")
     best = champion["overall"][m]
-    if policy.gain(value, best) < policy.margin:
+    gain = policy.gain(value, best)
+    low = gain_lower_bound(challenger, champion, policy)
+    if low is None and gain < policy.margin:
         return Decision(False, f"{m} {value:.3f} does not beat the champion's {best:.3f} by the "
                                f"margin {policy.margin:.3f}")
+    if low is not None and low <= policy.margin:  # the gain must exceed it
+        return Decision(False, f"{m} {value:.3f} against the champion's {best:.3f}: gain "
+                               f"{gain:.3f}, {policy.confidence:.0%} lower bound {low:.3f} does "
+                               f"not clear the margin {policy.margin:.3f}")
     for name, ref in champion.get("slices", {}).items():
         mine = challenger.get("slices", {}).get(name)
         if mine is not None and -policy.gain(mine[m], ref[m]) > policy.max_slice_drop:
             return Decision(False, f"slice {name} regresses {ref[m]:.3f} -> {mine[m]:.3f} "
                                    f"(more than {policy.max_slice_drop:.2f})")
+    bound = f" ({policy.confidence:.0%} lower bound {low:.3f})" if low is not None else ""
     return Decision(True, f"{m} {value:.3f} beats the champion's {best:.3f} by "
-                          f"{policy.gain(value, best):.3f} with no slice regressing past "
+                          f"{gain:.3f}{bound} with no slice regressing past "
                           f"{policy.max_slice_drop:.2f}")
+
+
+def sample_metric(metric: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """``metric`` of one (re)sample, as :mod:`tasks.evaluate` defines it (macro-F1 over the
+    classes present in the labels), in plain numpy: the bootstrap computes it thousands of
+    times."""
+    if metric == "accuracy":
+        return float((y_true == y_pred).mean())
+    if metric == "macro_f1":
+        cm = np.bincount(y_true * n_classes + y_pred,
+                         minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+        support, predicted = cm.sum(axis=1), cm.sum(axis=0)
+        f1 = 2 * np.diag(cm) / np.maximum(support + predicted, 1)
+        present = support > 0
+        return float(f1[present].mean()) if present.any() else 0.0
+    if metric == "mae":
+        return float(np.abs(y_true - y_pred).mean())
+    if metric == "rmse":
+        return float(np.sqrt(((y_true - y_pred) ** 2).mean()))
+    raise KeyError(metric)
+
+
+def gain_lower_bound(challenger: dict[str, Any], champion: dict[str, Any],
+                     policy: PromotionPolicy) -> float | None:
+    """The ``policy.confidence`` one-sided lower bound of the challenger's gain over the
+    champion, by a paired bootstrap over the same test examples (both models resampled with
+    the same indices). None when the reports lack examples, are not on the same labels, or
+    the metric has no per-sample form here (R2)."""
+    a, b = challenger.get("examples"), champion.get("examples")
+    if not a or not b or policy.metric not in ("accuracy", "macro_f1", "mae", "rmse"):
+        return None
+    y_true = np.asarray(a["y_true"])
+    if y_true.shape != np.asarray(b["y_true"]).shape or (y_true != np.asarray(b["y_true"])).any():
+        return None  # not the same split: no pairing
+    if len(y_true) < 2:
+        return None
+    mine, theirs = np.asarray(a["y_pred"]), np.asarray(b["y_pred"])
+    n_classes = len(challenger.get("classes") or []) or int(y_true.max()) + 1
+    rng = np.random.default_rng(0)  # the same decision for the same reports
+    gains = np.empty(policy.bootstrap_samples)
+    for k in range(policy.bootstrap_samples):
+        idx = rng.integers(0, len(y_true), len(y_true))
+        gains[k] = policy.gain(sample_metric(policy.metric, y_true[idx], mine[idx], n_classes),
+                               sample_metric(policy.metric, y_true[idx], theirs[idx], n_classes))
+    return float(np.quantile(gains, 1.0 - policy.confidence))
 
 
 def load_policy(params_file: Path, model: str) -> PromotionPolicy:

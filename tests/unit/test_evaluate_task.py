@@ -50,7 +50,9 @@ def expected(dataset: Path, label: str) -> dict[str, Any]:
     truth = [SPEC.outputs.index(x) for x in test["label"]]
     slices = {"device_type": test["device_type"],
               "tag": [t.split(",") if t else [] for t in test["llm_tags"]]}
-    return score(truth, [SPEC.outputs.index(label)] * len(truth), SPEC.outputs, slices)
+    preds = [SPEC.outputs.index(label)] * len(truth)
+    return {**score(truth, preds, SPEC.outputs, slices),
+            "examples": {"y_true": truth, "y_pred": preds}}  # in shard order, for pairing
 
 
 def rows(sessions) -> list[Evaluation]:

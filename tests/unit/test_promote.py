@@ -137,3 +137,83 @@ def test_the_repository_params_yaml_loads_for_every_model() -> None:
     water = load_policy(params, "water-quality")
     assert (water.metric, water.higher_is_better) == ("mae", False)
     assert water.max_slice_drop == defaults.max_slice_drop
+
+
+def examples_report(metric: str, y_true, y_pred, classes=("a", "b", "c")) -> dict:
+    """A report as ``report_for`` writes it: overall metric, no slices, the examples."""
+    import numpy as np
+
+    from tasks.promote import sample_metric
+
+    t, p = np.asarray(y_true), np.asarray(y_pred)
+    return {"overall": {metric: sample_metric(metric, t, p, len(classes))}, "slices": {},
+            "classes": list(classes),
+            "examples": {"y_true": t.tolist(), "y_pred": p.tolist()}}
+
+
+def answers(y_true: list[int], right: int) -> list[int]:
+    """The labels, with every example past the first ``right`` answered wrongly."""
+    return [y if i < right else (y + 1) % 3 for i, y in enumerate(y_true)]
+
+
+LABELS = [i % 3 for i in range(60)]  # a small split: 60 examples, 3 classes
+BOOTSTRAP = [
+    # (case, metric, champion right, challenger right, margin, promoted)
+    ("one more right of 60 is inside the noise", "accuracy", 40, 41, 0.0, False),
+    ("a third more right is a gain", "accuracy", 30, 50, 0.01, True),
+    ("macro-F1: one more right is noise", "macro_f1", 40, 41, 0.0, False),
+    ("macro-F1: clearly better", "macro_f1", 20, 55, 0.01, True),
+    ("clearly better, but not by a margin of 0.5", "accuracy", 30, 50, 0.5, False),
+    ("worse is refused", "accuracy", 50, 30, 0.0, False),
+]
+
+
+@pytest.mark.parametrize(("case", "metric", "old", "new", "margin", "promoted"), BOOTSTRAP,
+                         ids=[c[0] for c in BOOTSTRAP])
+def test_the_gain_must_clear_the_margin_with_confidence(case, metric, old, new, margin,
+                                                        promoted) -> None:
+    policy = PromotionPolicy(metric=metric, floor=0.0, margin=margin, max_slice_drop=1.0)
+    champion = examples_report(metric, LABELS, answers(LABELS, old))
+    challenger = examples_report(metric, LABELS, answers(LABELS, new))
+    decision = decide_promotion(challenger, champion, policy)
+    assert decision.promote is promoted, decision.reason
+    assert "lower bound" in decision.reason
+
+
+def test_the_bound_sits_below_the_point_gain_and_is_reproducible() -> None:
+    from tasks.promote import gain_lower_bound
+
+    policy = PromotionPolicy(metric="accuracy", floor=0.0, margin=0.0)
+    champion = examples_report("accuracy", LABELS, answers(LABELS, 40))
+    challenger = examples_report("accuracy", LABELS, answers(LABELS, 48))
+    low = gain_lower_bound(challenger, champion, policy)
+    assert 0.0 < low < 8 / 60 and low == gain_lower_bound(challenger, champion, policy)
+    assert gain_lower_bound(challenger, champion,
+                            PromotionPolicy(metric="accuracy", confidence=0.99)) < low
+
+
+def test_a_regression_gain_is_bootstrapped_on_mae() -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    truth = rng.uniform(0, 1, (50, 2))
+    near, far = truth + rng.normal(0, 0.02, truth.shape), truth + rng.normal(0, 0.2, truth.shape)
+    policy = PromotionPolicy(metric="mae", higher_is_better=False, floor=1.0, margin=0.002)
+
+    def rep(pred):
+        return {"overall": {"mae": float(np.abs(pred - truth).mean())}, "slices": {},
+                "examples": {"y_true": truth.tolist(), "y_pred": pred.tolist()}}
+
+    assert decide_promotion(rep(near), rep(far), policy).promote
+    assert not decide_promotion(rep(far), rep(near), policy).promote
+    slightly = near + rng.normal(0, 0.001, truth.shape)
+    assert not decide_promotion(rep(slightly), rep(near), policy).promote
+
+
+def test_reports_on_different_splits_fall_back_to_the_point_gain() -> None:
+    policy = PromotionPolicy(metric="accuracy", floor=0.0, margin=0.01)
+    champion = examples_report("accuracy", LABELS, answers(LABELS, 40))
+    other = list(reversed(LABELS))
+    challenger = examples_report("accuracy", other, answers(other, 41))
+    decision = decide_promotion(challenger, champion, policy)
+    assert decision.promote and "lower bound" not in decision.reason
