@@ -117,6 +117,7 @@ def score(
         for i, name in enumerate(classes)
     }
     by_slice: dict[str, dict[str, float]] = {}
+    small: dict[str, int] = {}  # slices too small to score, with their size
     for family, values in (slices or {}).items():
         members: dict[str, list[int]] = {}
         for index, value in enumerate(values):
@@ -126,8 +127,10 @@ def score(
             if len(idx) >= MIN_SLICE:
                 m = classification_metrics(y_true[idx], y_pred[idx], len(classes))
                 by_slice[name] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+            else:
+                small[name] = len(idx)
     return {"overall": overall, "per_class": per_class, "slices": by_slice,
-            "confusion": confusion.tolist(), "classes": list(classes)}
+            "small_slices": small, "confusion": confusion.tolist(), "classes": list(classes)}
 
 
 def regression_score(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str]) -> dict:
@@ -223,6 +226,34 @@ def confusion_figure(report: dict[str, Any], title: str) -> Any:
     return fig
 
 
+def regression_figures(report: dict[str, Any], spec: ModelSpec, version: str) -> dict[str, Any]:
+    """Predicted against true (one panel per target, the diagonal drawn) and the residuals'
+    histogram per target, from the report's per-example ``examples``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    truth = np.asarray(report["examples"]["y_true"], dtype=float).reshape(-1, spec.num_outputs)
+    preds = np.asarray(report["examples"]["y_pred"], dtype=float).reshape(-1, spec.num_outputs)
+    k = spec.num_outputs
+    scatter, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
+    residual, raxes = plt.subplots(1, k, figsize=(3.2 * k, 2.8), squeeze=False)
+    for i, target in enumerate(spec.outputs):
+        ax = axes[0][i]
+        ax.scatter(truth[:, i], preds[:, i], s=8, alpha=0.6)
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
+        ax.set_title(target, fontsize=9)
+        ax.set_xlabel("true")
+        ax.set_ylabel("predicted")
+        raxes[0][i].hist(preds[:, i] - truth[:, i], bins=20)
+        raxes[0][i].set_title(f"{target}: predicted - true", fontsize=9)
+    scatter.suptitle(f"{spec.name} v{version} (test)")
+    for fig in (scatter, residual):
+        fig.tight_layout()
+    return {"predicted_vs_true": scatter, "residuals": residual}
+
+
 @dataclass
 class EvalOutcome:
     challenger: dict[str, Any]
@@ -246,12 +277,20 @@ def evaluate_versions(
     artifacts = {"report": "evaluation/report.json"}
     mlc.log_dict(run_id, {"challenger": challenger, "champion": champion,
                           "champion_version": champion_version}, artifacts["report"])
-    if "confusion" in challenger:
-        import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
 
-        fig = confusion_figure(challenger, f"{spec.name} v{challenger_version} (test)")
-        artifacts["confusion_matrix"] = "evaluation/confusion_matrix.png"
-        mlc.log_figure(run_id, fig, artifacts["confusion_matrix"])
+    figures = {}
+    if "confusion" in challenger:
+        figures["confusion_matrix"] = confusion_figure(
+            challenger, f"{spec.name} v{challenger_version} (challenger, test)")
+        if champion is not None:
+            figures["confusion_matrix_champion"] = confusion_figure(
+                champion, f"{spec.name} v{champion_version} (champion, same split)")
+    else:
+        figures.update(regression_figures(challenger, spec, challenger_version))
+    for name, fig in figures.items():
+        artifacts[name] = f"evaluation/{name}.png"
+        mlc.log_figure(run_id, fig, artifacts[name])
         plt.close(fig)
     for name, value in challenger["overall"].items():
         mlc.log_metric(run_id, f"eval/{name}", float(value))
@@ -308,34 +347,65 @@ def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def evaluation_markdown(model: str, outcome: dict[str, Any]) -> str:
-    """The evaluation report: overall, per class or target and the weakest slices."""
-    challenger, champion = outcome["challenger"], outcome.get("champion")
+def _pair(mine: Any, theirs: Any) -> str:
+    """``challenger / champion`` for a table cell; ``-`` for what a report lacks."""
+    return " / ".join(_fmt(v) if v is not None else "-" for v in (mine, theirs))
+
+
+def evaluation_markdown(model: str, outcome: dict[str, Any], link: str = "") -> str:
+    """The evaluation report, challenger and champion side by side: overall (with the
+    difference), per class or per target, every scored slice with its size, the slices too
+    small to score, and where the plots are (``link``: the challenger's MLflow run)."""
+    challenger, champion = outcome["challenger"], outcome.get("champion") or {}
     champ_v = outcome.get("champion_version")
     lines = [f"# Evaluation of `{model}` v{outcome['model_version']}",
              f"Test split of dataset `{outcome['dataset_version']}`; champion: "
-             + (f"v{champ_v}" if champ_v else "none"), "",
-             "| metric | challenger | champion |", "|---|---|---|"]
+             + (f"v{champ_v}" if champ_v else "none") + ". Cells read challenger / champion.",
+             "", "| metric | challenger | champion | difference |", "|---|---|---|---|"]
     for name, value in challenger["overall"].items():
-        other = champion["overall"].get(name) if champion else None
-        lines.append(f"| {name} | {_fmt(value)} | {_fmt(other) if other is not None else '-'} |")
-    if "per_class" in challenger:
-        lines += ["", "| class | precision | recall | f1 | support |", "|---|---|---|---|---|"]
-        for name, m in challenger["per_class"].items():
-            lines.append(f"| {name} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} "
-                         f"| {m['support']} |")
-    if "per_target" in challenger:
-        lines += ["", "| target | mae | rmse | r2 |", "|---|---|---|---|"]
-        lines += [f"| {name} | " + " | ".join(_fmt(m[k]) if k in m else "-"  # older: mae only
-                                              for k in ("mae", "rmse", "r2")) + " |"
-                  for name, m in challenger["per_target"].items()]
-    worst = sorted(challenger["slices"].items(), key=lambda kv: kv[1].get("macro_f1", 0))[:8]
-    if worst:
-        lines += ["", "Weakest slices:", "", "| slice | n | accuracy | macro_f1 |",
+        other = champion.get("overall", {}).get(name)
+        diff = value - other if isinstance(value, float) and other is not None else None
+        lines.append(f"| {name} | {_fmt(value)} | {_fmt(other) if other is not None else '-'} "
+                     f"| {f'{diff:+.3f}' if diff is not None else '-'} |")
+    for section, label, keys in (("per_class", "class", ("precision", "recall", "f1")),
+                                 ("per_target", "target", ("mae", "rmse", "r2"))):
+        if section not in challenger:
+            continue
+        theirs = champion.get(section, {})
+        extra = " support |" if section == "per_class" else ""
+        lines += ["", f"| {label} |{extra} " + " | ".join(keys) + " |",
+                  "|---|" + "---|" * (len(keys) + bool(extra))]
+        for name, m in challenger[section].items():
+            other = theirs.get(name, {})
+            cells = [_pair(m.get(k), other.get(k)) for k in keys]
+            support = f" {m['support']} |" if extra else ""
+            lines.append(f"| {name} |{support} " + " | ".join(cells) + " |")
+    theirs = champion.get("slices", {})
+    ordered = sorted(challenger.get("slices", {}).items(),
+                     key=lambda kv: kv[1].get("macro_f1", 0))
+    if ordered:
+        lines += ["", "Slices, weakest first:", "", "| slice | n | accuracy | macro_f1 |",
                   "|---|---|---|---|"]
-        lines += [f"| {name} | {m['n']} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} |"
-                  for name, m in worst]
+        lines += [f"| {name} | {m['n']} | {_pair(m['accuracy'], theirs.get(name, {}).get('accuracy'))} "
+                  f"| {_pair(m['macro_f1'], theirs.get(name, {}).get('macro_f1'))} |"
+                  for name, m in ordered]
+    small = challenger.get("small_slices") or {}
+    if small:
+        lines += ["", f"Too few examples to score (under {MIN_SLICE}): "
+                  + ", ".join(f"{name} ({n})" for name, n in sorted(small.items()))]
+    if link:
+        lines += ["", f"Plots and the full report: {link}"]
     return "\n".join(lines)
+
+
+def run_link(mlc: MlflowClient, model: str, version: str, uri: str) -> str:
+    """Where the challenger's evaluation plots are: its MLflow run, as a URL when the
+    tracking server is one."""
+    run_id = mlc.get_model_version(model, version).run_id
+    if uri.startswith(("http://", "https://")):
+        experiment = mlc.get_run(run_id).info.experiment_id
+        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id} (artifacts `evaluation/`)"
+    return f"MLflow run `{run_id}`, artifacts `evaluation/` (`mlflow ui --backend-store-uri {uri}`)"
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=10)
@@ -350,7 +420,8 @@ def evaluate_task(model: str, dataset_version: str, model_version: str) -> dict[
                       dataset_version, model_version,
                       lambda: local_dataset(settings, model, dataset_version),
                       lineage.flow_run_id())
-    create_markdown_artifact(evaluation_markdown(model, result), key=f"evaluation-{model}",
+    link = run_link(mlflow_client(settings), model, model_version, settings.mlflow_tracking_uri)
+    create_markdown_artifact(evaluation_markdown(model, result, link), key=f"evaluation-{model}",
                              description="challenger vs champion on the test split")
     stage_logger("evaluate").info(
         "evaluate: %s v%s against champion %s on %s%s: %s", model, model_version,

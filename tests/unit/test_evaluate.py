@@ -124,9 +124,41 @@ def test_the_markdown_shows_every_target_and_older_reports_without_rmse() -> Non
         "model_version": "2", "champion_version": "1", "dataset_version": "d",
         "challenger": report, "champion": older})
     assert "| target | mae | rmse | r2 |" in text
-    assert "| b | 0.667 | 0.816 | -2.000 |" in text
-    assert "| mae | 0.417 | 0.200 |" in text and "| rmse | 0.612 | - |" in text
+    assert "| b | 0.667 / 0.300 | 0.816 / - | -2.000 / - |" in text  # challenger / champion
+    assert "| mae | 0.417 | 0.200 | +0.217 |" in text and "| rmse | 0.612 | - | - |" in text
     older_text = evaluation_markdown("water-quality", {
         "model_version": "1", "champion_version": None, "dataset_version": "d",
         "challenger": older, "champion": None})
-    assert "| a | 0.100 | - | - |" in older_text
+    assert "| a | 0.100 / - | - / - | - / - |" in older_text
+
+
+def test_the_markdown_sets_classes_and_slices_side_by_side_and_lists_small_slices() -> None:
+    classes = ("none", "light", "severe")
+    truth = [0] * 6 + [1] * 6 + [2] * 2
+    slices = {"device_type": ["buoy"] * 7 + ["drone"] * 5 + ["camera"] * 2}
+    challenger = score(truth, truth, classes, slices)
+    champion = score(truth, [0] * 14, classes, slices)
+    text = evaluation_markdown("plastic-detector", {
+        "model_version": "3", "champion_version": "2", "dataset_version": "d",
+        "challenger": challenger, "champion": champion}, link="MLflow run `r1`")
+    assert "| class | support | precision | recall | f1 |" in text
+    assert "| light | 6 | 1.000 / 0.000 | 1.000 / 0.000 | 1.000 / 0.000 |" in text
+    assert "| accuracy | 1.000 | 0.429 | +0.571 |" in text
+    assert "| device_type=drone | 5 | 1.000 / 0.000 | 1.000 / 0.000 |" in text
+    assert "Too few examples to score (under 5): device_type=camera (2)" in text
+    assert text.endswith("Plots and the full report: MLflow run `r1`")
+
+
+def test_regression_plots_show_every_target() -> None:
+    from models.zoo import get_spec
+    from tasks.evaluate import regression_figures
+
+    spec = get_spec("water-quality")
+    rng = np.random.default_rng(0)
+    truth = rng.uniform(0, 1, (30, spec.num_outputs))
+    report = {"examples": {"y_true": truth.tolist(), "y_pred": (truth * 0.9).tolist()}}
+    figures = regression_figures(report, spec, "4")
+    assert set(figures) == {"predicted_vs_true", "residuals"}
+    scatter = figures["predicted_vs_true"]
+    assert [ax.get_title() for ax in scatter.axes] == list(spec.outputs)
+    assert all(len(ax.collections[0].get_offsets()) == 30 for ax in scatter.axes)

@@ -113,3 +113,6 @@ def test_the_champion_is_scored_beside_and_keys_a_new_evaluation(
     report = json.loads(Path(mlc.download_artifacts(run_id, "evaluation/report.json",
                                                     str(tmp_path))).read_text())
     assert report["champion_version"] == v1 and report["champion"] == against["champion"]
+    logged = {a.path for a in mlc.list_artifacts(run_id, "evaluation")}
+    assert {"evaluation/confusion_matrix.png",  # both matrices, on the challenger's run
+            "evaluation/confusion_matrix_champion.png"} <= logged
