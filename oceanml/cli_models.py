@@ -52,12 +52,6 @@ def _change(c: Any) -> dict[str, Any]:
             "at": c.created_at.isoformat()}
 
 
-def _decision(p: Any) -> dict[str, Any]:
-    return {"challenger_version": p.challenger_version,
-            "champion_version": p.champion_version or None, "promoted": p.promoted,
-            "reason": p.reason, "flow_run_id": p.flow_run_id, "at": p.created_at.isoformat()}
-
-
 @app.command("list")
 def list_models(as_json: JsonFlag = False) -> None:
     """Every model: champion, previous champion, versions, last decision."""
@@ -65,7 +59,8 @@ def list_models(as_json: JsonFlag = False) -> None:
 
     from models.zoo import ZOO
     from oceanml.champion_history import current_champion, head, sync_alias
-    from oceanml.db import Promotion
+    from oceanml.db import DecisionRecord
+    from tasks.promote import decision_dict
 
     _, sessions, mlc = _context()
     out = []
@@ -74,18 +69,18 @@ def list_models(as_json: JsonFlag = False) -> None:
         sync_alias(mlc, sessions, name)
         with sessions() as s:
             latest = head(s, name)
-            decision = s.scalar(select(Promotion).where(Promotion.model_name == name)
-                                .order_by(Promotion.id.desc()).limit(1))
+            decision = s.scalar(select(DecisionRecord).where(DecisionRecord.model_name == name)
+                                .order_by(DecisionRecord.id.desc()).limit(1))
         versions = mlc.search_model_versions(f"name = '{name}'")
         out.append({"name": name, "champion": champion,
                     "previous": latest.previous_version if latest else None,
                     "versions": sorted(int(v.version) for v in versions),
-                    "last_decision": _decision(decision) if decision else None})
+                    "last_decision": decision_dict(decision) if decision else None})
     _emit(out, as_json, [
         f"{m['name']:20} champion {('v' + m['champion']) if m['champion'] else '-':6} "
         f"previous {('v' + m['previous']) if m['previous'] else '-':6} "
         f"versions {len(m['versions'])}"
-        + (f"  last: v{m['last_decision']['challenger_version']} "
+        + (f"  last: {m['last_decision']['action']} v{m['last_decision']['candidate']} "
            f"{'promoted' if m['last_decision']['promoted'] else 'refused'}: "
            f"{m['last_decision']['reason']}" if m["last_decision"] else "")
         for m in out])
@@ -97,14 +92,16 @@ def show(name: str, as_json: JsonFlag = False) -> None:
     from sqlalchemy import select
 
     from oceanml.champion_history import current_champion
-    from oceanml.db import Promotion
+    from oceanml.db import DecisionRecord
+    from tasks.promote import decision_dict
 
     _, sessions, mlc = _context()
     name = _model(name)
     champion = current_champion(sessions, mlc, name)
     with sessions() as s:
-        decisions = s.scalars(select(Promotion).where(Promotion.model_name == name)
-                              .order_by(Promotion.id)).all()
+        decisions = [decision_dict(d) for d in s.scalars(
+            select(DecisionRecord).where(DecisionRecord.model_name == name)
+            .order_by(DecisionRecord.id))]
     versions = []
     for v in sorted(mlc.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
         tags = v.tags or {}
@@ -113,13 +110,12 @@ def show(name: str, as_json: JsonFlag = False) -> None:
             "dataset_version": tags.get("dataset_version"), "git_commit": tags.get("git_commit"),
             "prefect_flow_run_id": tags.get("prefect_flow_run_id"), "run_id": v.run_id,
             "promotion": tags.get("promotion"),
-            "decisions": [_decision(d) for d in decisions
-                          if d.challenger_version == str(v.version)]})
+            "decisions": [d for d in decisions if d["candidate"] == str(v.version)]})
     _emit({"name": name, "champion": champion, "versions": versions}, as_json, [
         f"v{v['version']:4}{' (champion)' if v['champion'] else '':12} dataset "
         f"{v['dataset_version'] or '-'} commit {(v['git_commit'] or '-')[:12]} "
         f"{v['promotion'] or ''}"
-        + "".join(f"\n      vs v{d['champion_version'] or '-'}: "
+        + "".join(f"\n      {d['action']} vs v{d['champion'] or '-'}: "
                   f"{'promoted' if d['promoted'] else 'refused'}: {d['reason']}"
                   for d in v["decisions"])
         for v in versions])
@@ -229,7 +225,8 @@ def _gated(settings: Any, sessions: Any, mlc: Any, name: str, version: str) -> d
                         champion_version=champion)
 
     policy = load_policy(settings.project_dir.resolve() / "params.yaml", name)
-    return gated_promote(sessions, mlc, name, evaluation(), policy, None, reevaluate=evaluation)
+    return gated_promote(sessions, mlc, name, evaluation(), policy, None, reevaluate=evaluation,
+                         decided_by=_who())
 
 
 def _announce(event: str, result: dict[str, Any]) -> None:

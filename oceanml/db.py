@@ -203,6 +203,27 @@ class Promotion(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class DecisionRecord(Base):
+    """Every decision on a model's champion, automatic or by hand, with every check behind it:
+    what an operator reads to challenge one."""
+
+    __tablename__ = "decisions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    candidate_version: Mapped[str] = mapped_column(String(16))
+    champion_version: Mapped[str | None] = mapped_column(String(16))
+    dataset_version: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(16))  # gate | force | rollback
+    promoted: Mapped[bool] = mapped_column(Boolean)  # the candidate became champion
+    forced: Mapped[bool] = mapped_column(Boolean, default=False)
+    checks: Mapped[list[str]] = mapped_column(JSON, default=list)  # [{name, value, ...}]
+    interval: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)
+    reason: Mapped[str] = mapped_column(Text)
+    decided_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ChampionChange(Base):
     """Every change of a model's champion, append-only: the source of truth the MLflow
     ``champion`` alias follows (``oceanml.champion_history``)."""

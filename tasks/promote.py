@@ -8,13 +8,14 @@ wraps it with what needs a Prefect run (the event and the run log).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 from prefect import task
+from prefect.artifacts import create_markdown_artifact
 from prefect.events import emit_event
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
@@ -27,7 +28,7 @@ from oceanml.champion_history import (
     record_change,
     sync_alias,
 )
-from oceanml.db import ChampionChange, Promotion, session_factory
+from oceanml.db import ChampionChange, DecisionRecord, Promotion, session_factory
 from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import get_settings
@@ -56,50 +57,75 @@ class PromotionPolicy:
 
 
 @dataclass(frozen=True)
+class Check:
+    """One gate: what was measured, the bar, and whether it passed."""
+
+    name: str
+    value: float | None
+    threshold: float | None
+    passed: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
 class Decision:
     promote: bool
     reason: str
+    checks: tuple[Check, ...] = ()
+    interval: dict[str, float] | None = None  # point gain and its lower bound, when measured
 
 
 def decide_promotion(
     challenger: dict[str, Any], champion: dict[str, Any] | None, policy: PromotionPolicy
 ) -> Decision:
     """Floor, then a gain over the champion that clears the margin, then no slice regressing
-    too far.
+    too far. Every gate is checked and kept in ``checks`` (for the decision record); the
+    reason is the first that failed, or why it passed.
 
     ``challenger`` / ``champion`` are evaluation reports (``overall``, ``slices`` and, from
     :func:`tasks.evaluate.report_for`, the per-example ``examples``) on the same test split.
-    With the examples, the gain must clear the margin at ``policy.confidence``: the lower
+    With the examples, the gain must exceed the margin at ``policy.confidence``: the lower
     bound of a paired bootstrap of the challenger-minus-champion difference
     (:func:`gain_lower_bound`), so a gain inside the noise of a small split is no gain. Reports
     without examples (recorded before they were kept) are judged on the point gain.
     """
     m = policy.metric
     value = challenger["overall"][m]
-    if policy.gain(value, policy.floor) < 0:
-        side = "below the floor" if policy.higher_is_better else "above the ceiling"
-        return Decision(False, f"{m} {value:.3f} is {side} {policy.floor:.3f}")
+    side = "below the floor" if policy.higher_is_better else "above the ceiling"
+    floor = Check("floor", value, policy.floor, policy.gain(value, policy.floor) >= 0,
+                  f"{m} {value:.3f} is {side} {policy.floor:.3f}")
     if champion is None:
-        return Decision(True, f"no champion yet; {m} {value:.3f} passes the bar {policy.floor:.3f}")
+        reason = (f"no champion yet; {m} {value:.3f} passes the bar {policy.floor:.3f}"
+                  if floor.passed else floor.detail)
+        return Decision(floor.passed, reason, (floor,))
     best = champion["overall"][m]
     gain = policy.gain(value, best)
     low = gain_lower_bound(challenger, champion, policy)
-    if low is None and gain < policy.margin:
-        return Decision(False, f"{m} {value:.3f} does not beat the champion's {best:.3f} by the "
-                               f"margin {policy.margin:.3f}")
-    if low is not None and low <= policy.margin:  # the gain must exceed it
-        return Decision(False, f"{m} {value:.3f} against the champion's {best:.3f}: gain "
-                               f"{gain:.3f}, {policy.confidence:.0%} lower bound {low:.3f} does "
-                               f"not clear the margin {policy.margin:.3f}")
-    for name, ref in champion.get("slices", {}).items():
-        mine = challenger.get("slices", {}).get(name)
-        if mine is not None and -policy.gain(mine[m], ref[m]) > policy.max_slice_drop:
-            return Decision(False, f"slice {name} regresses {ref[m]:.3f} -> {mine[m]:.3f} "
-                                   f"(more than {policy.max_slice_drop:.2f})")
+    if low is None:
+        margin = Check("gain", gain, policy.margin, gain >= policy.margin,
+                       f"{m} {value:.3f} does not beat the champion's {best:.3f} by the "
+                       f"margin {policy.margin:.3f}")
+    else:
+        margin = Check("gain_lower_bound", low, policy.margin, low > policy.margin,
+                       f"{m} {value:.3f} against the champion's {best:.3f}: gain {gain:.3f}, "
+                       f"{policy.confidence:.0%} lower bound {low:.3f} does not clear the "
+                       f"margin {policy.margin:.3f}")
+    slices = [Check(f"slice {name}", -policy.gain(mine[m], ref[m]), policy.max_slice_drop,
+                    -policy.gain(mine[m], ref[m]) <= policy.max_slice_drop,
+                    f"slice {name} regresses {ref[m]:.3f} -> {mine[m]:.3f} "
+                    f"(more than {policy.max_slice_drop:.2f})")
+              for name, ref in champion.get("slices", {}).items()
+              if (mine := challenger.get("slices", {}).get(name)) is not None]
+    checks = (floor, margin, *slices)
+    interval = ({"gain": gain, "lower_bound": low, "confidence": policy.confidence}
+                if low is not None else {"gain": gain})
+    failed = next((c for c in checks if not c.passed), None)
+    if failed is not None:
+        return Decision(False, failed.detail, checks, interval)
     bound = f" ({policy.confidence:.0%} lower bound {low:.3f})" if low is not None else ""
     return Decision(True, f"{m} {value:.3f} beats the champion's {best:.3f} by "
                           f"{gain:.3f}{bound} with no slice regressing past "
-                          f"{policy.max_slice_drop:.2f}")
+                          f"{policy.max_slice_drop:.2f}", checks, interval)
 
 
 def sample_metric(metric: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
@@ -183,6 +209,7 @@ def promote(
     flow_run_id: str | None,
     *,
     reevaluate: Callable[[str | None], dict[str, Any]] | None = None,
+    decided_by: str | None = None,
 ) -> dict[str, Any]:
     """Decide on ``evaluation`` (an :func:`tasks.evaluate.evaluate` result) once, and record it.
 
@@ -228,21 +255,78 @@ def promote(
                     "decided_now": False, "champion_version": champ_v,
                     "previous_version": asked}
         decision = decide_promotion(evaluation["challenger"], evaluation.get("champion"), policy)
+        who = decided_by or f"flow-run:{flow_run_id or '-'}"
         with sessions() as session:
             session.add(Promotion(model_name=model, challenger_version=challenger_v,
                                   champion_version=champ_v, promoted=decision.promote,
                                   reason=decision.reason, flow_run_id=flow_run_id))
+            record = record_decision(session, model, challenger_v, champ_v or None,
+                                     evaluation.get("dataset_version"), "gate",
+                                     decision.promote, decision.reason, who,
+                                     checks=decision.checks, interval=decision.interval)
             if decision.promote:
                 record_change(session, model, challenger_v, champ_v or None, "promote",
-                              decision.reason, decided_by=f"flow-run:{flow_run_id or '-'}")
+                              decision.reason, decided_by=who)
             session.commit()
-        mlc.set_model_version_tag(model, challenger_v, "promotion",
-                                  "promoted" if decision.promote else "rejected")
-        mlc.set_model_version_tag(model, challenger_v, "promotion_reason", decision.reason)
+        tag_decision(mlc, record, "promoted" if decision.promote else "rejected")
         sync_alias(mlc, sessions, model)
     return {"promoted": decision.promote, "reason": decision.reason, "decided_now": True,
             "champion_version": challenger_v if decision.promote else champ_v,
-            "previous_version": champ_v}
+            "previous_version": champ_v, "decision": decision_dict(record)}
+
+
+def record_decision(session: Any, model: str, candidate: str, champion: str | None,
+                    dataset: str | None, action: str, promoted: bool, reason: str,
+                    decided_by: str, *, forced: bool = False, checks: tuple[Check, ...] = (),
+                    interval: dict[str, float] | None = None) -> DecisionRecord:
+    """Add the decision record (committed with the caller's transaction)."""
+    record = DecisionRecord(model_name=model, candidate_version=candidate,
+                            champion_version=champion, dataset_version=dataset, action=action,
+                            promoted=promoted, forced=forced, reason=reason,
+                            decided_by=decided_by, checks=[asdict(c) for c in checks],
+                            interval=interval)
+    session.add(record)
+    session.flush()  # the id, for the version's tag
+    return record
+
+
+def decision_dict(record: DecisionRecord) -> dict[str, Any]:
+    return {"id": record.id, "model": record.model_name, "candidate": record.candidate_version,
+            "champion": record.champion_version, "dataset_version": record.dataset_version,
+            "action": record.action, "promoted": record.promoted, "forced": record.forced,
+            "checks": record.checks, "interval": record.interval, "reason": record.reason,
+            "decided_by": record.decided_by,
+            "at": record.created_at.isoformat() if record.created_at else None}
+
+
+def tag_decision(mlc: MlflowClient, record: DecisionRecord, verdict: str) -> None:
+    """The decision on the candidate version's tags: verdict, reason, record id and checks."""
+    name, version = record.model_name, record.candidate_version
+    checks = "; ".join(f"{c['name']} {'pass' if c['passed'] else 'FAIL'}" for c in record.checks)
+    for key, value in (("promotion", verdict), ("promotion_reason", record.reason),
+                       ("decision_id", str(record.id)), ("decision_checks", checks[:4900]),
+                       ("decided_by", record.decided_by)):
+        mlc.set_model_version_tag(name, version, key, value)
+
+
+def decision_markdown(decision: dict[str, Any]) -> str:
+    """The decision record as the Prefect artifact shows it: one row per check."""
+    champion = f"v{decision['champion']}" if decision["champion"] else "none"
+    verdict = "PROMOTED" if decision["promoted"] else "refused"
+    lines = [f"# Decision {decision['id']}: `{decision['model']}` v{decision['candidate']} "
+             f"against {champion}: {verdict}",
+             f"{decision['action']}{' (forced)' if decision['forced'] else ''} by "
+             f"{decision['decided_by']}, dataset `{decision['dataset_version'] or '-'}`", "",
+             decision["reason"], "", "| check | value | threshold | result |", "|---|---|---|---|"]
+    for c in decision["checks"]:
+        value = "-" if c["value"] is None else f"{c['value']:.4f}"
+        bar = "-" if c["threshold"] is None else f"{c['threshold']:.4f}"
+        lines.append(f"| {c['name']} | {value} | {bar} | {'pass' if c['passed'] else 'FAIL'} |")
+    if decision.get("interval"):
+        lines += ["", "Gain over the champion: " + ", ".join(
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in decision["interval"].items())]
+    return "\n".join(lines)
 
 
 def recorded_decision(sessions: sessionmaker, model: str, challenger: str, champion: str
@@ -277,10 +361,15 @@ def change_champion(
             previous = changes[-1].version if changes else None
             record_change(session, model, version, previous, action, reason, decided_by,
                           forced)
+            record = record_decision(
+                session, model, version, previous,
+                (mlc.get_model_version(model, version).tags or {}).get("dataset_version"),
+                "force" if forced else action, True, reason, decided_by, forced=forced)
             session.commit()
         sync_alias(mlc, sessions, model)
     return {"model": model, "version": version, "previous_version": previous,
-            "action": action, "reason": reason, "forced": forced, "decided_by": decided_by}
+            "action": action, "reason": reason, "forced": forced, "decided_by": decided_by,
+            "decision": decision_dict(record)}
 
 
 def rollback(sessions: sessionmaker, mlc: MlflowClient, model: str, to: str | None,
@@ -318,8 +407,8 @@ def force_promote(sessions: sessionmaker, mlc: MlflowClient, model: str, version
 
     result = change_champion(sessions, mlc, model, choose, action="promote", reason=reason,
                              decided_by=decided_by, forced=True)
-    mlc.set_model_version_tag(model, version, "promotion", "forced")
-    mlc.set_model_version_tag(model, version, "promotion_reason", reason)
+    with sessions() as session:
+        tag_decision(mlc, session.get(DecisionRecord, result["decision"]["id"]), "forced")
     return result
 
 
@@ -360,6 +449,9 @@ def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     if result["decided_now"] and result["promoted"]:
         emit_champion_event(PROMOTED_EVENT, model, evaluation["model_version"],
                             result["previous_version"], result["reason"])
+    if result.get("decision"):
+        create_markdown_artifact(decision_markdown(result["decision"]), key=f"decision-{model}",
+                                 description="the promotion decision and every check")
     stage_logger("promote").info("promote: %s (%s)%s", result["promoted"], result["reason"],
                                  "" if result["decided_now"] else " (no new decision)")
     return result

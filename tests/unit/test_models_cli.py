@@ -111,14 +111,18 @@ def test_a_refused_promotion_exits_1_and_the_champion_stays(settings, sessions, 
     assert champion(mlc)[0] == "1"
 
     code, listed = models("list")
-    assert listed[0]["last_decision"]["challenger_version"] == "2"
-    assert listed[0]["last_decision"]["promoted"] is False
+    last = listed[0]["last_decision"]
+    assert (last["candidate"], last["champion"], last["action"], last["promoted"]) == (
+        "2", "1", "gate", False)
+    assert last["decided_by"].startswith("cli:") and last["dataset_version"] == "ds-1"
+    assert [c["name"] for c in last["checks"]] == ["floor", "gain"]
     code, shown = models("show", MODEL)
     assert code == 0 and shown["champion"] == "1"
     v2 = shown["versions"][1]
     assert (v2["version"], v2["champion"], v2["git_commit"], v2["promotion"]) == (
         "2", False, "commit2", "rejected")
-    assert v2["decisions"][0]["champion_version"] == "1"
+    assert v2["decisions"][0]["champion"] == "1"
+    assert [d["action"] for d in shown["versions"][0]["decisions"]] == ["force"]
 
 
 def test_list_repairs_an_alias_the_history_moved_past(settings, sessions, mlc) -> None:

@@ -88,10 +88,19 @@ def test_a_first_model_above_the_floor_becomes_champion_once(sessions, mlc) -> N
     before = tags(mlc, "1")
     first = promote(sessions, mlc, MODEL, evaluation("1", 0.7), POLICY, "run-1")
     reason = "no champion yet; macro_f1 0.700 passes the bar 0.500"
+    record = first.pop("decision")
+    assert (record["action"], record["candidate"], record["champion"], record["promoted"],
+            record["forced"], record["decided_by"], record["dataset_version"]) == (
+        "gate", "1", None, True, False, "flow-run:run-1", "ds-1")
+    assert record["checks"] == [{"name": "floor", "value": 0.7, "threshold": 0.5,
+                                 "passed": True,
+                                 "detail": "macro_f1 0.700 is below the floor 0.500"}]
     assert first == {"promoted": True, "reason": reason, "decided_now": True,
                      "champion_version": "1", "previous_version": ""}
     assert aliases(mlc) == {CHAMPION: "1", PREVIOUS: None}
-    assert tags(mlc, "1") == {**before, "promotion": "promoted", "promotion_reason": reason}
+    assert tags(mlc, "1") == {**before, "promotion": "promoted", "promotion_reason": reason,
+                              "decision_id": str(record["id"]), "decision_checks": "floor pass",
+                              "decided_by": "flow-run:run-1"}
     assert "promotion" not in tags(mlc, "2")
     assert rows(sessions) == [(MODEL, "1", "", True, reason, "run-1")]
 
@@ -118,6 +127,11 @@ def test_a_rejection_is_tagged_and_recorded_and_the_alias_stays(sessions, mlc) -
     ev = evaluation("2", 0.805, "1", 0.8)
     rejected = promote(sessions, mlc, MODEL, ev, POLICY, None)
     reason = "macro_f1 0.805 does not beat the champion's 0.800 by the margin 0.010"
+    record = rejected.pop("decision")
+    assert [(c["name"], c["passed"]) for c in record["checks"]] == [("floor", True),
+                                                                     ("gain", False)]
+    assert record["interval"] == {"gain": pytest.approx(0.005)} and not record["promoted"]
+    assert tags(mlc, "2")["decision_checks"] == "floor pass; gain FAIL"
     assert rejected == {"promoted": False, "reason": reason, "decided_now": True,
                         "champion_version": "1", "previous_version": "1"}
     assert aliases(mlc) == {CHAMPION: "1", PREVIOUS: None}
@@ -154,6 +168,7 @@ def test_the_champion_itself_needs_no_decision_and_records_none(sessions, mlc) -
 
 def test_below_the_floor_without_a_champion_leaves_no_champion(sessions, mlc) -> None:
     result = promote(sessions, mlc, MODEL, evaluation("1", 0.4), POLICY, "run-1")
+    assert result.pop("decision")["checks"][0]["passed"] is False
     assert result == {"promoted": False, "reason": "macro_f1 0.400 is below the floor 0.500",
                       "decided_now": True, "champion_version": "", "previous_version": ""}
     assert aliases(mlc) == {CHAMPION: None, PREVIOUS: None}
