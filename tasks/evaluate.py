@@ -96,6 +96,17 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> di
     return _overall(_class_table(y_true, y_pred, n))
 
 
+def slice_members(slices: dict[str, Sequence[Any]] | None) -> dict[str, list[int]]:
+    """``family=value`` -> the indices of the items in it, sorted by name; an item whose value
+    is a list (several tags) belongs to several slices."""
+    members: dict[str, list[int]] = {}
+    for family, values in (slices or {}).items():
+        for index, value in enumerate(values):
+            for v in value if isinstance(value, list | tuple) else [value]:
+                members.setdefault(f"{family}={v}", []).append(index)
+    return dict(sorted(members.items()))
+
+
 def score(
     y_true: Sequence[int],
     y_pred: Sequence[int],
@@ -118,22 +129,18 @@ def score(
     }
     by_slice: dict[str, dict[str, float]] = {}
     small: dict[str, int] = {}  # slices too small to score, with their size
-    for family, values in (slices or {}).items():
-        members: dict[str, list[int]] = {}
-        for index, value in enumerate(values):
-            for v in value if isinstance(value, list | tuple) else [value]:
-                members.setdefault(f"{family}={v}", []).append(index)
-        for name, idx in sorted(members.items()):
-            if len(idx) >= MIN_SLICE:
-                m = classification_metrics(y_true[idx], y_pred[idx], len(classes))
-                by_slice[name] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
-            else:
-                small[name] = len(idx)
+    for name, idx in slice_members(slices).items():
+        if len(idx) >= MIN_SLICE:
+            m = classification_metrics(y_true[idx], y_pred[idx], len(classes))
+            by_slice[name] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
+        else:
+            small[name] = len(idx)
     return {"overall": overall, "per_class": per_class, "slices": by_slice,
             "small_slices": small, "confusion": confusion.tolist(), "classes": list(classes)}
 
 
-def regression_score(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str]) -> dict:
+def regression_score(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str],
+                     slices: dict[str, Sequence[Any]] | None = None) -> dict:
     """MAE, RMSE and R2 per target and overall.
 
     Overall MAE and RMSE pool every (row, target) error, so they are the errors of one
@@ -162,22 +169,35 @@ def regression_score(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[s
         "r2": float(r2.mean()),
         "n": n,
     }
+    by_slice, small = {}, {}
+    for name, idx in slice_members(slices).items():
+        if len(idx) < MIN_SLICE:
+            small[name] = len(idx)
+            continue
+        err = (preds[idx] - target[idx]).reshape(-1)
+        by_slice[name] = {"mae": float(err.abs().mean()),
+                          "rmse": float(err.pow(2).mean().sqrt()), "n": len(idx)}
     return {
         "overall": overall,
         "per_target": {t: {"mae": float(mae[i]), "rmse": float(rmse[i]), "r2": float(r2[i])}
                        for i, t in enumerate(targets)},
-        "slices": {},
+        "slices": by_slice,
+        "small_slices": small,
     }
 
 
 def predict(net: Any, dataset_dir: Path, spec: ModelSpec, batch_size: int = 256) -> tuple:
     """Predictions of ``net`` on the test split, with the labels and slice columns."""
+    import pyarrow.parquet as pq
     import torch
 
     from models.datamodule import ShardStream, read_split
 
     data = ShardStream(dataset_dir, "test", spec, batch_size)  # one reader: shard order
-    meta = read_split(dataset_dir, "test", ["device_type", "llm_tags"])
+    shards = sorted(Path(dataset_dir).glob("test-*.parquet"))
+    by_device = bool(shards) and "device_id" in pq.read_schema(shards[0]).names  # format v3+
+    meta = read_split(dataset_dir, "test",
+                      ["device_type", "llm_tags"] + (["device_id"] if by_device else []))
     outputs, labels = [], []
     net.eval()
     with torch.no_grad():
@@ -187,7 +207,8 @@ def predict(net: Any, dataset_dir: Path, spec: ModelSpec, batch_size: int = 256)
             labels.append(targets)
     preds = torch.cat(outputs).numpy() if outputs else np.array([])
     truth = torch.cat(labels).numpy() if labels else np.array([])
-    slices = {"device_type": meta["device_type"],
+    slices = {**({"device_id": meta["device_id"]} if by_device else {}),
+              "device_type": meta["device_type"],
               "tag": [t.split(",") if t else [] for t in meta["llm_tags"]]}
     return truth, preds, slices
 
@@ -199,7 +220,7 @@ def report_for(net: Any, dataset_dir: Path, spec: ModelSpec) -> dict[str, Any]:
     if spec.task == "classification":
         report = score(truth, preds, spec.outputs, slices)
     else:
-        report = regression_score(truth, preds, spec.outputs)
+        report = regression_score(truth, preds, spec.outputs, slices)
     report["examples"] = {"y_true": np.asarray(truth).tolist(),
                           "y_pred": np.asarray(preds).tolist()}
     return report
@@ -381,13 +402,16 @@ def evaluation_markdown(model: str, outcome: dict[str, Any], link: str = "") -> 
             support = f" {m['support']} |" if extra else ""
             lines.append(f"| {name} |{support} " + " | ".join(cells) + " |")
     theirs = champion.get("slices", {})
-    ordered = sorted(challenger.get("slices", {}).items(),
-                     key=lambda kv: kv[1].get("macro_f1", 0))
+    mine = challenger.get("slices", {})
+    regression = any("mae" in m for m in mine.values())
+    keys = ("mae", "rmse") if regression else ("accuracy", "macro_f1")
+    ordered = sorted(mine.items(), key=lambda kv: -kv[1]["mae"] if regression
+                     else kv[1]["macro_f1"])
     if ordered:
-        lines += ["", "Slices, weakest first:", "", "| slice | n | accuracy | macro_f1 |",
+        lines += ["", "Slices, weakest first:", "", f"| slice | n | {' | '.join(keys)} |",
                   "|---|---|---|---|"]
-        lines += [f"| {name} | {m['n']} | {_pair(m['accuracy'], theirs.get(name, {}).get('accuracy'))} "
-                  f"| {_pair(m['macro_f1'], theirs.get(name, {}).get('macro_f1'))} |"
+        lines += [f"| {name} | {m['n']} | "
+                  + " | ".join(_pair(m[k], theirs.get(name, {}).get(k)) for k in keys) + " |"
                   for name, m in ordered]
     small = challenger.get("small_slices") or {}
     if small:

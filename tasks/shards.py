@@ -114,7 +114,7 @@ def reference_stats(frame: pd.DataFrame, sample: int, bins: int = 10) -> dict[st
     }
 
 
-SHARD_FORMAT = "v2"  # bump when the bytes a shard holds change for the same rows
+SHARD_FORMAT = "v3"  # bump when the bytes a shard holds change for the same rows
 ROW_GROUP_ROWS = 64  # the unit a training worker reads: many per shard, so workers share them
 
 
@@ -134,7 +134,7 @@ def shard_plan(frame: pd.DataFrame, shard_rows: int) -> list[tuple[str, pd.DataF
 
 def shard_key(rows: pd.DataFrame, image_size: int) -> str:
     """What a shard's bytes are a function of: its rows' identity and labels, and the size."""
-    cols = ["content_hash", "label", "label_source", "device_type", "llm_tags"]
+    cols = ["content_hash", "label", "label_source", "device_id", "device_type", "llm_tags"]
     doc = json.dumps([SHARD_FORMAT, image_size, rows[cols].fillna("").values.tolist()])
     return hashlib.sha256(doc.encode()).hexdigest()
 
@@ -149,6 +149,7 @@ def _encode_shard(rows: pd.DataFrame, lake: Any, image_size: int, pool: ThreadPo
         "image": pa.array(images, type=pa.binary()),
         "label": rows["label"].tolist(),
         "label_source": rows["label_source"].fillna("annotated").tolist(),
+        "device_id": rows["device_id"].tolist(),
         "device_type": rows["device_type"].tolist(),
         "llm_tags": rows["llm_tags"].fillna("").tolist(),
     })

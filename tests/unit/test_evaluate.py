@@ -87,7 +87,7 @@ REG_PRED = [[0.5, 1.0], [1.0, 1.0], [2.0, 3.0]]
 def test_regression_metrics_match_a_hand_count() -> None:
     """Errors a: -0.5, 0, 0; b: 0, 1, -1. Means a 1, b 5/3; total sums of squares a 2, b 2/3."""
     r = regression_score(np.array(REG_TRUE), np.array(REG_PRED), ("a", "b"))
-    assert set(r) == {"overall", "per_target", "slices"} and r["slices"] == {}
+    assert set(r) == {"overall", "per_target", "slices", "small_slices"} and r["slices"] == {}
     a, b = r["per_target"]["a"], r["per_target"]["b"]
     assert a == {"mae": pytest.approx(0.5 / 3), "rmse": pytest.approx(math.sqrt(0.25 / 3)),
                  "r2": pytest.approx(1 - 0.25 / 2)}
@@ -162,3 +162,30 @@ def test_regression_plots_show_every_target() -> None:
     scatter = figures["predicted_vs_true"]
     assert [ax.get_title() for ax in scatter.axes] == list(spec.outputs)
     assert all(len(ax.collections[0].get_offsets()) == 30 for ax in scatter.axes)
+
+
+def test_regression_is_sliced_like_classification() -> None:
+    truth = np.array([[0.1, 0.2]] * 6 + [[0.5, 0.5]] * 6 + [[0.9, 0.9]] * 2)
+    preds = truth.copy()
+    preds[6:12] += 0.3  # the drones are off by 0.3 on both targets
+    slices = {"device_type": ["buoy"] * 6 + ["drone"] * 6 + ["camera"] * 2}
+    report = regression_score(truth, preds, ("a", "b"), slices)
+    assert report["slices"]["device_type=buoy"] == {"mae": 0.0, "rmse": 0.0, "n": 6}
+    assert report["slices"]["device_type=drone"]["mae"] == pytest.approx(0.3)
+    assert report["small_slices"] == {"device_type=camera": 2}
+    text = evaluation_markdown("water-quality", {
+        "model_version": "2", "champion_version": None, "dataset_version": "d",
+        "challenger": report, "champion": None})
+    assert "| slice | n | mae | rmse |" in text
+    assert text.index("device_type=drone") < text.index("device_type=buoy")  # weakest first
+
+
+def test_the_slice_gate_holds_for_a_regression_model() -> None:
+    from tasks.promote import PromotionPolicy, decide_promotion
+
+    policy = PromotionPolicy(metric="mae", higher_is_better=False, floor=1.0, margin=0.001,
+                             max_slice_drop=0.05)
+    champion = {"overall": {"mae": 0.10}, "slices": {"device_type=drone": {"mae": 0.10}}}
+    worse_on_drones = {"overall": {"mae": 0.05}, "slices": {"device_type=drone": {"mae": 0.2}}}
+    decision = decide_promotion(worse_on_drones, champion, policy)
+    assert not decision.promote and "slice device_type=drone regresses" in decision.reason

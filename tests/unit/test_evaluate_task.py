@@ -46,9 +46,9 @@ def register(mlc, settings, label: str) -> str:
 
 def expected(dataset: Path, label: str) -> dict[str, Any]:
     """The report of a model answering ``label`` on every test row, from the shards' labels."""
-    test = read_split(dataset, "test", ["label", "device_type", "llm_tags"])
+    test = read_split(dataset, "test", ["label", "device_id", "device_type", "llm_tags"])
     truth = [SPEC.outputs.index(x) for x in test["label"]]
-    slices = {"device_type": test["device_type"],
+    slices = {"device_id": test["device_id"], "device_type": test["device_type"],
               "tag": [t.split(",") if t else [] for t in test["llm_tags"]]}
     preds = [SPEC.outputs.index(label)] * len(truth)
     return {**score(truth, preds, SPEC.outputs, slices),
