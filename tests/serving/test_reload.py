@@ -78,3 +78,25 @@ def test_promotion_under_load_fails_nothing_and_swaps_once(settings, served) -> 
     assert not np.allclose(want["1"], want[v2], atol=1e-3)
     for _, _, _, version, probs in answers:
         np.testing.assert_allclose(probs, want[version], atol=1e-4)
+
+
+def test_the_endpoint_follows_a_rollback_like_a_promotion(settings, sessions, served) -> None:
+    """v2 forced in, then rolled back: the served version follows the history both ways."""
+    from tasks.promote import force_promote, rollback
+
+    body = {"image": base64.b64encode(jpeg()).decode()}
+    mlc = client(settings)
+    v2 = register(mlc, settings, conv_net(2), "v2")
+
+    def served_version_becomes(version: str) -> bool:
+        deadline = time.monotonic() + 2 * POLL_S + 10
+        while time.monotonic() < deadline:
+            if httpx.post(served.url + PREDICT, json=body).json()["version"] == version:
+                return True
+            time.sleep(0.1)
+        return False
+
+    force_promote(sessions, mlc, SPEC.name, v2, "hotfix", "cli:test")
+    assert served_version_becomes(v2)
+    rollback(sessions, mlc, SPEC.name, None, "hotfix misfires", "cli:test")
+    assert served_version_becomes("1")
