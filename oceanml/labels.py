@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+# The network's kinds of device; "unknown" is what a sidecar without a type is stored as.
+DEVICE_TYPES = ("buoy", "drone", "camera")
+KNOWN_DEVICE_TYPES = (*DEVICE_TYPES, "unknown")
 DEBRIS_LEVELS = ("none", "light", "severe")
 ALGAE_LEVELS = ("none", "low", "medium", "high")
 DEBRIS_TYPES = ("bottle", "bag", "net", "metal", "glass", "other")

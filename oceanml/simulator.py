@@ -25,13 +25,13 @@ from oceanml.labels import (
     ALGAE_LEVELS,
     DEBRIS_LEVELS,
     DEBRIS_TYPES,
+    DEVICE_TYPES,
     POLLUTION_LEVELS,
     water_quality_indices,
 )
 from oceanml.store import Location
 
 Scenario = Literal["normal", "storm", "bloom"]
-DEVICE_TYPES = ("buoy", "drone", "camera")
 
 
 @dataclass(frozen=True)

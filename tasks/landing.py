@@ -49,6 +49,7 @@ class Candidate:
     fingerprint: str
     sizes: tuple[tuple[str, int], ...] = ()
     table_key: str | None = None
+    problem: tuple[str, str] | None = None  # (reason, detail): refused before it is read
 
     def size(self, key: str) -> int:
         return dict(self.sizes).get(key, 0)
@@ -72,28 +73,47 @@ def _fingerprint(info: dict[str, Any]) -> str:
 
 
 def pair_files(listing: dict[str, dict[str, Any]]) -> list[Candidate]:
-    """Group landing keys by stem into image/sidecar pairs and tables, in a stable order."""
-    stems: dict[str, dict[str, str]] = {}
+    """Group landing keys by stem into image/sidecar pairs and tables, in a stable order.
+
+    Every key ends in exactly one candidate, so every file becomes an observation, part of
+    one, or a reject with its reason: a file that is neither an image, a sidecar nor a table
+    is refused on its own (``unsupported_file``), and a stem with several images (``x.jpg``
+    and ``x.png``) or several sidecars refuses each of its files (``ambiguous_pair``), since
+    which image a sidecar describes is unknown.
+    """
+    stems: dict[str, dict[str, list[str]]] = {}
     tables: list[Candidate] = []
     for key in sorted(listing):
         stem, suffix = posixpath.splitext(key)  # str ops: PurePosixPath costs 10x per key
         suffix = suffix.lower()
         if suffix in TABLE_SUFFIXES:
-            tables.append(Candidate(key, None, None, _fingerprint(listing[key]),
-                                    ((key, int(listing[key].get("size") or 0)),), table_key=key))
+            tables.append(_candidate(listing, key, table_key=key))
             continue
         kind = "image" if suffix in IMAGE_SUFFIXES else "sidecar" if suffix == SIDECAR_SUFFIX else "other"
-        stems.setdefault(stem, {})[kind] = key
+        stems.setdefault(stem, {}).setdefault(kind, []).append(key)
     candidates = []
     for parts in stems.values():
-        image, sidecar = parts.get("image"), parts.get("sidecar")
-        keys = [k for k in (image, sidecar, parts.get("other")) if k]
-        candidates.append(Candidate(
-            image or sidecar or parts["other"], image, sidecar,
-            "|".join(_fingerprint(listing[k]) for k in keys),
-            tuple((k, int(listing[k].get("size") or 0)) for k in keys),
-        ))
+        images, sidecars = parts.get("image", []), parts.get("sidecar", [])
+        for key in parts.get("other", []):
+            candidates.append(_candidate(listing, key, problem=(
+                "unsupported_file", f"{key}: not an image ({', '.join(IMAGE_SUFFIXES)}), a "
+                f"{SIDECAR_SUFFIX} sidecar or a table ({', '.join(TABLE_SUFFIXES)})")))
+        if len(images) > 1 or len(sidecars) > 1:
+            group = ", ".join(images + sidecars)
+            candidates += [_candidate(listing, key, problem=(
+                "ambiguous_pair", f"{key}: one stem holds {group}; which image a sidecar "
+                "describes is unknown: give each pair a stem of its own")) for key in images + sidecars]
+        elif images or sidecars:
+            image, sidecar = (images or [None])[0], (sidecars or [None])[0]
+            candidates.append(_candidate(listing, image or sidecar, image, sidecar))
     return candidates + tables
+
+
+def _candidate(listing: dict[str, dict[str, Any]], key: str, image: str | None = None,
+               sidecar: str | None = None, **extra: Any) -> Candidate:
+    keys = [k for k in (image, sidecar) if k] or [key]
+    return Candidate(key, image, sidecar, "|".join(_fingerprint(listing[k]) for k in keys),
+                     tuple((k, int(listing[k].get("size") or 0)) for k in keys), **extra)
 
 
 def _check_size(candidate: Candidate, key: str, limit: int, what: str) -> None:
@@ -113,6 +133,8 @@ def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
     prepared = Prepared(candidate, candidate.key)
     try:
         check_key(candidate.key)
+        if candidate.problem is not None:
+            raise Rejection(*candidate.problem)
         if candidate.image_key is None:
             kind = "missing_image" if candidate.sidecar_key else "unsupported_file"
             raise Rejection(kind, f"no image beside {candidate.key}")

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
+from oceanml.labels import KNOWN_DEVICE_TYPES
 from oceanml.llm import TAG_VOCABULARY
 
 LabelSource = Literal["annotated", "weak", "annotated_then_weak"]
@@ -72,6 +73,10 @@ class Selection:
         values = _strict(cls, section or {}, where)
         for name in ("devices", "device_types"):
             values[name] = tuple(values.get(name) or ())
+        unknown = [t for t in values["device_types"] if t not in KNOWN_DEVICE_TYPES]
+        if unknown:  # a misspelt type would select nothing, without a word
+            raise ValueError(f"{where}.device_types: {', '.join(unknown)} not among the known "
+                             f"types ({', '.join(KNOWN_DEVICE_TYPES)})")
         for name in ("require_tags", "exclude_tags"):
             values[name] = _check_tags(values.get(name) or (), f"{where}.{name}")
         values["since"], values["until"] = _as_utc(values.get("since")), _as_utc(values.get("until"))

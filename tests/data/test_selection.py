@@ -114,6 +114,8 @@ def test_weak_labels_fill_in_where_there_is_no_annotation(landed) -> None:
     ({"selection": {"devise": ["buoy-*"]}}, "unknown key.*devise"),
     ({"selection": {"require_tags": ["plastic"]}}, "not in the vocabulary"),
     ({"selection": {"brightness": [0.9, 0.1]}}, "brightness"),
+    ({"selection": {"device_types": ["buoy", "underwater_camera"]}},
+     "device_types: underwater_camera not among the known types"),
     ({"split": [0.8, 0.3, 0.1]}, "summing to 1"),
     ({"label_source": "weak"}, "needs weak_labels"),
     ({"label_source": "guess"}, "expected one of"),

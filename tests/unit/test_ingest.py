@@ -156,3 +156,33 @@ def test_lookups_of_more_keys_than_sqlite_takes_parameters(sessions) -> None:
         found = lookup(s, Observation.content_hash, Observation.source_key, keys)
         dbapi.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, default)
     assert found == {keys[-1]: "k"}
+
+
+def test_every_landing_file_ends_as_an_observation_or_a_reject_with_its_reason(
+        settings, sessions) -> None:
+    """Two images of one stem beside one sidecar, and stray files: nothing disappears."""
+    obs = list(simulate(days=1, devices=1, per_day=3, end=END))
+    landing = filesystem(settings.landing_url)
+    write_landing(landing, iter(obs), faults=False)
+    image, sidecar = observation_keys(obs[0])
+    stem = image.removesuffix(".jpg")
+    landing.fs.pipe_file(landing.path(f"{stem}.png"), landing.fs.cat_file(landing.path(image)))
+    landing.fs.pipe_file(landing.path(f"{stem}.txt"), b"operator notes")
+    other = observation_keys(obs[1])[0].removesuffix(".jpg")
+    landing.fs.pipe_file(landing.path(f"{other}.txt"), b"beside a good pair")
+    landing.fs.makedirs(landing.path("loose"), exist_ok=True)
+    landing.fs.pipe_file(landing.path("loose/readme.txt"), b"stray")
+
+    result = ingest(settings, sessions, now=END)
+    with sessions() as s:
+        rejects = {(r.source_key, r.reason) for r in s.scalars(select(Reject))}
+        accepted = set(s.scalars(select(Observation.source_key)))
+    assert rejects == {(image, "ambiguous_pair"), (f"{stem}.png", "ambiguous_pair"),
+                       (sidecar, "ambiguous_pair"), (f"{stem}.txt", "unsupported_file"),
+                       (f"{other}.txt", "unsupported_file"),
+                       ("loose/readme.txt", "unsupported_file")}
+    assert accepted == {observation_keys(o)[0] for o in obs[1:]}  # the other pair still counts
+    assert result.ingested == 2 and result.rejected == 6
+    with sessions() as s:
+        detail = s.scalar(select(Reject.detail).where(Reject.source_key == image))
+    assert f"{stem}.png" in detail and "stem of its own" in detail
