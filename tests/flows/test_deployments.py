@@ -19,6 +19,18 @@ def prefect(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([str(cli), *args], cwd=REPO, env=env, capture_output=True, text=True)
 
 
+def deploy_on_pool(deployment: str, pool: str) -> dict[str, str]:
+    """``deployment`` of prefect.yaml deployed on a process pool of its own, and the
+    environment a worker on that pool polls the harness with (every second)."""
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OCEANML_REPO_DIR": str(REPO),
+           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
+    created = prefect("work-pool", "create", pool, "--type", "process", env=env)
+    assert created.returncode == 0 or "already exists" in created.stdout, created.stdout
+    deployed = prefect("--no-prompt", "deploy", "--name", deployment, "--pool", pool, env=env)
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    return env
+
+
 @pytest.fixture
 def env(prefect_harness) -> dict[str, str]:
     """The CLI pointed at the harness server, with the work pool prefect.yaml names."""

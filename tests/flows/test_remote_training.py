@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-from prefect.settings import PREFECT_API_URL
 from sqlalchemy import select
 
 from oceanml.db import TrainingRun
@@ -19,7 +18,7 @@ from oceanml.simulator import simulate, write_landing
 from oceanml.store import filesystem
 from tasks.ingest import ingest
 from tests.conftest import make_project
-from tests.flows.test_deployments import REPO, prefect
+from tests.flows.test_deployments import REPO, deploy_on_pool
 
 pytestmark = pytest.mark.slow
 POOL = "oceanml-gpu-test"
@@ -36,12 +35,7 @@ def worker_env(prefect_harness, settings, monkeypatch) -> dict[str, str]:
     from oceanml.db import session_factory
 
     ingest(settings, session_factory(settings.db_url), now=end + timedelta(hours=1))
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OCEANML_REPO_DIR": str(REPO),
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
-    created = prefect("work-pool", "create", POOL, "--type", "process", env=env)
-    assert created.returncode == 0 or "already exists" in created.stdout, created.stdout
-    deployed = prefect("--no-prompt", "deploy", "--name", "train-gpu", "--pool", POOL, env=env)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    env = deploy_on_pool("train-gpu", POOL)
     monkeypatch.setenv("OCEANML_TRAIN_WORK_POOL", POOL)
     return env
 

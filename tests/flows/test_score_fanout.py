@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-from prefect.settings import PREFECT_API_URL
 from sqlalchemy import func, select
 
 from oceanml.db import Observation, Prediction
@@ -19,7 +18,7 @@ from oceanml.registry import client, set_champion
 from oceanml.simulator import simulate, write_landing
 from oceanml.store import filesystem
 from tasks.ingest import ingest
-from tests.flows.test_deployments import REPO, prefect
+from tests.flows.test_deployments import REPO, deploy_on_pool
 from tests.registered import SPEC, conv_net, register
 
 pytestmark = pytest.mark.slow
@@ -36,12 +35,7 @@ def pool_env(prefect_harness, settings, sessions, monkeypatch) -> dict[str, str]
     ingest(settings, sessions, now=END + timedelta(days=1))
     mlc = client(settings)
     set_champion(mlc, SPEC.name, register(mlc, settings, conv_net(1), "v1"))
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "OCEANML_REPO_DIR": str(REPO),
-           "PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "1"}
-    created = prefect("work-pool", "create", POOL, "--type", "process", env=env)
-    assert created.returncode == 0 or "already exists" in created.stdout, created.stdout
-    deployed = prefect("--no-prompt", "deploy", "--name", "score", "--pool", POOL, env=env)
-    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    env = deploy_on_pool("score", POOL)
     quiet_the_schedule("score/score")
     monkeypatch.setenv("OCEANML_SCORE_WORK_POOL", POOL)
     return env

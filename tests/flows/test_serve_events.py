@@ -10,7 +10,7 @@ from prefect.events import emit_event
 
 from oceanml.registry import client, set_champion
 from tests.registered import SPEC, conv_net, register
-from tests.serving.conftest import start_server, stop_server, wait_ready
+from tests.serving.conftest import serves_version, start_server, stop_server, wait_ready
 from tests.serving.test_endpoint import PREDICT, jpeg
 
 
@@ -34,11 +34,6 @@ def test_the_promoted_event_wakes_the_server_before_its_poll(settings, monkeypat
                    resource={"prefect.resource.id": f"oceanml.model.{SPEC.name}",
                              "prefect.resource.name": SPEC.name},
                    payload={"version": v2, "previous": "1", "reason": "test"})
-        deadline = time.monotonic() + 30
-        version = "1"
-        while version != v2 and time.monotonic() < deadline:
-            time.sleep(0.2)
-            version = server.post(PREDICT, json=body).json()["version"]
-        assert version == v2
+        assert serves_version(server, body, v2, timeout=30)
     finally:
         stop_server(server)

@@ -63,6 +63,16 @@ def wait_ready(served: Server, timeout: float = 60) -> None:
         time.sleep(0.1)
 
 
+def serves_version(served: Server, body: dict, version: str, timeout: float) -> bool:
+    """Whether the server answers ``body`` from ``version`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if served.post(f"/v1/models/{SPEC.name}/predict", json=body).json()["version"] == version:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 @pytest.fixture
 def observations(settings, sessions) -> int:
     write_landing(filesystem(settings.landing_url),

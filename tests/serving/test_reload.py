@@ -15,6 +15,7 @@ import torch
 from models.preprocess import model_input
 from oceanml.registry import client, set_champion
 from tests.registered import SPEC, conv_net, register
+from tests.serving.conftest import serves_version
 from tests.serving.test_endpoint import PREDICT, jpeg
 
 CLIENTS = 8
@@ -87,16 +88,7 @@ def test_the_endpoint_follows_a_rollback_like_a_promotion(settings, sessions, se
     body = {"image": base64.b64encode(jpeg()).decode()}
     mlc = client(settings)
     v2 = register(mlc, settings, conv_net(2), "v2")
-
-    def served_version_becomes(version: str) -> bool:
-        deadline = time.monotonic() + 2 * POLL_S + 10
-        while time.monotonic() < deadline:
-            if httpx.post(served.url + PREDICT, json=body).json()["version"] == version:
-                return True
-            time.sleep(0.1)
-        return False
-
     force_promote(sessions, mlc, SPEC.name, v2, "hotfix", "cli:test")
-    assert served_version_becomes(v2)
+    assert serves_version(served, body, v2, 2 * POLL_S + 10)
     rollback(sessions, mlc, SPEC.name, None, "hotfix misfires", "cli:test")
-    assert served_version_becomes("1")
+    assert serves_version(served, body, "1", 2 * POLL_S + 10)
