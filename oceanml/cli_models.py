@@ -65,14 +65,14 @@ def list_models(as_json: JsonFlag = False) -> None:
     _, sessions, mlc = _context()
     out = []
     for name in ZOO:
-        champion = current_champion(sessions, mlc, name)
+        current_champion(sessions, mlc, name)  # adopts an alias older than the history
         sync_alias(mlc, sessions, name)
         with sessions() as s:
             latest = head(s, name)
             decision = s.scalar(select(DecisionRecord).where(DecisionRecord.model_name == name)
                                 .order_by(DecisionRecord.id.desc()).limit(1))
         versions = mlc.search_model_versions(f"name = '{name}'")
-        out.append({"name": name, "champion": champion,
+        out.append({"name": name, "champion": latest.version if latest else None,
                     "previous": latest.previous_version if latest else None,
                     "versions": sorted(int(v.version) for v in versions),
                     "last_decision": decision_dict(decision) if decision else None})

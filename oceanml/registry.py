@@ -51,7 +51,9 @@ def alias_version(mlc: MlflowClient, name: str, alias: str = CHAMPION) -> ModelV
 
 
 def set_champion(mlc: MlflowClient, name: str, version: str) -> str | None:
-    """Move ``champion`` to ``version``; the old one keeps ``previous-champion`` for rollback."""
+    """Move the ``champion`` alias to ``version`` (the old one keeps ``previous-champion``),
+    without the champion history: for a registry that has none (tests, benchmarks). OceanML's
+    own changes go through :mod:`oceanml.champion_history`, which the alias follows."""
     old = alias_version(mlc, name)
     old_version = str(old.version) if old else None  # MLflow 3 returns ints; we store strings
     if old_version is not None and old_version != str(version):

@@ -137,18 +137,16 @@ class ScoreResult:
         return doc
 
 
-def prediction_rows(predictor: Predictor, ids: list[int], outputs: Any, flow_run_id: str | None,
-                    source: str = "batch", content_hashes: list[str | None] | None = None
-                    ) -> list[dict[str, Any]]:
-    """``predictions`` rows for a batch of outputs (:func:`models.predictor.answers`)."""
-    from models.predictor import answers
-
+def prediction_rows(predictor: Predictor, ids: list[int | None], answered: list[dict[str, Any]],
+                    flow_run_id: str | None, source: str = "batch",
+                    content_hashes: list[str | None] | None = None) -> list[dict[str, Any]]:
+    """``predictions`` rows for a batch's answers (:func:`models.predictor.answers`)."""
     hashes = content_hashes or [None] * len(ids)
     return [{"observation_id": i, "content_hash": h, "model_name": predictor.name,
              "model_version": predictor.version, "label": a.get("label"),
              "probabilities": a.get("probabilities"), "values": a.get("values"),
              "source": source, "flow_run_id": flow_run_id, "scored_at": datetime.now(UTC)}
-            for i, h, a in zip(ids, hashes, answers(predictor.spec, outputs), strict=True)]
+            for i, h, a in zip(ids, hashes, answered, strict=True)]
 
 
 def score_rows(sessions: sessionmaker, predictor: Predictor, rows: list[tuple[int, str, datetime]],
@@ -158,6 +156,7 @@ def score_rows(sessions: sessionmaker, predictor: Predictor, rows: list[tuple[in
     from torch.utils.data import DataLoader
 
     from models.datamodule import worker_context
+    from models.predictor import answers
 
     result = ScoreResult(predictor.name, predictor.version, days=partitions(rows))
     loader = DataLoader(LakeImages(rows, lake, predictor.prepare), batch_size=batch_size,
@@ -167,7 +166,8 @@ def score_rows(sessions: sessionmaker, predictor: Predictor, rows: list[tuple[in
     for ids, images, failed in loader:
         result.failed.update(failed)
         if ids:
-            batch = prediction_rows(predictor, ids, predictor.outputs(images), flow_run_id)
+            answered = answers(predictor.spec, predictor.outputs(images))
+            batch = prediction_rows(predictor, ids, answered, flow_run_id)
             with sessions() as session:
                 new = insert_new(session, Prediction, batch)
                 session.commit()

@@ -94,11 +94,12 @@ class Service:
                 raise BadInput(422, rejection.reason, f"image {n}: {rejection.detail}") from None
         return torch.stack(tensors)
 
-    def record(self, predictor: Predictor, images: list[bytes], outputs: Any) -> None:
+    def record(self, predictor: Predictor, images: list[bytes],
+               answered: list[dict[str, Any]]) -> None:
         from tasks.score import prediction_rows
 
         hashes = [hashlib.sha256(data).hexdigest() for data in images]
-        self.log.add(prediction_rows(predictor, [None] * len(images), outputs, None,
+        self.log.add(prediction_rows(predictor, [None] * len(images), answered, None,
                                      source="online", content_hashes=hashes))
 
 
@@ -187,9 +188,9 @@ async def answer(service: Service, name: str, request: Request, started: float
     parsed = await read_request(service, request)
     images = await run_in_threadpool(service.prepare, predictor, parsed.images)
     outputs = await service.batchers[name].predict(predictor, images)
-    service.record(predictor, parsed.images, outputs)
-    return {"model": name, "version": predictor.version,
-            "predictions": answers(predictor.spec, outputs),
+    answered = answers(predictor.spec, outputs)  # once: the answer and its record
+    service.record(predictor, parsed.images, answered)
+    return {"model": name, "version": predictor.version, "predictions": answered,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
 
