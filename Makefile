@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## demo: simulate a few days of observations and run the nightly flow on the embedded default
+## demo: simulate a few days of observations and run the nightly flow for the whole fleet on the
+## embedded default, with the cpu-small profile (the zoo's own architectures need a GPU worker)
 demo: $(STAMP)
 	$(BIN)/oceanml simulate --days 3 --devices 8 --per-day 60
-	$(BIN)/oceanml run nightly
+	$(BIN)/oceanml run nightly --profile cpu-small
 
 ## test: the whole suite (unit, data, model, flows, integration)
 test: $(STAMP)

@@ -1,14 +1,26 @@
-"""The nightly lifecycle: ingest -> enrich -> dataset -> train -> evaluate -> drift -> promote
--> score (the champion, new or kept, scores what it has not scored yet)."""
+"""The nightly lifecycle of the fleet: ingest -> enrich once, then one branch per model
+(dataset -> train -> evaluate -> promote -> score -> drift), the branches side by side.
+
+Each branch is a subflow run of its own (``model-branch``, named after the model), so the UI
+shows every model's stages, logs and artifacts apart. A branch that fails does not stop the
+others; the nightly then ends Failed, naming the failed models, with every branch's outcome
+in its summary. In-process trainings take turns (see :mod:`flows.training`); with a GPU work
+pool they all run at once on its workers.
+"""
 
 from __future__ import annotations
 
+import contextvars
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import flow
+from prefect.states import Failed, State
 
 from flows.score import score_step
 from flows.training import train_step
+from oceanml.params import fleet, load_params, profile_description, run_profile
+from oceanml.settings import get_settings
 from tasks.dataset import build_dataset_task
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task
@@ -19,25 +31,66 @@ from tasks.score import distribution_task
 from tasks.summary import summary_task
 
 
+@flow(name="model-branch", flow_run_name="{model}", log_prints=True)
+def model_branch(model: str, profile: str, max_epochs: int | None = None,
+                 backbone: str | None = None) -> dict[str, Any]:
+    """One model's night: its dataset, a training, the evaluation against its champion, the
+    promotion decision, scoring by the champion it ends with, and drift of the recent window
+    against that champion's training data."""
+    dataset = build_dataset_task(model, profile=profile)
+    train = train_step(model, dataset["version"], max_epochs=max_epochs, backbone=backbone,
+                       profile=profile)
+    evaluation = evaluate_task(model, dataset["version"], train["model_version"])
+    promote = promote_task(model, evaluation)
+    scored = score_step(model)
+    drift = drift_task(model, dataset["version"])
+    return {"dataset": dataset, "train": train, "evaluate": evaluation, "promote": promote,
+            "score": scored, "drift": drift}
+
+
+def run_branches(models: list[str], concurrency: int, **kwargs: Any) -> dict[str, State]:
+    """Every model's branch, ``concurrency`` at a time (0: all); the final state of each."""
+    workers = concurrency or len(models)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="branch") as pool:
+        futures = {m: pool.submit(contextvars.copy_context().run, model_branch, m,
+                                  return_state=True, **kwargs) for m in models}
+        return {m: f.result() for m, f in futures.items()}
+
+
+def branch_outcome(state: State) -> dict[str, Any]:
+    """A branch's results, or its error in one line when it failed."""
+    if state.is_completed():
+        return state.result()
+    return {"error": state.message or state.name}
+
+
 @flow(name="nightly", log_prints=True)
-def nightly(
-    model: str = "plastic-detector", max_epochs: int | None = None, backbone: str | None = None
-) -> dict[str, Any]:
-    """Run every stage once for ``model``; each stage is idempotent, so a re-run adds nothing."""
+def nightly(models: list[str] | None = None, profile: str | None = None,
+            max_epochs: int | None = None, backbone: str | None = None) -> Any:
+    """Run the night for ``models`` (default: ``fleet`` in params.yaml) under ``profile``
+    (default: ``OCEANML_PROFILE``, else the zoo's defaults). Every stage is idempotent, so a
+    re-run adds nothing."""
+    settings = get_settings()
+    profile = run_profile(profile)
+    params = load_params(settings.project_dir.resolve(), profile)  # refuses a bad profile now
+    names = list(models or fleet(params))
     ingest = ingest_task()
     enrich = enrich_task(wait_for=[ingest])
-    dataset = build_dataset_task(model, wait_for=[enrich])
-    drift = drift_task.submit(model, dataset["version"])  # runs beside training
-    train = train_step(model, dataset["version"], max_epochs=max_epochs, backbone=backbone)
-    evaluation = evaluate_task(model, dataset["version"], train["model_version"])
-    promote = promote_task(model, evaluation, wait_for=[drift])
-    scored = score_step(model)
-    if scored.get("version"):
-        distribution_task({model: scored["version"]})
-    results = {"ingest": ingest, "enrich": enrich, "dataset": dataset, "train": train,
-               "evaluate": evaluation, "drift": drift.result(), "promote": promote,
-               "score": scored}
-    print(summary_task(model, results))
+    states = run_branches(names, settings.fleet_concurrency, profile=profile,
+                          max_epochs=max_epochs, backbone=backbone)
+    branches = {m: branch_outcome(s) for m, s in states.items()}
+    champions = {m: b["score"]["version"] for m, b in branches.items()
+                 if b.get("score", {}).get("version")}
+    if champions:
+        distribution_task(champions)
+    results = {"profile": profile_description(params, profile), "ingest": ingest,
+               "enrich": enrich, "models": branches}
+    print(summary_task(results))
+    failed = [m for m, b in branches.items() if "error" in b]
+    if failed:
+        return Failed(message=f"{len(failed)} of {len(names)} model branches failed: "
+                              + "; ".join(f"{m}: {branches[m]['error']}" for m in failed),
+                      data=results)
     return results
 
 

@@ -1,8 +1,10 @@
-"""Retrain on drift: rebuild the dataset, train, evaluate against the champion, promote.
+"""Retrain on drift: rebuild the dataset with the new observations, train, evaluate on the new
+split against the champion, and decide the promotion.
 
-Started by the ``oceanml.drift.detected`` event (see ``prefect.yaml``). A storm of events
-starts one run: the deployment runs one at a time and cancels newcomers, a run within the
-cool-down of the last training does nothing, and every stage is idempotent.
+Started by ``oceanml.drift.detected`` for one model (see ``prefect.yaml``). A storm of events
+starts one retrain per model: a run first claims the retrain under the model's lock, and a
+retrain of that model queued within the cool-down makes it end at once, saying which one.
+Every stage is idempotent.
 """
 
 from __future__ import annotations
@@ -12,10 +14,14 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from flows.training import train_step
+from oceanml.db import session_factory
+from oceanml.jobs import finish_job, set_job
+from oceanml.params import run_profile
+from oceanml.settings import get_settings
 from tasks.dataset import build_dataset_task
 from tasks.evaluate import evaluate_task
 from tasks.promote import promote_task
-from tasks.train import recent_training_task
+from tasks.train import claim_retrain_task
 
 
 @flow(name="retrain", log_prints=True)
@@ -25,23 +31,33 @@ def retrain(
     cooldown_hours: float = 6.0,
     max_epochs: int | None = None,
     backbone: str | None = None,
+    profile: str | None = None,
 ) -> dict[str, Any]:
-    """Retrain ``model`` because of ``reason`` unless it was trained within the cool-down."""
-    recent = recent_training_task(model, cooldown_hours)
-    if recent:
-        get_run_logger().info("retrain of %s skipped: v%s was trained at %s, within %.1f h",
-                              model, recent["model_version"], recent["created_at"],
-                              cooldown_hours)
+    """Retrain ``model`` because of ``reason`` unless it was retrained within the cool-down."""
+    claim = claim_retrain_task(model, cooldown_hours)
+    if claim["job_id"] is None:
+        recent = claim["recent"]
+        get_run_logger().info("retrain of %s skipped: retrain job %s was queued at %s, within "
+                              "the %.1f h cool-down", model, recent["job_id"],
+                              recent["queued_at"], cooldown_hours)
         return {"skipped": True, "recent": recent, "reason": reason}
-    dataset = build_dataset_task(model)
-    train = train_step(model, dataset["version"], max_epochs=max_epochs, backbone=backbone)
+    job_id, profile = claim["job_id"], run_profile(profile)
+    sessions = session_factory(get_settings().db_url)
+    try:
+        dataset = build_dataset_task(model, profile=profile)
+    except Exception as exc:
+        finish_job(sessions, job_id, "failed", error=exc)
+        raise
+    set_job(sessions, job_id, dataset_version=dataset["version"])
+    train = train_step(model, dataset["version"], max_epochs=max_epochs, backbone=backbone,
+                       profile=profile, trigger="retrain", job_id=job_id)
     evaluation = evaluate_task(model, dataset["version"], train["model_version"])
     promote = promote_task(model, evaluation)
     print(f"retrain of {model} ({reason or 'manual'}): dataset {dataset['version']}, "
           f"v{train['model_version']}, {'promoted' if promote['promoted'] else 'not promoted'}: "
           f"{promote['reason']}")
-    return {"skipped": False, "reason": reason, "dataset": dataset, "train": train,
-            "evaluate": evaluation, "promote": promote}
+    return {"skipped": False, "reason": reason, "job_id": job_id, "dataset": dataset,
+            "train": train, "evaluate": evaluation, "promote": promote}
 
 
 if __name__ == "__main__":

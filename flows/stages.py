@@ -7,6 +7,7 @@ from typing import Any
 from prefect import flow
 
 from flows.score import score
+from oceanml.params import run_profile
 from tasks.dataset import build_dataset_task, latest_dataset_task
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task
@@ -27,17 +28,20 @@ def enrich_flow() -> dict[str, Any]:
 
 
 @flow(name="dataset")
-def dataset_flow(model: str = "plastic-detector") -> dict[str, Any]:
-    return build_dataset_task(model)
+def dataset_flow(model: str = "plastic-detector", profile: str | None = None) -> dict[str, Any]:
+    return build_dataset_task(model, profile=run_profile(profile))
 
 
 @flow(name="train")
 def train_flow(
     model: str = "plastic-detector", dataset_version: str | None = None,
-    max_epochs: int | None = None, backbone: str | None = None,
+    max_epochs: int | None = None, backbone: str | None = None, profile: str | None = None,
+    job_id: int | None = None,
 ) -> dict[str, Any]:
+    """Train ``model``; the train deployment runs this with the job its caller queued."""
     version = dataset_version or latest_dataset_task(model)
-    return train_task(model, version, max_epochs=max_epochs, backbone=backbone)
+    return train_task(model, version, max_epochs=max_epochs, backbone=backbone,
+                      profile=run_profile(profile), job_id=job_id)
 
 
 @flow(name="evaluate")

@@ -8,33 +8,55 @@ subflow in the UI. Without it, the step trains in the flow's own process.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from prefect import get_run_logger
 from prefect.deployments import run_deployment
 
+from oceanml.db import session_factory
+from oceanml.jobs import finish_job, queue_job
+from oceanml.lineage import flow_run_id
 from oceanml.settings import get_settings
-from tasks.train import recorded_training_task, train_task
+from tasks.train import recorded_training_task, resolve, train_task
+
+LOCAL_TRAINING = threading.Lock()
 
 
 def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
-               backbone: str | None = None) -> dict[str, Any]:
-    """Train ``model`` on ``dataset_version`` where the settings say; returns the training."""
+               backbone: str | None = None, profile: str | None = None,
+               trigger: str = "nightly", job_id: int | None = None) -> dict[str, Any]:
+    """Train ``model`` on ``dataset_version`` where the settings say; returns the training.
+
+    The training job (``oceanml jobs``) is queued here, before it waits for a training slot
+    or a worker, unless the caller queued it (``job_id``). In-process trainings take the
+    process's one training slot: each already uses every core (or the GPU), so the fleet's
+    branches overlap everything but their trainings."""
     settings = get_settings()
+    sessions = session_factory(settings.db_url)
+    if job_id is None:
+        _, params = resolve(settings, model, max_epochs, backbone, profile)
+        job_id = queue_job(sessions, model, dataset_version, trigger, params.max_epochs,
+                           flow_run_id())
     if not settings.train_work_pool:
-        return train_task(model, dataset_version, max_epochs=max_epochs, backbone=backbone)
+        with LOCAL_TRAINING:
+            return train_task(model, dataset_version, max_epochs=max_epochs, backbone=backbone,
+                              profile=profile, job_id=job_id)
     parameters = {"model": model, "dataset_version": dataset_version, "max_epochs": max_epochs,
-                  "backbone": backbone}
+                  "backbone": backbone, "profile": profile, "job_id": job_id}
     check_deployment(settings.train_deployment, settings.train_work_pool)
     get_run_logger().info("training %s on work pool %s through %s", model,
                           settings.train_work_pool, settings.train_deployment)
     run = run_deployment(settings.train_deployment, parameters=parameters, timeout=None)
     if run.state is None or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"
+        finish_job(sessions, job_id, "cancelled" if run.state and run.state.is_cancelled()
+                   else "failed", error=f"train deployment run {run.name} ended {state}")
         raise RuntimeError(f"train deployment run {run.name} ({run.id}) ended {state}: see its "
                            "logs in the Prefect UI")
-    return recorded_training_task(model, dataset_version, max_epochs, backbone,
-                                  by_flow_run=str(run.id))
+    return {**recorded_training_task(model, dataset_version, max_epochs, backbone,
+                                     by_flow_run=str(run.id), profile=profile),
+            "job_id": job_id}
 
 
 def check_deployment(name: str, pool: str) -> None:

@@ -23,10 +23,14 @@ class OceanNet(nn.Module):
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """The backbone's features of ``images``: what the head reads, what drift compares."""
         if images.dtype == torch.uint8:
             # loaders send bytes, a quarter of float32 to pass between processes and to the
             # GPU; they are scaled here, on the device that runs the network
             images = images.float().div_(255.0)
-        out = self.head(self.backbone((images - self.mean) / self.std))
+        return self.backbone((images - self.mean) / self.std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.embed(images))
         return torch.sigmoid(out) if self.task == "regression" else out

@@ -74,6 +74,14 @@ class Predictor:
         return out.float().cpu().numpy()
 
 
+    def embeddings(self, images: torch.Tensor) -> np.ndarray:
+        """The backbone's features of a (N, 3, H, W) uint8 batch, float32 (drift's view)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.net.embed(images.to(self.device)).float().cpu().numpy()
+
+
 def answers(spec: ModelSpec, outputs: np.ndarray) -> list[dict[str, Any]]:
     """Per image: ``label`` and ``probabilities`` (classification) or ``values`` (regression)."""
     if spec.task == "classification":

@@ -23,7 +23,7 @@ datasets_app = typer.Typer(help="Dataset versions (DVC) recorded in the metadata
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 
-STAGES = ("nightly", "ingest", "enrich", "dataset", "train", "evaluate", "drift", "promote",
+STAGES = ("nightly", "monitor", "ingest", "enrich", "dataset", "train", "evaluate", "drift", "promote",
           "score")
 DEFAULT_MODEL = "plastic-detector"
 Stage = Enum("Stage", {s: s for s in STAGES}, type=str)
@@ -68,17 +68,32 @@ def simulate(
 def run(
     stage: Annotated[Stage, typer.Argument(help="The nightly flow, or one stage alone.")],
     model: Annotated[str | None, typer.Option(
-        help=f"Model of the zoo (default {DEFAULT_MODEL}; score: every champion).")] = None,
+        help=f"Model of the zoo (nightly, monitor: the whole fleet; score: every champion; "
+             f"other stages: {DEFAULT_MODEL}).")] = None,
     max_epochs: Annotated[int | None, typer.Option(help="Override params.yaml.")] = None,
     backbone: Annotated[str | None, typer.Option(help="e.g. resnet18 on a CPU.")] = None,
+    profile: Annotated[str | None, typer.Option(
+        help="params.yaml profile, e.g. cpu-small (default: OCEANML_PROFILE, else the zoo's "
+             "own architectures).")] = None,
 ) -> None:
-    """Run a flow locally through Prefect (ephemeral API unless PREFECT_API_URL is set)."""
+    """Run a flow locally through Prefect (ephemeral API unless PREFECT_API_URL is set).
+
+    The nightly and monitor flows run the whole fleet of params.yaml unless --model names one.
+    """
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     name = stage.value
-    if name == "nightly":
+    if name in ("nightly", "monitor"):
+        from flows.monitor import monitor
         from flows.nightly import nightly
 
-        nightly(model=model or DEFAULT_MODEL, max_epochs=max_epochs, backbone=backbone)
+        models = [model] if model else None
+        kwargs = {"models": models}
+        if name == "nightly":
+            kwargs.update(profile=profile, max_epochs=max_epochs, backbone=backbone)
+        state = {"nightly": nightly, "monitor": monitor}[name](**kwargs, return_state=True)
+        if not state.is_completed():
+            typer.echo(f"{name} ended {state.name}: {state.message}", err=True)
+            raise typer.Exit(1)
         return
     from flows.stages import STAGE_FLOWS
 
@@ -87,6 +102,8 @@ def run(
         kwargs = {"model": model}
     elif name not in ("ingest", "enrich"):
         kwargs = {"model": model or DEFAULT_MODEL}
+    if name in ("dataset", "train"):
+        kwargs["profile"] = profile
     if name == "train":
         kwargs.update(max_epochs=max_epochs, backbone=backbone)
     result = STAGE_FLOWS[name](**kwargs)
@@ -180,6 +197,44 @@ def rejects(limit: int = 20) -> None:
     typer.echo("by reason: " + ", ".join(f"{r}={n}" for r, n in counts))
     for row in rows:
         typer.echo(f"{row.rejected_at:%Y-%m-%d %H:%M} {row.reason:18} {row.source_key}  {row.detail}")
+
+
+JOB_COLUMNS = ("id", "model", "trigger", "status", "epoch", "progress", "dataset", "version",
+               "worker", "queued", "finished")
+
+
+@app.command()
+def jobs(
+    model: Annotated[str | None, typer.Option(help="Only this model's jobs.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
+) -> None:
+    """Training jobs, newest first: status, epoch of total, progress, worker, any error."""
+    from oceanml.db import session_factory
+    from oceanml.jobs import list_jobs
+    from oceanml.settings import get_settings
+
+    rows = [{"id": j.id, "model": j.model_name, "trigger": j.trigger, "status": j.status,
+             "epoch": f"{j.epoch}/{j.max_epochs or '?'}", "progress": f"{j.progress:.0%}",
+             "dataset": (j.dataset_version or "-")[:8],
+             "version": (f"v{j.model_version}" + (" (reused)" if j.reused else "")
+                         if j.model_version else "-"),
+             "worker": j.worker or "-", "queued": f"{j.queued_at:%Y-%m-%d %H:%M:%S}",
+             "finished": f"{j.finished_at:%H:%M:%S}" if j.finished_at else "-",
+             "error": j.error}
+            for j in list_jobs(session_factory(get_settings().db_url), model, limit)]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        typer.echo("no training jobs yet")
+        return
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in JOB_COLUMNS}
+    typer.echo("  ".join(c.ljust(widths[c]) for c in JOB_COLUMNS))
+    for r in rows:
+        typer.echo("  ".join(str(r[c]).ljust(widths[c]) for c in JOB_COLUMNS))
+        if r["error"]:
+            typer.echo(f"    error: {r['error'].splitlines()[0][:200]}")
 
 
 @app.command("settings")

@@ -153,6 +153,32 @@ class TrainingRun(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class TrainingJob(Base):
+    """A training a person can watch, from the moment it is queued: status (queued, running,
+    completed, failed, cancelled), epoch of total, progress, the error, the worker, timestamps.
+    ``trigger`` says who asked (nightly, retrain, manual); the retrain cool-down reads it."""
+
+    __tablename__ = "training_jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    dataset_version: Mapped[str | None] = mapped_column(String(64))  # None: being built
+    trigger: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    max_epochs: Mapped[int | None] = mapped_column(Integer)
+    progress: Mapped[float] = mapped_column(default=0.0)
+    error: Mapped[str | None] = mapped_column(Text)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    model_version: Mapped[str | None] = mapped_column(String(16))
+    reused: Mapped[bool] = mapped_column(Boolean, default=False)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    queued_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
 class Evaluation(Base):
     """Challenger and champion scored on the same test split."""
 
@@ -182,6 +208,7 @@ class DriftRecord(Base):
     reference_dataset_version: Mapped[str] = mapped_column(String(64))
     n_current: Mapped[int] = mapped_column(Integer)
     drifted: Mapped[bool] = mapped_column(Boolean)
+    verdict: Mapped[str] = mapped_column(String(16), default="none")  # drift|none|insufficient
     features: Mapped[dict[str, Any]] = mapped_column(default=dict)
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -18,9 +18,11 @@ class StageProgress:
     (``done == total``): each update is a call to the Prefect API, and stages report per item.
     """
 
-    def __init__(self, stage: str, unit: str = "item") -> None:
+    def __init__(self, stage: str, unit: str = "item", bar: bool = True) -> None:
+        """``bar=False``: the artifact only (e.g. beside Lightning's own progress bar)."""
         self.stage = stage
         self.unit = unit
+        self.show_bar = bar
         self.bar: tqdm | None = None
         self.artifact_id: Any = None
         self._updated = 0.0  # monotonic time of the last artifact update
@@ -40,11 +42,12 @@ class StageProgress:
         return self
 
     def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:
+        if self.bar is None and self.show_bar:
             self.bar = tqdm(total=total, desc=self.stage, unit=self.unit, disable=None)
-        self.bar.total = total  # may grow, e.g. while a listing is still being walked
-        self.bar.n = done
-        self.bar.refresh()
+        if self.bar is not None:
+            self.bar.total = total  # may grow, e.g. while a listing is still being walked
+            self.bar.n = done
+            self.bar.refresh()
         now = time.monotonic()
         if self.artifact_id is not None and (
                 done >= total or now - self._updated >= ARTIFACT_INTERVAL_S):

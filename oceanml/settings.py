@@ -56,7 +56,9 @@ class Settings(BaseSettings):
     llm_cost_per_1k_prompt: float = Field(0.0, description="For the cost estimate.")
     llm_cost_per_1k_completion: float = 0.0
 
-    model_name: str = Field("plastic-detector", description="Model of the zoo the flows train.")
+    profile: str | None = Field(
+        None, description="params.yaml profile runs use when none is asked for (e.g. "
+                          "cpu-small on a 2-core machine); unset: the zoo's defaults.")
     experiment_name: str = "oceanml"
     max_image_bytes: int = Field(5_000_000, description="Larger files are rejected.")
     max_image_pixels: int = Field(4096 * 4096, description="Decompression-bomb guard.")
@@ -70,6 +72,9 @@ class Settings(BaseSettings):
     ingest_chunk_size: int = Field(500, description="Files per chunk: bounds memory.")
     ingest_workers: int = Field(
         0, ge=0, description="Processes that read and validate files; 0 = one per core (<= 8).")
+    fleet_concurrency: int = Field(
+        0, ge=0, description="Model branches of a nightly at once; 0: all (in-process "
+                             "trainings still take turns).")
     drift_window_days: float = Field(2.0, description="Recent observations compared with ref.")
 
     # Where training runs: set per worker (a GPU worker's environment), not in params.yaml,

@@ -22,9 +22,10 @@ from sqlalchemy.orm import sessionmaker
 from oceanml import versioning
 from oceanml.db import SENSOR_COLUMNS, Dataset, Observation, session_factory
 from oceanml.lineage import flow_run_id
+from oceanml.params import load_params, model_section
 from oceanml.settings import Settings, get_settings
 from tasks.selection import summarize
-from tasks.shards import IMAGE_FEATURES, MANIFEST_COLUMNS, DatasetParams
+from tasks.shards import IMAGE_FEATURES, MANIFEST_COLUMNS, DatasetParams, resolved_params_path
 
 _MANIFEST_QUERY_COLUMNS = (
     "content_hash", "image_key", "observed_at", "device_id", "device_type", "image_width",
@@ -94,8 +95,14 @@ def _manifest_record(row: Any, label: Any, source: str) -> dict[str, Any]:
 
 def write_manifest(frame: pd.DataFrame, path: Path) -> bool:
     """Write the manifest only when its content changed, so DVC sees an unchanged dep."""
+    return write_if_changed(path, frame.to_csv(index=False, lineterminator="\n",
+                                               float_format="%.6g"))
+
+
+def write_if_changed(path: Path, text: str) -> bool:
+    """Write ``text`` unless ``path`` holds it already (DVC hashes deps by content, but an
+    untouched file also keeps its mtime, and a reader never sees a half-written one)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = frame.to_csv(index=False, lineterminator="\n", float_format="%.6g")
     if path.exists() and path.read_text() == text:
         return False
     path.write_text(text)
@@ -137,17 +144,26 @@ def check_labels(model: str, params: DatasetParams) -> None:
                          f"the classes {', '.join(spec.outputs)}")
 
 
+def write_resolved_params(project: Path, model: str, profile: str | None) -> None:
+    """The dataset section this build uses (profile applied), for the DVC stage to read."""
+    section = model_section(load_params(project, profile), "datasets", model)
+    write_if_changed(resolved_params_path(project, model),
+                     json.dumps(section, default=str, sort_keys=True, indent=1) + "\n")
+
+
 def build_dataset(settings: Settings, sessions: sessionmaker, model: str,
-                  run_id: str | None = None, now: datetime | None = None) -> DatasetVersion:
+                  run_id: str | None = None, now: datetime | None = None,
+                  profile: str | None = None) -> DatasetVersion:
     """Select, export, ``dvc repro``, ``dvc push`` and record; idempotent for unchanged input."""
     project = settings.project_dir.resolve()
-    params = DatasetParams.load(project / "params.yaml", model)
+    params = DatasetParams.load(project, model, profile)
     check_labels(model, params)
     selected = select_manifest(sessions, params, now)
     if selected.frame.empty:
         raise ValueError(f"no observation selected for {model!r} ({selected.reasons}): ingest "
                          f"labelled data, or widen datasets.{model}.selection in params.yaml")
     write_manifest(selected.frame, project / "data" / "manifests" / f"{model}.csv")
+    write_resolved_params(project, model, profile)
     versioning.ensure_repo(project, settings.dvc_remote_url, settings.s3_endpoint_url)
     env = {"OCEANML_HOME": str(settings.home.resolve())}
     env |= {f"OCEANML_{k.upper()}": str(v) for k, v in
@@ -192,10 +208,11 @@ def dataset_card(ds: DatasetVersion) -> str:
 
 
 @task(name="build-dataset", retries=1, retry_delay_seconds=10)
-def build_dataset_task(model: str) -> dict[str, Any]:
+def build_dataset_task(model: str, profile: str | None = None) -> dict[str, Any]:
     """Build (or reuse) the dataset version of ``model`` and publish its card."""
     settings = get_settings()
-    ds = build_dataset(settings, session_factory(settings.db_url), model, flow_run_id())
+    ds = build_dataset(settings, session_factory(settings.db_url), model, flow_run_id(),
+                       profile=profile)
     create_markdown_artifact(dataset_card(ds), key=f"dataset-{model}", description="dataset card")
     return ds.__dict__
 

@@ -1,14 +1,17 @@
-"""Drift: recent observations against the champion's training data.
+"""Drift: the recent window against the champion's training data.
 
-Reference statistics are stored with each dataset version (a value sample, quantile edges and
-category counts). Continuous features get a two-sample KS test and PSI over the reference
-quantile bins; categorical ones a chi-square test. A feature drifts when PSI passes its bar,
-or KS is significant *and* large enough to matter (on thousands of rows any difference is
-"significant"); the report drifts when enough features do.
+Features: sensor readings and image statistics (PSI and KS against the reference sample the
+dataset stored), the device mix (chi-square), the share of each LLM tag (two-proportion
+test), the champion's own predictions (class mix, or each target's values, in the window
+against those before it) and the images themselves: the champion backbone's embeddings of
+the window's images against the reference images', by MMD with a permutation test on a
+bounded sample (:mod:`tasks.drift_stats`). The window drifts when enough features do, or when
+the model's own view (its embeddings or its predictions) moved. Too few recent observations
+is its own verdict, ``insufficient``, never "no drift".
 
 :func:`compute_drift` is pure; :func:`detect_drift` is the stage's logic (find the reference,
-compare, record); :func:`drift_task` wraps it with what needs a Prefect run (the table
-artifact, the event and the run log).
+gather the window, compare, record); :func:`drift_task` wraps it with what needs a Prefect run
+(the table artifact, the event and the run log).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -24,23 +27,38 @@ import yaml
 from prefect import task
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
-from scipy import stats
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from oceanml import lineage
-from oceanml.db import SENSOR_COLUMNS, Dataset, DriftRecord, Observation, session_factory
+from oceanml.db import (
+    SENSOR_COLUMNS,
+    Dataset,
+    DriftRecord,
+    Observation,
+    Prediction,
+    session_factory,
+)
 from oceanml.logs import stage_logger
 from oceanml.registry import alias_version
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import get_settings
+from tasks.drift_stats import (
+    categorical_drift,
+    mmd_permutation_test,
+    numeric_drift,
+    psi,
+    share_drift,
+)
 from tasks.shards import IMAGE_FEATURES
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-EPS = 1e-4
-KS_MIN_EFFECT = 0.1
+__all__ = ["DriftReport", "DriftThresholds", "compute_drift", "detect_drift", "psi"]
+
+Verdict = Literal["drift", "none", "insufficient"]
+MODEL_VIEW = ("embedding", "predictions")  # features that drift the window on their own
 
 
 @dataclass(frozen=True)
@@ -49,6 +67,9 @@ class DriftThresholds:
     ks_pvalue: float = 0.01
     share_threshold: float = 0.3
     min_samples: int = 50
+    embedding_sample: int = 256  # images per side the embedding check reads at most
+    embedding_pvalue: float = 0.01
+    permutations: int = 200
 
 
 @dataclass
@@ -59,65 +80,67 @@ class DriftReport:
     features: dict[str, dict[str, Any]] = field(default_factory=dict)
     reason: str = ""
     reference_dataset_version: str | None = None  # None: there was nothing to compare with
+    verdict: Verdict = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def psi(edges: list[float], reference: np.ndarray, current: np.ndarray) -> float:
-    """Population stability index over the reference's quantile bins (open-ended outer bins)."""
-    inner = np.asarray(edges[1:-1], dtype=float)
-    ref = np.bincount(np.searchsorted(inner, reference, side="right"), minlength=len(inner) + 1)
-    cur = np.bincount(np.searchsorted(inner, current, side="right"), minlength=len(inner) + 1)
-    ref_p = np.clip(ref / max(ref.sum(), 1), EPS, None)
-    cur_p = np.clip(cur / max(cur.sum(), 1), EPS, None)
-    return float(np.sum((cur_p - ref_p) * np.log(cur_p / ref_p)))
+@dataclass
+class Window:
+    """What the recent window holds: one row per observation, and the model's view of it."""
+
+    observations: pd.DataFrame
+    model_features: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def numeric_drift(ref: dict[str, Any], current: np.ndarray, t: DriftThresholds) -> dict[str, Any]:
-    sample = np.asarray(ref["sample"], dtype=float)
-    ks = stats.ks_2samp(sample, current)
-    value = psi(ref["edges"], sample, current)
-    drifted = value > t.psi_threshold or (ks.pvalue < t.ks_pvalue and ks.statistic > KS_MIN_EFFECT)
-    return {"kind": "numeric", "psi": round(value, 4), "ks_stat": round(float(ks.statistic), 4),
-            "ks_pvalue": float(ks.pvalue), "ref_mean": round(ref["mean"], 4),
-            "cur_mean": round(float(current.mean()), 4), "drifted": bool(drifted)}
+def tag_features(reference: dict[str, Any], current: pd.DataFrame, t: DriftThresholds
+                 ) -> dict[str, dict[str, Any]]:
+    """``tag:<name>``: the share of enriched observations carrying each LLM tag."""
+    ref_counts = reference.get("categorical", {}).get("llm_tags") or {}
+    if not ref_counts or "llm_tags" not in current:
+        return {}
+    enriched = current["llm_tags"].dropna()
+    if len(enriched) < t.min_samples:
+        return {}
+    hits = pd.Series([tag for tags in enriched for tag in set(tags)]).value_counts()
+    return {f"tag:{tag}": share_drift(ref_counts.get(tag, 0), reference["n"],
+                                      int(hits.get(tag, 0)), len(enriched), t.ks_pvalue)
+            for tag in sorted(set(ref_counts) | set(hits.index))}
 
 
-def categorical_drift(ref_counts: dict[str, int], current: pd.Series, t: DriftThresholds) -> dict:
-    categories = sorted(set(ref_counts) | set(current.unique()))
-    ref = np.array([ref_counts.get(c, 0) for c in categories], dtype=float)
-    cur = current.value_counts().reindex(categories, fill_value=0).to_numpy(dtype=float)
-    expected = np.clip(ref / ref.sum(), EPS, None)
-    expected = expected / expected.sum() * cur.sum()
-    chi = stats.chisquare(cur, expected)
-    return {"kind": "categorical", "chi2": round(float(chi.statistic), 3),
-            "pvalue": float(chi.pvalue), "drifted": bool(chi.pvalue < t.ks_pvalue)}
-
-
-def compute_drift(
-    reference: dict[str, Any], current: pd.DataFrame, thresholds: DriftThresholds
-) -> DriftReport:
-    """Per-feature drift of ``current`` (one row per observation) against ``reference``."""
+def compute_drift(reference: dict[str, Any], current: pd.DataFrame, thresholds: DriftThresholds,
+                  model_features: dict[str, dict[str, Any]] | None = None) -> DriftReport:
+    """Per-feature drift of ``current`` (one row per observation) against ``reference``, plus
+    the checks of the model's own view already made (:func:`prediction_features`,
+    :func:`embedding_feature`)."""
     n = len(current)
     if n < thresholds.min_samples:
-        return DriftReport(False, n, 0.0, reason=f"only {n} recent observations "
-                           f"(< {thresholds.min_samples}); no verdict")
+        return DriftReport(False, n, 0.0, reason=f"not enough recent data: {n} observations "
+                           f"in the window (< {thresholds.min_samples}); no verdict",
+                           verdict="insufficient")
     features: dict[str, dict[str, Any]] = {}
     for name, ref in reference.get("numeric", {}).items():
         if name in current:
             values = current[name].dropna().to_numpy(dtype=float)
             if len(values) >= thresholds.min_samples:
-                features[name] = numeric_drift(ref, values, thresholds)
+                features[name] = numeric_drift(ref, values, thresholds.ks_pvalue,
+                                               thresholds.psi_threshold)
     device_counts = reference.get("categorical", {}).get("device_type")
     if device_counts and "device_type" in current:
-        features["device_type"] = categorical_drift(device_counts, current["device_type"], thresholds)
+        features["device_type"] = categorical_drift(device_counts, current["device_type"],
+                                                    thresholds.ks_pvalue)
+    features |= tag_features(reference, current, thresholds)
+    features |= model_features or {}
     drifted = [name for name, f in features.items() if f["drifted"]]
     share = len(drifted) / len(features) if features else 0.0
-    verdict = share >= thresholds.share_threshold
+    model_view = [name for name in drifted if name.split(":")[0] in MODEL_VIEW]
+    verdict = share >= thresholds.share_threshold or bool(model_view)
     reason = (f"{len(drifted)}/{len(features)} features drifted ({', '.join(drifted) or 'none'}); "
-              f"bar is {thresholds.share_threshold:.0%}")
-    return DriftReport(verdict, n, round(share, 4), features, reason)
+              f"bar is {thresholds.share_threshold:.0%}"
+              + (f", and the model's view moved ({', '.join(model_view)})" if model_view else ""))
+    return DriftReport(verdict, n, round(share, 4), features, reason,
+                       verdict="drift" if verdict else "none")
 
 
 def load_thresholds(params_file: Path) -> DriftThresholds:
@@ -125,15 +148,19 @@ def load_thresholds(params_file: Path) -> DriftThresholds:
 
 
 def recent_observations(sessions: sessionmaker, since: datetime) -> pd.DataFrame:
-    """One row per observation since ``since``: readings, image statistics, device type."""
+    """One row per observation since ``since``: id, image key, readings, image statistics,
+    device type and LLM tags (None when not enriched)."""
     with sessions() as session:
-        rows = session.scalars(select(Observation).where(Observation.observed_at >= since)).all()
+        rows = session.scalars(select(Observation).where(Observation.observed_at >= since)
+                               .order_by(Observation.id)).all()
     return pd.DataFrame.from_records([
-        {"device_type": o.device_type,
+        {"id": o.id, "image_key": o.image_key, "device_type": o.device_type,
+         "llm_tags": o.llm_tags,
          **{name: getattr(o, name) for name in SENSOR_COLUMNS},
          **{f"image_{f}": (o.image_stats or {}).get(f) for f in IMAGE_FEATURES}}
         for o in rows
-    ])
+    ], columns=["id", "image_key", "device_type", "llm_tags", *SENSOR_COLUMNS,
+                *(f"image_{f}" for f in IMAGE_FEATURES)])
 
 
 def reference_dataset(sessions: sessionmaker, mlc: MlflowClient, model: str,
@@ -146,6 +173,98 @@ def reference_dataset(sessions: sessionmaker, mlc: MlflowClient, model: str,
                                                     Dataset.version == version))
 
 
+def prediction_features(sessions: sessionmaker, model: str, version: str, since: datetime,
+                        t: DriftThresholds, history: int = 20_000) -> dict[str, dict[str, Any]]:
+    """The champion's batch predictions on the window against its predictions on the
+    observations before it (the latest ``history``): the class mix (``predictions``) or each
+    target's values (``predictions:<target>``)."""
+    query = (select(Prediction.label, Prediction.values, Observation.observed_at)
+             .join(Observation, Observation.id == Prediction.observation_id)
+             .where(Prediction.model_name == model, Prediction.model_version == version))
+    with sessions() as session:
+        current = session.execute(query.where(Observation.observed_at >= since)).all()
+        before = session.execute(query.where(Observation.observed_at < since)
+                                 .order_by(Observation.observed_at.desc()).limit(history)).all()
+    if min(len(current), len(before)) < t.min_samples:
+        return {}
+    if before[0].label is not None:
+        counts = pd.Series([r.label for r in before]).value_counts().to_dict()
+        return {"predictions": categorical_drift(counts, pd.Series([r.label for r in current]),
+                                                 t.ks_pvalue)}
+    out = {}
+    for target in before[0].values:  # values in [0, 1]: their mix over fixed fifths
+        ref = value_bins([r.values[target] for r in before])
+        out[f"predictions:{target}"] = categorical_drift(
+            ref.value_counts().to_dict(), value_bins([r.values[target] for r in current]),
+            t.ks_pvalue)
+    return out
+
+
+def value_bins(values: list[float]) -> pd.Series:
+    """Regression outputs (in [0, 1]) as the fifth they fall in: a saturated output that
+    moves in its fourth decimal is the same answer, not drift."""
+    edges = np.linspace(0, 1, 6)[1:-1]
+    return pd.Series(np.searchsorted(edges, np.asarray(values, dtype=float), side="right")
+                     ).map(lambda b: f"{b / 5:.1f}-{(b + 1) / 5:.1f}")
+
+
+def embedding_feature(sessions: sessionmaker, predictor: Any, lake: Any, reference_hashes:
+                      list[str], window: pd.DataFrame, t: DriftThresholds
+                      ) -> dict[str, dict[str, Any]]:
+    """``embedding``: MMD between the champion backbone's embeddings of the reference images
+    and of (a sample of) the window's images, with its permutation p-value."""
+    with sessions() as session:
+        ref_rows = session.execute(select(Observation.id, Observation.image_key)
+                                   .where(Observation.content_hash.in_(reference_hashes),
+                                          Observation.image_key.is_not(None))).all()
+    cur = window.dropna(subset=["image_key"])
+    cur = cur.sample(min(len(cur), t.embedding_sample), random_state=0)
+    if min(len(ref_rows), len(cur)) < t.min_samples:
+        return {}
+    ref_emb = embed(predictor, lake, [(i, k, None) for i, k in ref_rows])
+    cur_emb = embed(predictor, lake, [(i, k, None) for i, k in zip(cur["id"], cur["image_key"],
+                                                                   strict=True)])
+    mmd2, p, n_ref, n_cur = mmd_permutation_test(ref_emb, cur_emb, max_sample=t.embedding_sample,
+                                                 permutations=t.permutations)
+    return {"embedding": {"kind": "embedding", "mmd2": round(mmd2, 5), "pvalue": p,
+                          "n_ref": n_ref, "n_cur": n_cur, "drifted": bool(p < t.embedding_pvalue)}}
+
+
+def embed(predictor: Any, lake: Any, rows: list[tuple[int, str, Any]], batch_size: int = 64
+          ) -> np.ndarray:
+    """Backbone embeddings of the images ``rows`` name, prepared as scoring prepares them;
+    an image that cannot be read is left out."""
+    from torch.utils.data import DataLoader
+
+    from tasks.score import LakeImages, collate
+
+    loader = DataLoader(LakeImages(rows, lake, predictor.prepare), batch_size=batch_size,
+                        collate_fn=collate)
+    parts = [predictor.embeddings(images) for _, images, _ in loader if images is not None]
+    return np.concatenate(parts) if parts else np.zeros((0, 1), dtype=np.float32)
+
+
+def model_view(sessions: sessionmaker, mlc: MlflowClient, settings: Any, model: str,
+               reference: Dataset, window: pd.DataFrame, since: datetime, t: DriftThresholds
+               ) -> dict[str, dict[str, Any]]:
+    """The champion's view of the window: its predictions and its embeddings. Nothing
+    before there is a champion."""
+    from models.predictor import load_predictor
+    from oceanml.store import filesystem
+
+    champion = alias_version(mlc, model)
+    if champion is None or len(window) < t.min_samples:
+        return {}
+    version = str(champion.version)
+    features = prediction_features(sessions, model, version, since, t)
+    hashes = reference.reference_stats.get("embedding_sample") or []
+    if hashes:
+        predictor = load_predictor(mlc, model, version, device="cpu")
+        features |= embedding_feature(sessions, predictor, filesystem(settings.lake_url, settings),
+                                      hashes, window, t)
+    return features
+
+
 def detect_drift(
     sessions: sessionmaker,
     mlc: MlflowClient,
@@ -154,23 +273,28 @@ def detect_drift(
     thresholds: DriftThresholds,
     since: datetime,
     flow_run_id: str | None,
+    settings: Any = None,
 ) -> DriftReport:
-    """Compare the observations since ``since`` with the reference dataset; record the check.
+    """Compare the window since ``since`` with the reference dataset; record the check.
 
-    Every check with a reference adds a ``DriftRecord`` (a time series of checks: two checks
-    of the same data are two rows); without a reference (no champion and no stored fallback
-    dataset) nothing is recorded and the report says so, with ``reference_dataset_version``
-    None.
+    Every check with a reference adds a ``DriftRecord`` with its verdict (a time series of
+    checks: two checks of the same data are two rows); without a reference (no champion and
+    no stored fallback dataset) nothing is recorded and the report says so, with
+    ``reference_dataset_version`` None. The model's view (predictions, embeddings) is
+    checked when ``settings`` say where the lake is.
     """
     reference = reference_dataset(sessions, mlc, model, fallback_dataset_version)
     if reference is None:
         return DriftReport(False, 0, 0.0, reason="no reference dataset yet")
-    report = compute_drift(reference.reference_stats, recent_observations(sessions, since),
-                           thresholds)
+    window = recent_observations(sessions, since)
+    extra = (model_view(sessions, mlc, settings, model, reference, window, since, thresholds)
+             if settings is not None else {})
+    report = compute_drift(reference.reference_stats, window, thresholds, extra)
     with sessions() as session:
         session.add(DriftRecord(model_name=model, reference_dataset_version=reference.version,
                                 n_current=report.n_current, drifted=report.drifted,
-                                features=report.features, flow_run_id=flow_run_id))
+                                verdict=report.verdict, features=report.features,
+                                flow_run_id=flow_run_id))
         session.commit()
     return replace(report, reference_dataset_version=reference.version)
 
@@ -193,10 +317,11 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
     report = detect_drift(session_factory(settings.db_url), mlflow_client(settings), model,
                           fallback_dataset_version,
                           load_thresholds(settings.project_dir.resolve() / "params.yaml"),
-                          since, lineage.flow_run_id())
+                          since, lineage.flow_run_id(), settings=settings)
     reference = report.reference_dataset_version
     if reference is None:
-        return {"drifted": False, "reason": report.reason, "n_current": 0}
+        return {"drifted": False, "verdict": "no_reference", "reason": report.reason,
+                "n_current": 0}
     if report.features:
         create_table_artifact(drift_table(report), key=f"drift-{model}",
                               description=f"drift vs dataset {reference}: {report.reason}")
@@ -208,7 +333,7 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
             payload={"reference_dataset_version": reference, "reason": report.reason,
                      "share_drifted": report.share_drifted},
         )
-    stage_logger("drift").info("drift: %s (%s)", "DETECTED" if report.drifted else "none",
-                               report.reason)
-    return {"drifted": report.drifted, "reason": report.reason, "n_current": report.n_current,
-            "reference_dataset_version": reference, "share_drifted": report.share_drifted}
+    stage_logger("drift").info("drift of %s: %s (%s)", model, report.verdict, report.reason)
+    return {"drifted": report.drifted, "verdict": report.verdict, "reason": report.reason,
+            "n_current": report.n_current, "reference_dataset_version": reference,
+            "share_drifted": report.share_drifted}

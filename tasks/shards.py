@@ -19,16 +19,16 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import yaml
 
 from models.preprocess import shard_jpeg
 from oceanml.db import SENSOR_COLUMNS
+from oceanml.params import load_params, model_section
 from oceanml.settings import Settings, get_settings
 from oceanml.store import filesystem
+from tasks.drift_stats import numeric_reference
 from tasks.selection import Labelling, Selection, WeakLabels
 
 IMAGE_FEATURES = ("brightness", "contrast", "green_ratio", "saturation")
@@ -54,11 +54,10 @@ class DatasetParams:
     selection: Selection = field(default_factory=Selection)
 
     @classmethod
-    def load(cls, params_file: Path, model: str) -> DatasetParams:
-        datasets = yaml.safe_load(params_file.read_text()).get("datasets") or {}
-        if model not in datasets:
-            raise KeyError(f"params.yaml has no datasets.{model} section")
-        return cls.from_dict(datasets[model], f"datasets.{model}")
+    def load(cls, project_dir: Path, model: str, profile: str | None = None) -> DatasetParams:
+        """``datasets.<model>`` of the project's ``params.yaml`` under ``profile``."""
+        section = model_section(load_params(project_dir, profile), "datasets", model)
+        return cls.from_dict(section, f"datasets.{model}")
 
     @classmethod
     def from_dict(cls, section: dict[str, Any], where: str = "datasets") -> DatasetParams:
@@ -88,22 +87,18 @@ def split_of(content_hash: str, ratios: tuple[float, float, float]) -> str:
     return "val" if bucket < ratios[0] + ratios[1] else "test"
 
 
+EMBEDDING_SAMPLE = 256  # reference images whose embeddings drift compares with the window's
+
+
 def reference_stats(frame: pd.DataFrame, sample: int, bins: int = 10) -> dict[str, Any]:
-    """What drift checks compare against: a value sample, quantile bins and category counts."""
-    numeric: dict[str, Any] = {}
-    for name in DRIFT_FEATURES:
-        values = frame[name].dropna().to_numpy(dtype=float)
-        if len(values) == 0:
-            continue
-        step = max(1, len(values) // sample)
-        edges = np.unique(np.quantile(values, np.linspace(0, 1, bins + 1)))
-        numeric[name] = {
-            "sample": [round(float(v), 6) for v in values[::step][:sample]],
-            "edges": [float(e) for e in edges],
-            "mean": float(values.mean()),
-            "std": float(values.std()),
-        }
+    """What drift checks compare against: a value sample and quantile bins per numeric
+    feature, category and tag counts, and the content hashes of a sample of images (their
+    embeddings, on whichever champion is checked, are the image reference)."""
+    numeric = {name: numeric_reference(values, sample, bins) for name in DRIFT_FEATURES
+               if len(values := frame[name].dropna().to_numpy(dtype=float))}
     tags = frame["llm_tags"].fillna("").str.split(",").explode()
+    hashes = frame["content_hash"].sort_values()
+    step = max(1, len(hashes) // EMBEDDING_SAMPLE)
     return {
         "n": int(len(frame)),
         "numeric": numeric,
@@ -111,6 +106,7 @@ def reference_stats(frame: pd.DataFrame, sample: int, bins: int = 10) -> dict[st
             "device_type": frame["device_type"].value_counts().to_dict(),
             "llm_tags": tags[tags != ""].value_counts().to_dict(),
         },
+        "embedding_sample": hashes.iloc[::step].head(EMBEDDING_SAMPLE).tolist(),
     }
 
 
@@ -224,6 +220,12 @@ def build(manifest_path: Path, out_dir: Path, params: DatasetParams, settings: S
     return {**card, "shards": counts}
 
 
+def resolved_params_path(project_dir: Path, model: str) -> Path:
+    """The dataset section a build used, profile applied: written by the dataset stage beside
+    the manifest and a dependency of ``build@<model>``, so a change of profile is a rebuild."""
+    return project_dir / "data" / "manifests" / f"{model}.params.json"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``build@<model>`` DVC stage."""
     parser = argparse.ArgumentParser(prog="python -m tasks.shards")
@@ -233,7 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = get_settings()
     root = Path.cwd()
-    params = DatasetParams.load(root / "params.yaml", args.model)
+    params = DatasetParams.from_dict(json.loads(resolved_params_path(root, args.model).read_text()),
+                                     f"datasets.{args.model}")
     card = build(
         root / "data" / "manifests" / f"{args.model}.csv",
         root / "data" / "datasets" / args.model,

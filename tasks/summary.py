@@ -16,15 +16,9 @@ def _metrics(report: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if isinstance(v, float)) or "-"
 
 
-def summary_rows(model: str, results: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
-    """(stage, outcome) for every stage, saying plainly when a stage had nothing to do.
-
-    ``results`` holds each stage task's return value under the stage's name, as the nightly
-    flow collects them.
-    """
+def shared_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(stage, outcome) of the stages every model shares: ingest and enrich."""
     ingest, enrich = results["ingest"], results["enrich"]
-    dataset, train = results["dataset"], results["train"]
-    evaluation, drift, promote = results["evaluate"], results["drift"], results["promote"]
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(ingest["reasons"].items())) or "none"
     return [
         ("ingest", f"{ingest['ingested']} new observations, {ingest['rejected']} rejected "
@@ -38,6 +32,15 @@ def summary_rows(model: str, results: dict[str, dict[str, Any]]) -> list[tuple[s
                       f"~${enrich['cost']:.4f}" if enrich["prompt_tokens"] else "")
                    + (" - nothing to do" if not enrich["enriched"] and not enrich["failed"]
                       else "")),
+    ]
+
+
+def branch_rows(model: str, branch: dict[str, Any]) -> list[tuple[str, str]]:
+    """(stage, outcome) for every stage of one model's branch, saying plainly when a stage
+    had nothing to do. ``branch`` holds each stage task's return value under its name."""
+    dataset, train = branch["dataset"], branch["train"]
+    evaluation, promote = branch["evaluate"], branch["promote"]
+    return [
         ("dataset", f"`{dataset['version']}` " + ("new version" if dataset["created"]
                                                   else "unchanged: no new version")
                     + f", splits {dataset['split_counts']}"),
@@ -48,12 +51,41 @@ def summary_rows(model: str, results: dict[str, dict[str, Any]]) -> list[tuple[s
                      + (f"v{evaluation['champion_version']}" if evaluation["champion_version"]
                         else "none")
                      + (" (recorded earlier: reused)" if evaluation.get("reused") else "")),
-        ("drift", ("DETECTED - " if drift["drifted"] else "none - ") + drift["reason"]),
         ("promote", ("PROMOTED - " if promote["promoted"] else "not promoted - ")
                     + promote["reason"]
                     + ("" if promote["decided_now"] else " (no new decision)")),
-        *([("score", _score(results["score"]))] if "score" in results else []),
+        *([("score", _score(branch["score"]))] if "score" in branch else []),
+        *([("drift", drift_outcome(branch["drift"]))] if "drift" in branch else []),
     ]
+
+
+def drift_outcome(drift: dict[str, Any]) -> str:
+    """DETECTED, none, or not enough recent data (no verdict), with the reason."""
+    verdict = drift.get("verdict") or ("drift" if drift["drifted"] else "none")
+    label = {"drift": "DETECTED", "none": "none", "insufficient": "NO VERDICT",
+             "no_reference": "NO REFERENCE"}.get(verdict, verdict)
+    return f"{label} - {drift['reason']}"
+
+
+FLEET_COLUMNS = ("model", "branch", "dataset", "version", "test", "promotion", "scored", "drift")
+
+
+def fleet_row(model: str, branch: dict[str, Any]) -> tuple[str, ...]:
+    """One line per model: how its branch ended and what each stage left, in short."""
+    if "error" in branch:
+        return (model, f"FAILED: {branch['error']}", *["-"] * (len(FLEET_COLUMNS) - 2))
+    dataset, train, promote = branch["dataset"], branch["train"], branch["promote"]
+    score, drift = branch.get("score") or {}, branch.get("drift")
+    return (
+        model, "completed",
+        f"`{dataset['version'][:8]}` " + ("new" if dataset["created"] else "unchanged"),
+        f"v{train['model_version']} " + ("reused" if train["reused"] else "new"),
+        _metrics(branch["evaluate"]["challenger"]),
+        ("PROMOTED" if promote["promoted"] else "kept")
+        + (f" v{promote['champion_version']}" if promote.get("champion_version") else ""),
+        str(score.get("scored", 0)) if score.get("version") else "-",
+        drift_outcome(drift).split(" - ")[0] if drift else "-",
+    )
 
 
 def _score(score: dict[str, Any]) -> str:
@@ -67,11 +99,21 @@ def _score(score: dict[str, Any]) -> str:
             + (f" - {score['reason']}" if score.get("reason") else ""))
 
 
-def nightly_summary(model: str, results: dict[str, dict[str, Any]], where: dict[str, str]) -> str:
-    """Markdown of every stage's outcome (:func:`summary_rows`) and where to look further."""
-    rows = summary_rows(model, results)
-    lines = [f"# OceanML nightly: `{model}`", "", "| stage | outcome |", "|---|---|"]
-    lines += [f"| {stage} | {text} |" for stage, text in rows]
+def nightly_summary(results: dict[str, Any], where: dict[str, str]) -> str:
+    """Markdown: the profile, the shared stages, one row per model, each model's stages in
+    full (:func:`branch_rows`), and where to look further."""
+    models = results["models"]
+    failed = [m for m, b in models.items() if "error" in b]
+    lines = [f"# OceanML nightly: {len(models)} models"
+             + (f", {len(failed)} FAILED ({', '.join(failed)})" if failed else ""), "",
+             f"Profile: {results['profile']}", "", "| stage | outcome |", "|---|---|"]
+    lines += [f"| {stage} | {text} |" for stage, text in shared_rows(results)]
+    lines += ["", "| " + " | ".join(FLEET_COLUMNS) + " |", "|" + "---|" * len(FLEET_COLUMNS)]
+    lines += ["| " + " | ".join(fleet_row(m, b)) + " |" for m, b in models.items()]
+    for model, branch in models.items():
+        if "error" not in branch:
+            lines += ["", f"## `{model}`", "", "| stage | outcome |", "|---|---|"]
+            lines += [f"| {stage} | {text} |" for stage, text in branch_rows(model, branch)]
     lines += ["", "Where to look:", ""] + [f"- {k}: {v}" for k, v in where.items()]
     return "\n".join(lines)
 
@@ -87,8 +129,9 @@ def where_to_look() -> dict[str, str]:
 
 
 @task(name="summary")
-def summary_task(model: str, results: dict[str, dict[str, Any]]) -> str:
+def summary_task(results: dict[str, Any]) -> str:
     """Publish the summary as a markdown artifact and return it."""
-    text = nightly_summary(model, results, where_to_look())
-    create_markdown_artifact(text, key="nightly-summary", description=f"nightly run of {model}")
+    text = nightly_summary(results, where_to_look())
+    create_markdown_artifact(text, key="nightly-summary",
+                             description=f"nightly run of {', '.join(results['models'])}")
     return text

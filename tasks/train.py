@@ -11,20 +11,21 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass, field, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
 from filelock import FileLock
 from prefect import task
 from sqlalchemy import select
 
 from models.zoo import ModelSpec, get_spec
 from oceanml.db import TrainingRun, session_factory
+from oceanml.jobs import JobCallback, claim_retrain, finish_job, queue_job
 from oceanml.lineage import flow_run_id, git_commit
 from oceanml.logs import stage_logger
+from oceanml.params import load_params, model_section
 from oceanml.registry import client as mlflow_client
 from oceanml.registry import ensure_experiment, ensure_registered_model, version_by_tag
 from oceanml.settings import Settings, get_settings
@@ -48,9 +49,14 @@ class TrainParams:
     weights: str | None = None
 
     @classmethod
-    def load(cls, params_file: Path, model: str, **overrides: Any) -> TrainParams:
-        section = (yaml.safe_load(params_file.read_text()).get("train") or {}).get(model, {})
+    def load(cls, project_dir: Path, model: str, profile: str | None = None,
+             **overrides: Any) -> TrainParams:
+        """``train.<model>`` of ``params.yaml`` under ``profile``, then run-time overrides."""
+        section = model_section(load_params(project_dir, profile), "train", model)
         section.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = sorted(set(section) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"train.{model}: unknown key(s) {', '.join(unknown)}")
         return cls(**section)
 
     def training_key(self, spec: ModelSpec, dataset_version: str) -> str:
@@ -227,27 +233,54 @@ def build_trainer(spec: ModelSpec, params: TrainParams, hardware: Hardware, ckpt
 
 
 def resolve(settings: Settings, model: str, max_epochs: int | None = None,
-            backbone: str | None = None) -> tuple[ModelSpec, TrainParams]:
-    """The spec and params a training of ``model`` uses: ``params.yaml`` plus overrides."""
+            backbone: str | None = None, profile: str | None = None
+            ) -> tuple[ModelSpec, TrainParams]:
+    """The spec and params a training of ``model`` uses: ``params.yaml`` under ``profile``,
+    plus overrides."""
     project = settings.project_dir.resolve()
-    params = TrainParams.load(project / "params.yaml", model, max_epochs=max_epochs,
+    params = TrainParams.load(project, model, profile, max_epochs=max_epochs,
                               backbone=backbone)
     return get_spec(model, backbone=params.backbone, input_size=params.image_size), params
 
 
 @task(name="train", retries=1, retry_delay_seconds=30, timeout_seconds=12 * 3600)
 def train_task(
-    model: str, dataset_version: str, max_epochs: int | None = None, backbone: str | None = None
+    model: str, dataset_version: str, max_epochs: int | None = None, backbone: str | None = None,
+    profile: str | None = None, job_id: int | None = None,
 ) -> dict[str, Any]:
-    """Train (or reuse) a version of ``model`` on ``dataset_version`` and record it."""
+    """Train (or reuse) a version of ``model`` on ``dataset_version`` and record it; the
+    training job ``job_id`` (a new manual one when None) follows it."""
     settings = get_settings()
+    sessions = session_factory(settings.db_url)
+    spec, params = resolve(settings, model, max_epochs, backbone, profile)
+    if job_id is None:
+        job_id = queue_job(sessions, model, dataset_version, "manual", params.max_epochs,
+                           flow_run_id())
+    try:
+        outcome = _train_recorded(settings, sessions, spec, params, dataset_version,
+                                  [JobCallback(sessions, job_id, model)])
+    except Exception as exc:
+        finish_job(sessions, job_id, "failed", error=exc)
+        raise
+    except BaseException as exc:  # interrupted, or cancelled by Prefect
+        finish_job(sessions, job_id, "cancelled", error=exc)
+        raise
+    finish_job(sessions, job_id, "completed", model_version=outcome.model_version,
+               reused=outcome.reused)
+    stage_logger("train").info("train: %s v%s (%s), metrics %s", model, outcome.model_version,
+                               "reused" if outcome.reused else "new", outcome.metrics)
+    return {**asdict(outcome), "job_id": job_id}
+
+
+def _train_recorded(settings: Settings, sessions: Any, spec: ModelSpec, params: TrainParams,
+                    dataset_version: str, callbacks: list[Any]) -> TrainOutcome:
+    """Train (or reuse) and add the ``training_runs`` row the first time a key is trained."""
     project = settings.project_dir.resolve()
-    spec, params = resolve(settings, model, max_epochs, backbone)
-    data_dir = local_dataset(settings, model, dataset_version)
+    data_dir = local_dataset(settings, spec.name, dataset_version)
     lineage = {"git_commit": git_commit(project), "prefect_flow_run_id": flow_run_id() or ""}
     outcome = train_model(spec, data_dir, dataset_version, params, settings, lineage,
-                          progress_bar=sys.stderr.isatty())
-    sessions = session_factory(settings.db_url)
+                          progress_bar=sys.stderr.isatty(), callbacks=callbacks)
+    model = spec.name
     with sessions() as session:
         if session.scalar(select(TrainingRun).where(
                 TrainingRun.training_key == outcome.training_key)) is None:
@@ -257,19 +290,17 @@ def train_task(
                 model_version=outcome.model_version, metrics=outcome.metrics,
                 flow_run_id=flow_run_id()))
             session.commit()
-    stage_logger("train").info("train: %s v%s (%s), metrics %s", model, outcome.model_version,
-                          "reused" if outcome.reused else "new", outcome.metrics)
-    return asdict(outcome)
+    return outcome
 
 
 @task(name="recorded-training")
 def recorded_training_task(model: str, dataset_version: str, max_epochs: int | None = None,
-                           backbone: str | None = None, by_flow_run: str | None = None
-                           ) -> dict[str, Any]:
+                           backbone: str | None = None, by_flow_run: str | None = None,
+                           profile: str | None = None) -> dict[str, Any]:
     """The training a train deployment run recorded, found by its training key in the DB
     (shared by every worker), so no result storage has to be shared with GPU workers."""
     settings = get_settings()
-    spec, params = resolve(settings, model, max_epochs, backbone)
+    spec, params = resolve(settings, model, max_epochs, backbone, profile)
     key = params.training_key(spec, dataset_version)
     with session_factory(settings.db_url)() as session:
         row = session.scalar(select(TrainingRun).where(TrainingRun.training_key == key))
@@ -293,16 +324,14 @@ def latest_training_task(model: str) -> dict[str, str]:
     return {"model_version": row.model_version, "dataset_version": row.dataset_version}
 
 
-@task(name="recent-training")
-def recent_training_task(model: str, hours: float) -> dict[str, str] | None:
-    """The training of ``model`` recorded within the last ``hours``, if any (the cool-down)."""
-    if hours <= 0:
-        return None
-    settings = get_settings()
-    since = datetime.now(UTC) - timedelta(hours=hours)
-    with session_factory(settings.db_url)() as session:
-        row = session.scalar(select(TrainingRun).where(
-            TrainingRun.model_name == model, TrainingRun.created_at >= since)
-            .order_by(TrainingRun.id.desc()).limit(1))
-    return None if row is None else {"model_version": row.model_version,
-                                     "created_at": row.created_at.isoformat()}
+@task(name="claim-retrain")
+def claim_retrain_task(model: str, cooldown_hours: float) -> dict[str, Any]:
+    """Queue this retrain's training job, unless a retrain of ``model`` was queued within the
+    cool-down: ``{"job_id": id}``, or ``{"job_id": None, "recent": ...}`` naming that one."""
+    sessions = session_factory(get_settings().db_url)
+    job_id, recent = claim_retrain(sessions, model, timedelta(hours=max(cooldown_hours, 0)))
+    if job_id is not None:
+        return {"job_id": job_id, "recent": None}
+    return {"job_id": None, "recent": {"job_id": recent.id, "status": recent.status,
+                                       "queued_at": recent.queued_at.isoformat(),
+                                       "model_version": recent.model_version}}

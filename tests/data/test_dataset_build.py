@@ -107,7 +107,7 @@ def test_every_model_of_the_zoo_gets_a_dataset_with_valid_labels(settings, sessi
     from tasks.shards import DatasetParams
 
     grow(settings, sessions, 2, END)
-    params = DatasetParams.load(Path(__file__).resolve().parents[2] / "params.yaml", model)
+    params = DatasetParams.load(Path(__file__).resolve().parents[2], model, "cpu-small")
     manifest = tmp_path / "m.csv"
     write_manifest(select_manifest(sessions, params).frame, manifest)
     card = build(manifest, tmp_path / "ds", DatasetParams(params.label_key, 32, shard_rows=8),

@@ -50,3 +50,49 @@ def test_local_pretrained_weights_are_loaded(tmp_path: Path) -> None:
 def test_unknown_model_names_say_what_exists() -> None:
     with pytest.raises(KeyError, match="plastic-detector"):
         get_spec("kraken-detector")
+
+
+def test_weights_of_another_backbone_are_refused_naming_the_keys(tmp_path: Path) -> None:
+    from models.backbones import WeightsError
+
+    path = tmp_path / "resnet34.pt"
+    torch.save(tvm.resnet34(weights=None).state_dict(), path)
+    with pytest.raises(WeightsError, match=r"does not match backbone resnet18: \d+ unexpected "
+                                           r"keys \(layer1\.2\.bn1\.bias"):
+        build_backbone("resnet18", path)
+
+
+def test_weights_with_a_missing_key_and_a_wrong_shape_are_refused(tmp_path: Path) -> None:
+    from models.backbones import WeightsError
+
+    state = tvm.resnet18(weights=None).state_dict()
+    del state["layer4.1.bn2.weight"]
+    state["fc.weight"] = torch.zeros(10, 512)
+    path = tmp_path / "broken.pt"
+    torch.save(state, path)
+    with pytest.raises(WeightsError) as refused:
+        build_backbone("resnet18", path)
+    message = str(refused.value)
+    assert "1 missing keys (layer4.1.bn2.weight)" in message
+    assert "1 keys with another shape (fc.weight)" in message
+
+
+def test_torchvision_weights_are_read_from_the_torch_cache_never_downloaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from models.backbones import WeightsError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    name = "ResNet18_Weights.IMAGENET1K_V1"
+    with pytest.raises(WeightsError, match=r"not in the torch cache .* does not download: fetch "
+                                           r"https://download\.pytorch\.org/.*resnet18"):
+        build_backbone("resnet18", name)
+    torch.manual_seed(3)
+    cached = tvm.resnet18(weights=None)
+    url = tvm.get_weight(name).url
+    target = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    target.parent.mkdir(parents=True)
+    torch.save(cached.state_dict(), target)
+    backbone, _ = build_backbone("resnet18", name)
+    assert torch.equal(backbone.conv1.weight, cached.conv1.weight)
+    with pytest.raises(WeightsError, match="neither a file nor a torchvision weights name"):
+        build_backbone("resnet18", "no-such-weights.pt")

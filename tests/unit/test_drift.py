@@ -11,8 +11,10 @@ END = datetime(2026, 11, 20, tzinfo=UTC)
 
 
 def frame(scenario: str, seed: int) -> pd.DataFrame:
-    rows = [{"device_type": o.device.device_type, **o.readings, "llm_tags": ""}
-            for o in simulate(days=2, devices=6, per_day=40, scenario=scenario, seed=seed, end=END)]
+    rows = [{"device_type": o.device.device_type, **o.readings, "llm_tags": "",
+             "content_hash": f"{seed}-{k}"}
+            for k, o in enumerate(simulate(days=2, devices=6, per_day=40, scenario=scenario,
+                                           seed=seed, end=END))]
     df = pd.DataFrame(rows)
     for f in ("brightness", "contrast", "green_ratio", "saturation"):
         df[f"image_{f}"] = np.nan
@@ -51,4 +53,5 @@ def test_a_bloom_drifts_chlorophyll() -> None:
 def test_too_few_recent_observations_give_no_verdict() -> None:
     ref = reference_stats(frame("normal", 0), sample=2000)
     report = compute_drift(ref, frame("storm", 1).head(10), DriftThresholds(min_samples=50))
-    assert not report.drifted and "no verdict" in report.reason
+    assert not report.drifted and report.verdict == "insufficient"
+    assert report.reason.startswith("not enough recent data: 10 observations")

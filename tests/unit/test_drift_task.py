@@ -119,6 +119,61 @@ def test_too_few_recent_observations_are_recorded_without_a_verdict(
         settings, sessions, reference) -> None:
     later = END + timedelta(days=1)
     report = detect_drift(sessions, client(settings), MODEL, "ds-1", THRESHOLDS, later, None)
-    assert (report.drifted, report.n_current, report.features) == (False, 0, {})
-    assert report.reason == "only 0 recent observations (< 50); no verdict"
+    assert (report.drifted, report.verdict, report.n_current, report.features) == \
+        (False, "insufficient", 0, {})
+    assert report.reason == ("not enough recent data: 0 observations in the window (< 50); "
+                             "no verdict")
     assert records(sessions) == [(MODEL, "ds-1", 0, False, {}, None)]
+
+
+@pytest.fixture
+def champion(settings, sessions, reference) -> str:
+    """A registered champion trained on ``ds-1`` that has scored every observation."""
+    from tasks.score import score_model
+    from tests.registered import conv_net, register
+
+    mlc = client(settings)
+    version = register(mlc, settings, conv_net(3), "k-view")
+    set_champion(mlc, MODEL, version)
+    score_model(sessions, mlc, settings, MODEL)
+    return version
+
+
+def storm_day(settings, sessions) -> datetime:
+    """A storm day after the reference days, ingested and scored by the champion; its start."""
+    from tasks.score import score_model
+
+    write_landing(filesystem(settings.landing_url),
+                  simulate(days=1, devices=4, per_day=60, end=END + timedelta(days=1),
+                           scenario="storm", seed=9), faults=False)
+    ingest(settings, sessions, now=END + timedelta(days=1))
+    score_model(sessions, client(settings), settings, MODEL)
+    return END
+
+
+def test_the_champions_view_of_a_normal_day_is_checked_and_stays_calm(
+        settings, sessions, reference, champion) -> None:
+    last_day = END - timedelta(days=1)
+    report = detect_drift(sessions, client(settings), MODEL, None, THRESHOLDS, last_day, "r",
+                          settings=settings)
+    embedding, predictions = report.features["embedding"], report.features["predictions"]
+    # every image of the reference's sample (its train split is under 256), and of the day
+    assert embedding["n_ref"] == len(reference["embedding_sample"]) > THRESHOLDS.min_samples
+    assert embedding["n_cur"] == 120
+    assert embedding["pvalue"] > THRESHOLDS.embedding_pvalue and not embedding["drifted"]
+    assert predictions["kind"] == "categorical" and not predictions["drifted"]
+    assert report.verdict == "none", report.reason
+
+
+def test_a_storm_moves_the_champions_embeddings_and_that_alone_is_drift(
+        settings, sessions, champion) -> None:
+    since = storm_day(settings, sessions)
+    thresholds = DriftThresholds(share_threshold=1.0)  # only the model's view can decide
+    report = detect_drift(sessions, client(settings), MODEL, None, thresholds, since, "r",
+                          settings=settings)
+    embedding = report.features["embedding"]
+    assert embedding["drifted"] and embedding["pvalue"] < 0.01, embedding
+    assert report.verdict == "drift" and report.drifted
+    assert "the model's view moved (embedding" in report.reason
+    with sessions() as s:
+        assert s.scalar(select(DriftRecord.verdict).order_by(DriftRecord.id.desc())) == "drift"

@@ -1,10 +1,11 @@
-"""The nightly summary: the exact row each stage's result gives, first run and re-run."""
+"""The nightly summary: the exact row each stage's result gives, first run and re-run, and
+the fleet table with one row per model, a failed branch included."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from tasks.summary import nightly_summary, summary_rows
+from tasks.summary import branch_rows, fleet_row, nightly_summary, shared_rows
 
 MODEL = "plastic-detector"
 
@@ -24,7 +25,9 @@ def first_run() -> dict[str, dict[str, Any]]:
                      "challenger": {"overall": {"accuracy": 0.9375, "macro_f1": 0.9123, "n": 24},
                                     "per_class": {}, "slices": {}},
                      "champion": None, "reused": False},
-        "drift": {"drifted": False, "reason": "no reference dataset yet", "n_current": 0},
+        "drift": {"drifted": False, "verdict": "insufficient", "n_current": 12,
+                  "reason": "not enough recent data: 12 observations in the window (< 50); "
+                            "no verdict"},
         "promote": {"promoted": True, "decided_now": True, "champion_version": "1",
                     "reason": "no champion yet; macro_f1 0.912 passes the bar 0.500"},
         "score": {"model": MODEL, "version": "1", "scored": 240, "already": 0,
@@ -41,7 +44,8 @@ def rerun() -> dict[str, dict[str, Any]]:
     results["dataset"] = {**results["dataset"], "created": False}
     results["train"] = {**results["train"], "reused": True}
     results["evaluate"] = {**results["evaluate"], "champion_version": "1", "reused": True}
-    results["drift"] = {"drifted": True, "n_current": 240, "reference_dataset_version": "a1b2c3",
+    results["drift"] = {"drifted": True, "verdict": "drift", "n_current": 240,
+                        "reference_dataset_version": "a1b2c3",
                         "share_drifted": 0.5,
                         "reason": "3/6 features drifted (ph, turbidity_ntu, device_type); "
                                   "bar is 30%"}
@@ -50,6 +54,10 @@ def rerun() -> dict[str, dict[str, Any]]:
     results["score"] = {"model": MODEL, "version": "1", "scored": 0, "already": 0,
                         "failed": {}, "days": {}, "reason": "nothing left to score"}
     return results
+
+
+def summary_rows(model: str, results: dict[str, Any]) -> list[tuple[str, str]]:
+    return shared_rows(results) + branch_rows(model, results)
 
 
 def test_a_first_run_says_what_each_stage_did() -> None:
@@ -61,9 +69,10 @@ def test_a_first_run_says_what_each_stage_did() -> None:
         ("dataset", "`a1b2c3` new version, splits {'train': 190, 'val': 24, 'test': 24}"),
         ("train", "plastic-detector v1 (new)"),
         ("evaluate", "test accuracy 0.938, macro_f1 0.912; champion none"),
-        ("drift", "none - no reference dataset yet"),
         ("promote", "PROMOTED - no champion yet; macro_f1 0.912 passes the bar 0.500"),
         ("score", "v1 scored 240 observations over 2 days, 1 failed (see the run log)"),
+        ("drift", "NO VERDICT - not enough recent data: 12 observations in the window (< 50); "
+                  "no verdict"),
     ]
 
 
@@ -77,10 +86,10 @@ def test_a_rerun_says_plainly_that_nothing_was_new() -> None:
         ("train", "plastic-detector v1 (already trained on this data and params: reused)"),
         ("evaluate", "test accuracy 0.938, macro_f1 0.912; champion v1 "
                      "(recorded earlier: reused)"),
-        ("drift", "DETECTED - 3/6 features drifted (ph, turbidity_ntu, device_type); "
-                  "bar is 30%"),
         ("promote", "not promoted - v1 is already the champion (no new decision)"),
         ("score", "v1 scored 0 observations - nothing left to score"),
+        ("drift", "DETECTED - 3/6 features drifted (ph, turbidity_ntu, device_type); "
+                  "bar is 30%"),
     ]
 
 
@@ -101,10 +110,34 @@ def test_a_paid_provider_stopped_by_its_budget_and_a_regression_model() -> None:
     assert rows["train"] == "water-quality v1 (new)"
 
 
-def test_the_markdown_is_one_table_row_per_stage_then_where_to_look() -> None:
-    text = nightly_summary(MODEL, first_run(), {"MLflow": "`mlflow ui`"})
-    lines = text.splitlines()
-    assert lines[:4] == [f"# OceanML nightly: `{MODEL}`", "", "| stage | outcome |", "|---|---|"]
-    assert lines[4:12] == [f"| {stage} | {outcome} |"
-                           for stage, outcome in summary_rows(MODEL, first_run())]
-    assert lines[12:] == ["", "Where to look:", "", "- MLflow: `mlflow ui`"]
+def fleet_results() -> dict[str, Any]:
+    """A night of two models: one branch completed, one failed in training."""
+    first = first_run()
+    return {"profile": "cpu-small (2 CPU cores)", "ingest": first["ingest"],
+            "enrich": first["enrich"],
+            "models": {MODEL: first, "water-quality": {"error": "RuntimeError: CUDA out of memory"}}}
+
+
+def test_the_fleet_table_has_a_row_per_model_and_names_a_failed_branch() -> None:
+    results = fleet_results()
+    assert fleet_row(MODEL, results["models"][MODEL]) == (
+        MODEL, "completed", "`a1b2c3` new", "v1 new", "accuracy 0.938, macro_f1 0.912",
+        "PROMOTED v1", "240", "NO VERDICT")
+    assert fleet_row("water-quality", results["models"]["water-quality"]) == (
+        "water-quality", "FAILED: RuntimeError: CUDA out of memory", "-", "-", "-", "-", "-", "-")
+
+
+def test_the_markdown_names_the_profile_then_shared_stages_fleet_and_each_model() -> None:
+    results = fleet_results()
+    lines = nightly_summary(results, {"MLflow": "`mlflow ui`"}).splitlines()
+    assert lines[:6] == ["# OceanML nightly: 2 models, 1 FAILED (water-quality)", "",
+                         "Profile: cpu-small (2 CPU cores)", "", "| stage | outcome |", "|---|---|"]
+    assert lines[6:8] == [f"| {stage} | {outcome} |" for stage, outcome in shared_rows(results)]
+    assert lines[9] == "| model | branch | dataset | version | test | promotion | scored | drift |"
+    assert lines[11:13] == ["| " + " | ".join(fleet_row(m, b)) + " |"
+                            for m, b in results["models"].items()]
+    assert lines[14:18] == [f"## `{MODEL}`", "", "| stage | outcome |", "|---|---|"]
+    assert lines[18:24] == [f"| {stage} | {outcome} |"
+                            for stage, outcome in branch_rows(MODEL, results["models"][MODEL])]
+    assert "## `water-quality`" not in lines  # a failed branch has its row, no stages
+    assert lines[-4:] == ["", "Where to look:", "", "- MLflow: `mlflow ui`"]

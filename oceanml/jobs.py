@@ -1,0 +1,136 @@
+"""Training jobs a person can watch: a ``training_jobs`` row from the moment a training is
+queued, moved by :class:`JobCallback` while Lightning trains (epoch of total, progress), and
+closed as completed, failed (with the error) or cancelled. ``oceanml jobs`` lists them; the
+retrain cool-down counts from the last retrain job of a model.
+"""
+
+from __future__ import annotations
+
+import socket
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import sessionmaker
+
+from oceanml.champion_history import model_lock
+from oceanml.db import TrainingJob
+from oceanml.lineage import flow_run_id
+
+try:  # a Lightning callback when Lightning is there (it always is where trainings run)
+    from lightning.pytorch.callbacks import Callback
+except ImportError:  # pragma: no cover
+    Callback = object  # type: ignore[assignment,misc]
+
+FINAL = ("completed", "failed", "cancelled")
+MAX_ERROR_CHARS = 2000
+
+
+def queue_job(sessions: sessionmaker, model: str, dataset_version: str | None, trigger: str,
+              max_epochs: int | None = None, flow_run_id: str | None = None) -> int:
+    """A new queued job; its id."""
+    with sessions() as session:
+        job = TrainingJob(model_name=model, dataset_version=dataset_version, trigger=trigger,
+                          max_epochs=max_epochs, flow_run_id=flow_run_id)
+        session.add(job)
+        session.commit()
+        return job.id
+
+
+def set_job(sessions: sessionmaker, job_id: int, *, final: tuple[str, ...] = FINAL,
+            **values: Any) -> None:
+    """Update job ``job_id``'s columns, unless its status is one of ``final`` (a job that
+    ended is left as it ended)."""
+    with sessions() as session:
+        session.execute(update(TrainingJob).where(TrainingJob.id == job_id,
+                                                  TrainingJob.status.not_in(final))
+                        .values(updated_at=datetime.now(UTC), **values))
+        session.commit()
+
+
+def start_job(sessions: sessionmaker, job_id: int, max_epochs: int | None = None) -> None:
+    """Running, on this host. A failed job runs again when Prefect retries its task."""
+    set_job(sessions, job_id, final=("completed", "cancelled"), status="running",
+            error=None, finished_at=None, worker=socket.gethostname(),
+            started_at=datetime.now(UTC),
+            **({"max_epochs": max_epochs} if max_epochs is not None else {}))
+
+
+def finish_job(sessions: sessionmaker, job_id: int, status: str, *,
+               model_version: str | None = None, reused: bool = False,
+               error: BaseException | str | None = None) -> None:
+    """Close the job: completed (with the version it made or reused), failed or cancelled."""
+    if status not in FINAL:
+        raise ValueError(f"a job ends {', '.join(FINAL)}, not {status!r}")
+    message = None if error is None else (
+        error if isinstance(error, str) else f"{type(error).__name__}: {error}")
+    values: dict[str, Any] = {"status": status, "finished_at": datetime.now(UTC),
+                              "error": message[:MAX_ERROR_CHARS] if message else None}
+    if status == "completed":
+        values |= {"model_version": model_version, "reused": reused, "progress": 1.0}
+    set_job(sessions, job_id, **values)
+
+
+def list_jobs(sessions: sessionmaker, model: str | None = None, limit: int = 20
+              ) -> list[TrainingJob]:
+    """The newest jobs first."""
+    query = select(TrainingJob).order_by(TrainingJob.id.desc()).limit(limit)
+    if model:
+        query = query.where(TrainingJob.model_name == model)
+    with sessions() as session:
+        return list(session.scalars(query))
+
+
+def last_retrain(sessions: sessionmaker, model: str) -> TrainingJob | None:
+    """The newest retrain job of ``model`` that did not fail: the cool-down starts there."""
+    with sessions() as session:
+        return session.scalar(select(TrainingJob).where(
+            TrainingJob.model_name == model, TrainingJob.trigger == "retrain",
+            TrainingJob.status != "failed").order_by(TrainingJob.id.desc()).limit(1))
+
+
+def claim_retrain(sessions: sessionmaker, model: str, cooldown: timedelta
+                  ) -> tuple[int | None, TrainingJob | None]:
+    """Queue a retrain job of ``model`` unless one was queued within ``cooldown``:
+    (new job id, None), or (None, the recent job). Checked and queued under the model's lock,
+    so a storm of drift events starting retrains at once queues exactly one."""
+    with model_lock(sessions, model):
+        last = last_retrain(sessions, model)
+        if last is not None and _utc(last.queued_at) > datetime.now(UTC) - cooldown:
+            return None, last
+        return queue_job(sessions, model, None, "retrain", flow_run_id=flow_run_id()), None
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
+
+
+class JobCallback(Callback):
+    """Moves a job while Lightning trains: running at the start, epoch and progress after
+    each training epoch (and a Prefect progress artifact inside a run). Only the global-zero
+    process writes, so a multi-GPU run updates the row once per epoch."""
+
+    def __init__(self, sessions: sessionmaker, job_id: int, model: str) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.model = model
+        self.progress: Any = None
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        if not trainer.is_global_zero:
+            return
+        from oceanml.progress import StageProgress
+
+        start_job(self.sessions, self.job_id, trainer.max_epochs)
+        self.progress = StageProgress(f"train-{self.model}", unit="epoch", bar=False).__enter__()
+        if trainer.current_epoch:  # resumed from last.ckpt
+            self._report(trainer.current_epoch, trainer.max_epochs)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        if trainer.is_global_zero and not trainer.sanity_checking:
+            self._report(trainer.current_epoch + 1, trainer.max_epochs)
+
+    def _report(self, epoch: int, total: int) -> None:
+        set_job(self.sessions, self.job_id, epoch=epoch, progress=round(epoch / total, 4))
+        if self.progress is not None:
+            self.progress(epoch, total)
