@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from prefect import flow
-from prefect.states import Failed, State
+from prefect.states import State
 
 from flows.score import score_step
 from flows.training import train_step
@@ -57,16 +57,21 @@ def run_branches(models: list[str], concurrency: int, **kwargs: Any) -> dict[str
         return {m: f.result() for m, f in futures.items()}
 
 
+class FleetFailed(RuntimeError):
+    """Some model branches failed; the others ran to the end (see the nightly summary)."""
+
+
 def branch_outcome(state: State) -> dict[str, Any]:
     """A branch's results, or its error in one line when it failed."""
     if state.is_completed():
         return state.result()
-    return {"error": state.message or state.name}
+    message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
+    return {"error": message}
 
 
 @flow(name="nightly", log_prints=True)
 def nightly(models: list[str] | None = None, profile: str | None = None,
-            max_epochs: int | None = None, backbone: str | None = None) -> Any:
+            max_epochs: int | None = None, backbone: str | None = None) -> dict[str, Any]:
     """Run the night for ``models`` (default: ``fleet`` in params.yaml) under ``profile``
     (default: ``OCEANML_PROFILE``, else the zoo's defaults). Every stage is idempotent, so a
     re-run adds nothing."""
@@ -87,10 +92,9 @@ def nightly(models: list[str] | None = None, profile: str | None = None,
                "enrich": enrich, "models": branches}
     print(summary_task(results))
     failed = [m for m, b in branches.items() if "error" in b]
-    if failed:
-        return Failed(message=f"{len(failed)} of {len(names)} model branches failed: "
-                              + "; ".join(f"{m}: {branches[m]['error']}" for m in failed),
-                      data=results)
+    if failed:  # after the summary: it shows what the other branches did
+        raise FleetFailed(f"{len(failed)} of {len(names)} model branches failed: "
+                          + "; ".join(f"{m}: {branches[m]['error']}" for m in failed))
     return results
 
 

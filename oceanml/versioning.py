@@ -6,12 +6,15 @@ signal handlers that do not work from the worker threads Prefect runs tasks in.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import yaml
+from filelock import FileLock
 
 
 class DvcError(RuntimeError):
@@ -25,12 +28,23 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
             "DVC_NO_UPDATER": "1"}
 
 
+def project_lock(project_dir: Path) -> FileLock:
+    """One DVC command at a time per project, across threads and processes: DVC takes its
+    own repo lock and fails at once when another command holds it (the fleet's branches build
+    their datasets side by side)."""
+    key = hashlib.sha256(str(project_dir.resolve()).encode()).hexdigest()[:16]
+    # one instance per path: re-entrant within a thread (repro holds it around its command),
+    # exclusive between threads (each has its own descriptor) and processes
+    return FileLock(Path(tempfile.gettempdir()) / f"oceanml-dvc-{key}.lock", is_singleton=True)
+
+
 def dvc(project_dir: Path, *args: str, env: dict[str, str] | None = None) -> str:
     """Run one DVC command in ``project_dir`` and return its output."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env(env),
-        capture_output=True, text=True,
-    )
+    with project_lock(project_dir):
+        proc = subprocess.run(
+            [sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env(env),
+            capture_output=True, text=True,
+        )
     if proc.returncode != 0:
         raise DvcError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
     return proc.stdout
@@ -70,8 +84,9 @@ def locked_out_hash(project_dir: Path, stage: str) -> str | None:
 
 def repro(project_dir: Path, stage: str, env: dict[str, str] | None = None) -> str:
     """Reproduce one stage (DVC skips it when deps and params are unchanged); its version."""
-    dvc(project_dir, "repro", "--single-item", stage, env=env)
-    version = locked_out_hash(project_dir, stage)
+    with project_lock(project_dir):  # dvc.lock is read before another build rewrites it
+        dvc(project_dir, "repro", "--single-item", stage, env=env)
+        version = locked_out_hash(project_dir, stage)
     if version is None:
         raise DvcError(f"dvc.lock has no output hash for stage {stage}")
     return version

@@ -43,6 +43,7 @@ from oceanml.logs import stage_logger
 from oceanml.registry import alias_version
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import get_settings
+from tasks.drift_report import drift_figure, drift_table, log_drift_run
 from tasks.drift_stats import (
     categorical_drift,
     mmd_permutation_test,
@@ -81,6 +82,7 @@ class DriftReport:
     reason: str = ""
     reference_dataset_version: str | None = None  # None: there was nothing to compare with
     verdict: Verdict = "none"
+    mlflow_run_id: str | None = None  # the check's run in MLflow (table and picture)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -141,6 +143,16 @@ def compute_drift(reference: dict[str, Any], current: pd.DataFrame, thresholds: 
               + (f", and the model's view moved ({', '.join(model_view)})" if model_view else ""))
     return DriftReport(verdict, n, round(share, 4), features, reason,
                        verdict="drift" if verdict else "none")
+
+
+def drift_run_link(mlc: MlflowClient, uri: str, run_id: str | None) -> str:
+    """Where the check's picture is: its MLflow run, as a URL when the server is one."""
+    if run_id is None:
+        return "none"
+    if uri.startswith(("http://", "https://")):
+        experiment = mlc.get_run(run_id).info.experiment_id
+        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id} (artifacts drift/)"
+    return f"MLflow run {run_id}, artifacts drift/ (mlflow ui --backend-store-uri {uri})"
 
 
 def load_thresholds(params_file: Path) -> DriftThresholds:
@@ -259,7 +271,11 @@ def model_view(sessions: sessionmaker, mlc: MlflowClient, settings: Any, model: 
     features = prediction_features(sessions, model, version, since, t)
     hashes = reference.reference_stats.get("embedding_sample") or []
     if hashes:
-        predictor = load_predictor(mlc, model, version, device="cpu")
+        try:
+            predictor = load_predictor(mlc, model, version, device="cpu")
+        except LookupError as exc:  # a version registered by other means: no input size
+            stage_logger("drift").warning("drift of %s: no embedding check: %s", model, exc)
+            return features
         features |= embedding_feature(sessions, predictor, filesystem(settings.lake_url, settings),
                                       hashes, window, t)
     return features
@@ -289,19 +305,19 @@ def detect_drift(
     window = recent_observations(sessions, since)
     extra = (model_view(sessions, mlc, settings, model, reference, window, since, thresholds)
              if settings is not None else {})
-    report = compute_drift(reference.reference_stats, window, thresholds, extra)
+    report = replace(compute_drift(reference.reference_stats, window, thresholds, extra),
+                     reference_dataset_version=reference.version)
+    if settings is not None and report.features:
+        figure = drift_figure(reference.reference_stats, window, report.features)
+        report.mlflow_run_id = log_drift_run(mlc, settings.mlflow_artifact_uri, model, report,
+                                             figure, drift_table(report.features))
     with sessions() as session:
         session.add(DriftRecord(model_name=model, reference_dataset_version=reference.version,
                                 n_current=report.n_current, drifted=report.drifted,
                                 verdict=report.verdict, features=report.features,
                                 flow_run_id=flow_run_id))
         session.commit()
-    return replace(report, reference_dataset_version=reference.version)
-
-
-def drift_table(report: DriftReport) -> list[dict[str, Any]]:
-    return [{"feature": name, **{k: v for k, v in f.items() if k != "kind"}}
-            for name, f in report.features.items()]
+    return report
 
 
 @task(name="drift", retries=1, retry_delay_seconds=10)
@@ -314,7 +330,8 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
     """
     settings = get_settings()
     since = (now or datetime.now(UTC)) - timedelta(days=settings.drift_window_days)
-    report = detect_drift(session_factory(settings.db_url), mlflow_client(settings), model,
+    mlc = mlflow_client(settings)
+    report = detect_drift(session_factory(settings.db_url), mlc, model,
                           fallback_dataset_version,
                           load_thresholds(settings.project_dir.resolve() / "params.yaml"),
                           since, lineage.flow_run_id(), settings=settings)
@@ -323,8 +340,10 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
         return {"drifted": False, "verdict": "no_reference", "reason": report.reason,
                 "n_current": 0}
     if report.features:
-        create_table_artifact(drift_table(report), key=f"drift-{model}",
-                              description=f"drift vs dataset {reference}: {report.reason}")
+        pictures = drift_run_link(mlc, settings.mlflow_tracking_uri, report.mlflow_run_id)
+        create_table_artifact(drift_table(report.features), key=f"drift-{model}",
+                              description=f"{model}: {report.verdict.upper()} vs dataset "
+                                          f"{reference}: {report.reason}. Pictures: {pictures}")
     if report.drifted:
         emit_event(
             event="oceanml.drift.detected",

@@ -36,7 +36,10 @@ def make_project(root: Path, params_overrides: dict | None = None) -> Path:
         shutil.copy(REPO / name, root / name)
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     for section, values in (params_overrides or {}).items():
-        params[section].update(values)
+        if isinstance(values, dict) and isinstance(params.get(section), dict):
+            params[section].update(values)
+        else:
+            params[section] = values
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)

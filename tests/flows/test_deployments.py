@@ -40,7 +40,7 @@ def env(prefect_harness) -> dict[str, str]:
     return env
 
 
-def test_prefect_yaml_deploys_the_nightly_schedule(env) -> None:
+def test_prefect_yaml_deploys_the_nightly_and_monitor_schedules(env) -> None:
     deployed = prefect("--no-prompt", "deploy", "--all", env=env)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     listed = prefect("deployment", "ls", env=env)  # a filter request without a limit
@@ -53,6 +53,12 @@ def test_prefect_yaml_deploys_the_nightly_schedule(env) -> None:
     assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "UTC")
     assert deployment.pull_steps[0]["prefect.deployments.steps.set_working_directory"] == {
         "directory": str(REPO)}
+    assert deployment.parameters == {}  # the fleet of params.yaml, the zoo's profile
+    with get_client(sync_client=True) as client:
+        monitor = client.read_deployment_by_name("monitor/monitor")
+    assert monitor.entrypoint == "flows/monitor.py:monitor"
+    assert (monitor.schedules[0].schedule.cron, monitor.schedules[0].schedule.timezone) == \
+        ("30 * * * *", "UTC")
 
 
 def test_drift_events_start_the_retrain_deployment(env) -> None:
@@ -66,7 +72,7 @@ def test_drift_events_start_the_retrain_deployment(env) -> None:
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("retrain/retrain")
         assert deployment.global_concurrency_limit.limit == 1  # 3.8 keeps it here
-        assert deployment.concurrency_options.collision_strategy == "CANCEL_NEW"
+        assert deployment.concurrency_options.collision_strategy == "ENQUEUE"
         linked = [a for a in client.read_automations()
                   if any(getattr(x, "deployment_id", None) == deployment.id for x in a.actions)]
         assert len(linked) == 1 and linked[0].trigger.expect == {"oceanml.drift.detected"}

@@ -1,4 +1,6 @@
-"""The nightly flow end to end on a tiny simulated batch, run twice, under Prefect's harness."""
+"""The nightly flow end to end on a tiny simulated batch under Prefect's harness: two models
+of the fleet (a classifier and the regression model) side by side, run twice; then a night
+with a broken model whose branch fails alone."""
 
 from __future__ import annotations
 
@@ -11,9 +13,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from sqlalchemy import func, select
 
-from oceanml.db import Dataset, Observation, Promotion, Reject, TrainingRun, session_factory
+from oceanml.db import (
+    Dataset,
+    Observation,
+    Promotion,
+    Reject,
+    TrainingJob,
+    TrainingRun,
+    session_factory,
+)
 from oceanml.registry import CHAMPION, alias_version
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import get_settings
@@ -23,6 +34,8 @@ from tests.conftest import make_project
 
 pytestmark = pytest.mark.slow
 MODEL = "plastic-detector"
+REGRESSION = "water-quality"
+FLEET = [MODEL, REGRESSION]
 FAULT_REASONS = {"image_truncated": 1, "sidecar_not_json": 1, "schema": 1, "missing_sidecar": 1,
                  "duplicate": 1, "out_of_range": 1}
 
@@ -45,13 +58,37 @@ def runs(prefect_harness, tmp_path_factory):
         make_project(root / "project", {"promote": {"floor": 0.0}})
         stream = simulate(days=2, devices=4, per_day=30, seed=5)
         write_landing(filesystem(settings.landing_url), stream, faults=True)
-        first_state = nightly(max_epochs=1, backbone="resnet18", return_state=True)
+        first_state = nightly(models=FLEET, profile="cpu-small", max_epochs=1,
+                              return_state=True)
         first = first_state.result()
-        second = nightly(max_epochs=1, backbone="resnet18")
-        yield SimpleNamespace(settings=settings, first=first, second=second,
-                              flow_run_id=str(first_state.state_details.flow_run_id),
+        second = nightly(models=FLEET, profile="cpu-small", max_epochs=1)
+        flow_run_id = str(first_state.state_details.flow_run_id)
+        yield SimpleNamespace(settings=settings, first=first["models"][MODEL],
+                              second=second["models"][MODEL], shared=(first, second),
+                              fleet=first["models"], flow_run_id=flow_run_id,
+                              branch_run_id=branch_runs(flow_run_id)[MODEL],
                               sessions=session_factory(settings.db_url), project=root / "project")
     get_settings.cache_clear()
+
+
+def branch_runs(nightly_run_id: str) -> dict[str, str]:
+    """The ids of a nightly run's model-branch subflow runs, by model (their run names)."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(nightly_run_id)])))
+    return {run.name: str(run.id) for run in runs}
+
+
+def test_each_model_ran_as_its_own_branch_of_the_nightly(runs) -> None:
+    assert set(branch_runs(runs.flow_run_id)) == set(FLEET)
+    assert set(runs.fleet) == set(FLEET) and not any("error" in b for b in runs.fleet.values())
+    first, _ = runs.shared
+    assert first["profile"].startswith("cpu-small (")
 
 
 def test_the_db_holds_the_observations_and_the_rejects_with_reasons(runs) -> None:
@@ -62,7 +99,8 @@ def test_the_db_holds_the_observations_and_the_rejects_with_reasons(runs) -> Non
                             .where(Observation.llm_tags.is_not(None)))
     assert dict(reasons) == FAULT_REASONS
     assert enriched == 2 * 4 * 30
-    assert runs.first["ingest"]["ingested"] == 240 and runs.first["ingest"]["rejected"] == 6
+    first, _ = runs.shared
+    assert first["ingest"]["ingested"] == 240 and first["ingest"]["rejected"] == 6
 
 
 def test_the_registry_holds_a_champion_with_lineage_tags(runs) -> None:
@@ -73,12 +111,12 @@ def test_the_registry_holds_a_champion_with_lineage_tags(runs) -> None:
                           text=True, check=True).stdout.strip()
     assert champion.tags["dataset_version"] == runs.first["dataset"]["version"]
     assert champion.tags["git_commit"] == head
-    assert champion.tags["prefect_flow_run_id"] == runs.flow_run_id
+    assert champion.tags["prefect_flow_run_id"] == runs.branch_run_id
     assert champion.tags["promotion"] == "promoted"
     with runs.sessions() as s:
-        promotion = s.scalar(select(Promotion))
-        dataset = s.scalar(select(Dataset))
-    assert promotion.promoted and promotion.flow_run_id == runs.flow_run_id
+        promotion = s.scalar(select(Promotion).where(Promotion.model_name == MODEL))
+        dataset = s.scalar(select(Dataset).where(Dataset.name == MODEL))
+    assert promotion.promoted and promotion.flow_run_id == runs.branch_run_id
     assert dataset.version == champion.tags["dataset_version"]
     assert dataset.reference_stats["numeric"]
 
@@ -97,8 +135,9 @@ def test_dvc_restores_the_dataset_version_from_its_remote(runs) -> None:
 
 def test_a_second_run_adds_nothing(runs) -> None:
     second = runs.second
-    assert second["ingest"]["ingested"] == 0 and second["ingest"]["rejected"] == 0
-    assert second["enrich"]["enriched"] == 0 and second["enrich"]["requests"] == 0
+    _, shared = runs.shared
+    assert shared["ingest"]["ingested"] == 0 and shared["ingest"]["rejected"] == 0
+    assert shared["enrich"]["enriched"] == 0 and shared["enrich"]["requests"] == 0
     assert not second["dataset"]["created"]
     assert second["dataset"]["version"] == runs.first["dataset"]["version"]
     assert second["train"]["reused"]
@@ -107,10 +146,14 @@ def test_a_second_run_adds_nothing(runs) -> None:
     versions = mlflow_client(runs.settings).search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 1
     with runs.sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Dataset)) == 1
-        assert s.scalar(select(func.count()).select_from(TrainingRun)) == 1
-        assert s.scalar(select(func.count()).select_from(Promotion)) == 1
+        for table in (Dataset, TrainingRun, Promotion):  # one per model of the fleet
+            assert s.scalar(select(func.count()).select_from(table)) == len(FLEET)
         assert s.scalar(select(func.count()).select_from(Reject)) == 6
+        jobs = s.execute(select(TrainingJob.model_name, TrainingJob.status, TrainingJob.reused)
+                         .order_by(TrainingJob.id)).all()
+    # every training is a job, the second night's reused the first night's versions
+    assert sorted(jobs) == sorted([(m, "completed", reused) for m in FLEET
+                                   for reused in (False, True)])
 
 
 def printed_summary(flow_run_id: str) -> str:
@@ -137,33 +180,37 @@ def run_artifact(flow_run_id: str, key: str):
 
 
 def test_the_summary_tells_each_stages_outcome(runs) -> None:
-    from tasks.summary import summary_rows
+    from tasks.summary import branch_rows, fleet_row, shared_rows
 
     text = printed_summary(runs.flow_run_id)
-    first = dict(summary_rows(MODEL, runs.first))
-    for stage, outcome in first.items():
+    shared_first, shared_second = (dict(shared_rows(r)) for r in runs.shared)
+    first = dict(branch_rows(MODEL, runs.first))
+    for stage, outcome in [*shared_first.items(), *first.items()]:
         assert f"| {stage} | {outcome} |" in text
+    for model, branch in runs.fleet.items():
+        assert "| " + " | ".join(fleet_row(model, branch)) + " |" in text
+    assert "Profile: cpu-small (" in text
     version = runs.first["train"]["model_version"]
     reasons = ", ".join(f"{k}: 1" for k in sorted(FAULT_REASONS))
-    assert first["ingest"].startswith(f"240 new observations, 6 rejected ({reasons})")
-    assert first["enrich"].startswith("240 enriched by heuristic/")
+    assert shared_first["ingest"].startswith(f"240 new observations, 6 rejected ({reasons})")
+    assert shared_first["enrich"].startswith("240 enriched by heuristic/")
     assert first["dataset"].startswith(f"`{runs.first['dataset']['version']}` new version")
     assert first["train"] == f"{MODEL} v{version} (new)"
     assert first["evaluate"].startswith("test accuracy ")
     assert first["evaluate"].endswith("; champion none")
-    assert "features drifted" in first["drift"]  # a verdict against the fallback dataset
+    assert "features drifted" in first["drift"]  # against the new champion's dataset
     assert first["promote"].startswith("PROMOTED - no champion yet; macro_f1 ")
 
-    second = dict(summary_rows(MODEL, runs.second))
-    assert second["ingest"].startswith("0 new observations, 0 rejected (none)")
-    assert second["ingest"].endswith(" - nothing new")
-    assert second["enrich"].startswith("0 enriched") and second["enrich"].endswith(
+    second = dict(branch_rows(MODEL, runs.second))
+    assert shared_second["ingest"].startswith("0 new observations, 0 rejected (none)")
+    assert shared_second["ingest"].endswith(" - nothing new")
+    assert shared_second["enrich"].startswith("0 enriched") and shared_second["enrich"].endswith(
         " - nothing to do")
     assert "unchanged: no new version" in second["dataset"]
     assert second["train"] == f"{MODEL} v{version} (already trained on this data and params: " \
                               "reused)"
     assert f"; champion v{version}" in second["evaluate"]
-    assert "features drifted" in second["drift"]  # against the champion's dataset
+    assert "features drifted" in second["drift"]
     assert second["promote"] == (f"not promoted - v{version} is already the champion "
                                  "(no new decision)")
     with runs.sessions() as s:
@@ -178,44 +225,69 @@ def test_the_champion_scored_every_observation_once(runs) -> None:
     version = runs.first["train"]["model_version"]
     with runs.sessions() as s:
         rows = s.execute(select(Prediction.model_version, Prediction.flow_run_id,
-                                func.count()).group_by(Prediction.model_version,
-                                                       Prediction.flow_run_id)).all()
+                                func.count()).where(Prediction.model_name == MODEL)
+                         .group_by(Prediction.model_version, Prediction.flow_run_id)).all()
         with_image = s.scalar(select(func.count()).where(Observation.image_key.is_not(None)))
-    assert with_image > 0
-    assert rows == [(version, runs.flow_run_id, with_image)]  # all by the first night
-    with runs.sessions() as s:
         labels = dict(s.execute(select(Prediction.label, func.count())
+                                .where(Prediction.model_name == MODEL)
                                 .group_by(Prediction.label)).all())
+    assert with_image > 0
+    assert rows == [(version, runs.branch_run_id, with_image)]  # all by the first night
     table = json.loads(run_artifact(runs.flow_run_id, "score-distribution").data)
-    assert {r["class"]: r["count"] for r in table} == labels  # the UI's class distribution
-    progress = run_artifact(runs.flow_run_id, f"score-{MODEL}-progress")
+    assert {r["class"]: r["count"] for r in table if r["model"] == MODEL} == labels
+    progress = run_artifact(runs.branch_run_id, f"score-{MODEL}-progress")
     assert progress.type == "progress" and float(progress.data) == 100.0
+    training = run_artifact(runs.branch_run_id, f"train-{MODEL}-progress")
+    assert training.type == "progress" and float(training.data) == 100.0
 
 
-def test_a_retrain_right_after_the_nightly_respects_the_cooldown_and_reuses(runs) -> None:
+def test_a_retrain_reuses_what_the_night_made_and_its_cooldown_counts_from_it(runs) -> None:
     from flows.retrain import retrain
 
-    skipped = retrain(model=MODEL, reason="drift", cooldown_hours=6)
-    assert skipped["skipped"] and skipped["recent"]["model_version"] == \
-        runs.first["train"]["model_version"]
-    forced = retrain(model=MODEL, reason="drift", cooldown_hours=0, max_epochs=1,
-                     backbone="resnet18")
-    assert not forced["skipped"]
-    assert forced["dataset"]["version"] == runs.first["dataset"]["version"]
-    assert forced["train"]["reused"] and not forced["promote"]["decided_now"]
+    first = retrain(model=MODEL, reason="drift", cooldown_hours=6, max_epochs=1,
+                    profile="cpu-small")
+    assert not first["skipped"]  # a nightly training is no retrain: nothing to cool down from
+    assert first["dataset"]["version"] == runs.first["dataset"]["version"]
+    assert first["train"]["reused"] and not first["promote"]["decided_now"]
+    storm = retrain(model=MODEL, reason="drift again", cooldown_hours=6)
+    assert storm["skipped"] and storm["recent"]["job_id"] == first["job_id"]
+    assert storm["recent"]["model_version"] == runs.first["train"]["model_version"]
     versions = mlflow_client(runs.settings).search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 1
 
 
-def test_the_regression_model_runs_end_to_end(runs) -> None:
+def test_the_regression_model_ran_end_to_end_beside_the_classifier(runs) -> None:
     """water-quality: five indices in [0, 1], judged on MAE, lower is better."""
-    from flows.nightly import nightly
-
-    out = nightly(model="water-quality", max_epochs=1, backbone="resnet18")
+    out = runs.fleet[REGRESSION]
     assert out["dataset"]["created"] and not out["train"]["reused"]
     assert out["dataset"]["version"] != runs.first["dataset"]["version"]
     overall = out["evaluate"]["challenger"]["overall"]
     assert 0 <= overall["mae"] <= 1 and "per_target" in out["evaluate"]["challenger"]
     assert f"mae {overall['mae']:.3f}" in out["promote"]["reason"]  # judged on MAE
-    versions = mlflow_client(runs.settings).search_model_versions("name = 'water-quality'")
+    versions = mlflow_client(runs.settings).search_model_versions(f"name = '{REGRESSION}'")
     assert len(versions) == 1
+
+
+def test_a_broken_model_fails_its_branch_alone_and_the_night_by_name(runs) -> None:
+    from flows.nightly import nightly
+
+    params_file = runs.project / "params.yaml"
+    original = params_file.read_text()
+    params = yaml.safe_load(original)
+    params["datasets"]["debris-classifier"]["selection"] = {"devices": ["no-such-device-*"]}
+    params_file.write_text(yaml.safe_dump(params))
+    try:
+        state = nightly(models=[MODEL, "debris-classifier"], profile="cpu-small", max_epochs=1,
+                        return_state=True)
+    finally:
+        params_file.write_text(original)
+    assert state.is_failed()
+    assert state.message.endswith("1 of 2 model branches failed: debris-classifier: "
+                                  "ValueError: no observation "
+                                  "selected for 'debris-classifier' ({'devices': 240}): ingest "
+                                  "labelled data, or widen datasets.debris-classifier.selection "
+                                  "in params.yaml")
+    text = printed_summary(str(state.state_details.flow_run_id))
+    assert "# OceanML nightly: 2 models, 1 FAILED (debris-classifier)" in text
+    assert "| debris-classifier | FAILED: ValueError: no observation selected" in text
+    assert f"| {MODEL} | completed | `{runs.first['dataset']['version'][:8]}` unchanged |" in text

@@ -177,3 +177,44 @@ def test_a_storm_moves_the_champions_embeddings_and_that_alone_is_drift(
     assert "the model's view moved (embedding" in report.reason
     with sessions() as s:
         assert s.scalar(select(DriftRecord.verdict).order_by(DriftRecord.id.desc())) == "drift"
+
+
+def test_a_drifted_check_is_logged_to_mlflow_with_its_picture_and_table(
+        settings, sessions, reference) -> None:
+    mlc = client(settings)
+    ensure_registered_model(mlc, MODEL)
+    mlc.create_model_version(MODEL, source=str(settings.home),
+                             tags={"dataset_version": "ds-shifted", "training_key": "k"})
+    set_champion(mlc, MODEL, "1")
+    report = detect_drift(sessions, mlc, MODEL, None, THRESHOLDS, SINCE, "r", settings=settings)
+    assert report.drifted and report.mlflow_run_id
+    run = mlc.get_run(report.mlflow_run_id)
+    assert run.data.tags["verdict"] == "drift" and run.data.tags["model"] == MODEL
+    assert run.data.metrics["share_drifted"] == report.share_drifted
+    logged = {a.path for a in mlc.list_artifacts(report.mlflow_run_id, "drift")}
+    assert logged == {"drift/drifted_features.png", "drift/features.json"}
+    from PIL import Image
+
+    picture = Image.open(mlc.download_artifacts(report.mlflow_run_id,
+                                                "drift/drifted_features.png"))
+    assert picture.width > 600 and picture.height > 250
+
+
+def test_the_drift_table_reads_the_same_for_every_test_drifted_first() -> None:
+    from tasks.drift_report import drift_table
+
+    rows = drift_table({
+        "ph": {"kind": "numeric", "psi": 0.01, "ks_stat": 0.02, "ks_pvalue": 0.5,
+               "ref_mean": 8.1, "cur_mean": 8.1, "drifted": False},
+        "tag:rough-sea": {"kind": "share", "ref_share": 0.15, "cur_share": 0.45,
+                          "pvalue": 1e-9, "drifted": True},
+        "embedding": {"kind": "embedding", "mmd2": 0.012, "pvalue": 0.005, "n_ref": 256,
+                      "n_cur": 200, "drifted": True},
+    })
+    assert [r["feature"] for r in rows] == ["tag:rough-sea", "embedding", "ph"]
+    assert all(list(r) == ["feature", "drifted", "test", "statistic", "p-value", "reference",
+                           "current"] for r in rows)
+    assert rows[0] == {"feature": "tag:rough-sea", "drifted": "DRIFT", "test": "two-proportion",
+                       "statistic": "+30%", "p-value": "1e-09", "reference": "15%",
+                       "current": "45%"}
+    assert rows[2]["drifted"] == "" and rows[2]["reference"] == "mean 8.1"
