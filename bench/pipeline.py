@@ -1,12 +1,13 @@
 """Prefect's overhead on the nightly pipeline: the flow against plain calls doing the same work.
 
-The Prefect side runs the ``nightly`` flow. The plain side calls the same stage bodies (each
-task's ``.fn``) one after the other with the same arguments: ingest, enrich, dataset, train,
-evaluate (the champion too, when there is one), drift, promote and the summary, with the same
-DB records, MLflow logging, Prefect artifacts and events. Artifacts and events are part of
-the work on both sides, so the plain side talks to the same Prefect API for them; what it
-lacks is only the orchestration (flow and task runs, states, result handling, the thread
-drift runs on beside training).
+The Prefect side runs the ``nightly`` flow for one model of the fleet (its branch subflow
+included). The plain side calls the same stage bodies (each task's ``.fn``) one after the
+other with the same arguments: ingest, enrich, dataset, train, evaluate (the champion too,
+when there is one), promote, score, drift and the summary, with the same DB records, training
+job, MLflow logging, Prefect artifacts and events. Artifacts and events are part of the work
+on both sides, so the plain side talks to the same Prefect API for them; what it lacks is
+only the orchestration (flow, subflow and task runs, states, result handling, the branch
+thread).
 
 Each side runs in a fresh process with the same imports done before its clock starts, on the
 same simulated landing data, in a fresh home and DVC project of its own. The ratio is whole
@@ -42,7 +43,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 MODEL = "plastic-detector"
 BACKBONE = "resnet18"
-STAGES = ("ingest", "enrich", "build-dataset", "train", "evaluate", "drift", "promote")
+PROFILE = "cpu-small"
+STAGES = ("ingest", "enrich", "build-dataset", "train", "evaluate", "promote", "score", "drift")
 
 
 def fresh_project(root: Path) -> dict[str, str]:
@@ -73,31 +75,45 @@ def run_prefect(epochs: int | None) -> dict:
     """The nightly flow; per-stage seconds from Prefect's own task-run records."""
     warm_imports()
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
 
     from flows.nightly import nightly
 
     start = time.perf_counter()
-    state = nightly(model=MODEL, max_epochs=epochs, backbone=BACKBONE, return_state=True)
+    state = nightly(models=[MODEL], profile=PROFILE, max_epochs=epochs, backbone=BACKBONE,
+                    return_state=True)
     total = time.perf_counter() - start
     results = state.result()
     run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
-        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id])))
+        branches = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[run_id])))
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(
+            id=FlowRunFilterId(any_=[run_id, *(b.id for b in branches)])))
     stages = {r.name.rsplit("-", 1)[0]: (r.end_time - r.start_time).total_seconds()
               for r in runs if r.end_time}  # task run names are "<task>-<suffix>"
-    return {"total": total, "stages": stages, "promoted": results["promote"]["promoted"]}
+    return {"total": total, "stages": stages,
+            "promoted": results["models"][MODEL]["promote"]["promoted"]}
 
 
 def run_plain(epochs: int | None) -> dict:
     """The same stage bodies, called one after the other as the flow orders them."""
     warm_imports()
+    from oceanml.db import session_factory
+    from oceanml.jobs import queue_job
+    from oceanml.params import load_params, profile_description
+    from oceanml.settings import get_settings
     from tasks.dataset import build_dataset_task
     from tasks.drift import drift_task
     from tasks.enrich import enrich_task
     from tasks.evaluate import evaluate_task
     from tasks.ingest import ingest_task
     from tasks.promote import promote_task
+    from tasks.score import distribution_task, score_task
     from tasks.summary import summary_task
     from tasks.train import train_task
 
@@ -110,18 +126,25 @@ def run_plain(epochs: int | None) -> dict:
         return out
 
     start = time.perf_counter()
-    results = {"ingest": timed("ingest", ingest_task), "enrich": timed("enrich", enrich_task)}
-    results["dataset"] = timed("build-dataset", build_dataset_task, MODEL)
-    version = results["dataset"]["version"]
-    results["train"] = timed("train", train_task, MODEL, version, max_epochs=epochs,
-                             backbone=BACKBONE)
-    results["evaluate"] = timed("evaluate", evaluate_task, MODEL, version,
-                                results["train"]["model_version"])
-    results["drift"] = timed("drift", drift_task, MODEL, version)
-    results["promote"] = timed("promote", promote_task, MODEL, results["evaluate"])
-    print(summary_task.fn(MODEL, results))
+    shared = {"ingest": timed("ingest", ingest_task), "enrich": timed("enrich", enrich_task)}
+    branch = {"dataset": timed("build-dataset", build_dataset_task, MODEL, profile=PROFILE)}
+    version = branch["dataset"]["version"]
+    job_id = queue_job(session_factory(get_settings().db_url), MODEL, version, "nightly",
+                       epochs)
+    branch["train"] = timed("train", train_task, MODEL, version, max_epochs=epochs,
+                            backbone=BACKBONE, profile=PROFILE, job_id=job_id)
+    branch["evaluate"] = timed("evaluate", evaluate_task, MODEL, version,
+                               branch["train"]["model_version"])
+    branch["promote"] = timed("promote", promote_task, MODEL, branch["evaluate"])
+    branch["score"] = timed("score", score_task, MODEL)
+    branch["drift"] = timed("drift", drift_task, MODEL, version)
+    if branch["score"].get("version"):
+        distribution_task.fn({MODEL: branch["score"]["version"]})
+    print(summary_task.fn({"profile": profile_description(load_params(
+        get_settings().project_dir.resolve(), PROFILE), PROFILE), **shared,
+        "models": {MODEL: branch}}))
     return {"total": time.perf_counter() - start, "stages": stages,
-            "promoted": results["promote"]["promoted"]}
+            "promoted": branch["promote"]["promoted"]}
 
 
 def api_startup() -> dict:

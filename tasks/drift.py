@@ -105,7 +105,7 @@ def tag_features(reference: dict[str, Any], current: pd.DataFrame, t: DriftThres
     enriched = current["llm_tags"].dropna()
     if len(enriched) < t.min_samples:
         return {}
-    hits = pd.Series([tag for tags in enriched for tag in set(tags)]).value_counts()
+    hits = enriched.explode().dropna().value_counts()  # enrichment keeps a tag once per row
     return {f"tag:{tag}": share_drift(ref_counts.get(tag, 0), reference["n"],
                                       int(hits.get(tag, 0)), len(enriched), t.ks_pvalue)
             for tag in sorted(set(ref_counts) | set(hits.index))}
