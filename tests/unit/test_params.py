@@ -23,11 +23,9 @@ def test_the_defaults_are_the_zoo_at_224_px_for_the_whole_fleet() -> None:
         assert DatasetParams.load(REPO, model).image_size == 224
 
 
-def test_the_cpu_small_profile_is_small_everywhere_and_per_model_where_it_says() -> None:
-    assert TrainParams.load(REPO, "plastic-detector", "cpu-small").backbone == "resnet18"
-    assert TrainParams.load(REPO, "coastal-pollution", "cpu-small").backbone == \
-        "mobilenet_v3_small"
+def test_the_cpu_small_profile_is_small_for_every_model() -> None:
     for model in ZOO:
+        assert TrainParams.load(REPO, model, "cpu-small").backbone == "resnet18"
         assert TrainParams.load(REPO, model, "cpu-small").image_size == 64
         assert DatasetParams.load(REPO, model, "cpu-small").image_size == 64
     assert profile_description(load_params(REPO), "cpu-small").startswith("cpu-small (2 CPU")
@@ -35,9 +33,11 @@ def test_the_cpu_small_profile_is_small_everywhere_and_per_model_where_it_says()
                             ).backbone == "resnet34"  # a run-time override still wins
 
 
-def test_a_profile_never_changes_the_file_it_was_laid_over() -> None:
-    params = {"train": {"m": {"lr": 1}}, "profiles": {"p": {"train": {"lr": 2}}}}
-    assert apply_profile(params, "p")["train"]["m"]["lr"] == 2
+def test_a_profile_sets_every_model_then_per_model_and_never_the_file_it_was_laid_over(
+        ) -> None:
+    params = {"train": {"m": {"lr": 1}, "n": {"lr": 1}},
+              "profiles": {"p": {"train": {"lr": 2}, "models": {"n": {"train": {"lr": 3}}}}}}
+    assert apply_profile(params, "p")["train"] == {"m": {"lr": 2}, "n": {"lr": 3}}
     assert params["train"]["m"]["lr"] == 1
     assert apply_profile(params, "default") is params
 
