@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+PROFILE = "cpu-small"  # 64 px shards, the size the recorded figures were taken at
 sys.path.insert(0, str(REPO))
 MODEL = "plastic-detector"
 END = datetime(2026, 11, 20, tzinfo=UTC)
@@ -51,7 +52,7 @@ def timed_build(settings, sessions, now: datetime):
     from tasks.dataset import build_dataset
 
     start = time.perf_counter()
-    version = build_dataset(settings, sessions, MODEL, now=now)
+    version = build_dataset(settings, sessions, MODEL, now=now, profile=PROFILE)
     return version, time.perf_counter() - start
 
 
@@ -106,7 +107,7 @@ def main() -> None:
         # (as the rebuild above started) and from nothing
         from tasks.shards import DatasetParams, build
 
-        params = DatasetParams.load(project / "params.yaml", MODEL)
+        params = DatasetParams.load(project, MODEL, PROFILE)
         manifest = project / "data" / "manifests" / f"{MODEL}.csv"
         cache = root / "cache"
         shutil.copytree(cache_after_first, cache)  # a copy: the build prunes what it left out
