@@ -331,8 +331,10 @@ def make_engine(url: str) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Create missing tables (idempotent)."""
-    Base.metadata.create_all(engine)
+    """Bring the schema to this version's head revision (:mod:`oceanml.schema`)."""
+    from oceanml.schema import migrate
+
+    migrate(engine)
 
 
 def insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> int:

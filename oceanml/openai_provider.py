@@ -69,6 +69,7 @@ class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retry_wait_s: float = 0.0
+    retry_after_capped: int = 0  # answers asking to wait longer than the cap
 
 
 class OpenAIProvider:
@@ -86,6 +87,7 @@ class OpenAIProvider:
         max_backoff_s: float = 30.0,
         max_connections: int = 8,
         vision: bool = False,
+        max_retry_after_s: float = 60.0,
     ) -> None:
         self.model = model
         self.vision = vision
@@ -100,6 +102,7 @@ class OpenAIProvider:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.max_retry_after_s = max_retry_after_s
         self.usage = Usage()
         self._lock = threading.Lock()
 
@@ -110,7 +113,8 @@ class OpenAIProvider:
         key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
         return cls(settings.llm_base_url, settings.llm_model, key,
                    timeout_s=settings.llm_timeout_s, max_retries=settings.llm_max_retries,
-                   max_connections=settings.llm_concurrency, vision=settings.llm_vision)
+                   max_connections=settings.llm_concurrency, vision=settings.llm_vision,
+                   max_retry_after_s=settings.llm_max_retry_after_s)
 
     def messages(self, request: EnrichmentRequest) -> list[dict[str, Any]]:
         data = {"device_type": request.device_type, "readings": request.readings,
@@ -150,9 +154,18 @@ class OpenAIProvider:
                 raise ProviderError(f"HTTP {response.status_code}: {response.text[:200]}")
             wait = self._backoff(attempt)
             if response.status_code in RETRY_AFTER_STATUSES:
-                wait = retry_after_seconds(response.headers.get("Retry-After"), wait)
+                wait = self._capped(retry_after_seconds(response.headers.get("Retry-After"), wait))
             self._sleep(wait)
         raise ProviderError("unreachable")  # pragma: no cover
+
+    def _capped(self, asked: float) -> float:
+        """A ``Retry-After`` honoured up to the cap; a longer one waits the cap, counted (a
+        provider asking for a day must not hold the nightly for a day)."""
+        if asked <= self.max_retry_after_s:
+            return asked
+        with self._lock:
+            self.usage.retry_after_capped += 1
+        return self.max_retry_after_s
 
     def _backoff(self, attempt: int) -> float:
         return min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random())

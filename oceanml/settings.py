@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     llm_concurrency: int = Field(8, ge=1, description="Provider calls in flight at once.")
     llm_timeout_s: float = 30.0
     llm_max_retries: int = 4
+    llm_max_retry_after_s: float = Field(
+        60.0, ge=0, description="A provider's Retry-After is honoured up to this; longer "
+                                "ones wait this long, and are counted in the enrich result.")
     llm_max_requests: int | None = Field(None, description="Per-run cap; the rest waits.")
     llm_max_tokens: int | None = Field(None, description="Per-run cap; the rest waits.")
     llm_cost_per_1k_prompt: float = Field(0.0, description="For the cost estimate.")

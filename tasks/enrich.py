@@ -50,6 +50,7 @@ class EnrichResult:
     completion_tokens: int = 0
     stopped: str = ""
     errors: dict[str, str] = field(default_factory=dict)
+    retry_after_capped: int = 0  # provider waits longer than the cap, cut to it
 
 
 def _wants_images(provider: EnrichmentProvider) -> bool:
@@ -137,6 +138,11 @@ class _Writer:
         self.updates, self.cache_rows = [], []
 
 
+def _capped(provider: EnrichmentProvider) -> int:
+    usage = getattr(provider, "usage", None)
+    return usage.retry_after_capped if usage else 0
+
+
 def _tokens(provider: EnrichmentProvider) -> tuple[int, int]:
     usage = getattr(provider, "usage", None)
     return (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
@@ -188,6 +194,7 @@ def enrich(
     budget = budget or Budget()
     result = EnrichResult()
     tokens_before = _tokens(provider)
+    capped_before = _capped(provider)
     with sessions() as session:
         pending = session.scalars(
             select(Observation.id).where(Observation.llm_tags.is_(None)).order_by(Observation.id)
@@ -227,6 +234,7 @@ def enrich(
         collect(block_until_one=False)
     writer.flush()
     tokens_after = _tokens(provider)
+    result.retry_after_capped = _capped(provider) - capped_before
     result.prompt_tokens = tokens_after[0] - tokens_before[0]
     result.completion_tokens = tokens_after[1] - tokens_before[1]
     result.left = len(pending) - result.enriched

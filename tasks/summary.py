@@ -30,6 +30,9 @@ def shared_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
                    + (f": {enrich['stopped']}" if enrich["stopped"] else "") + ")"
                    + (f", {enrich['prompt_tokens'] + enrich['completion_tokens']} tokens, "
                       f"~${enrich['cost']:.4f}" if enrich["prompt_tokens"] else "")
+                   + (f", {enrich['retry_after_capped']} Retry-After waits cut to "
+                      "OCEANML_LLM_MAX_RETRY_AFTER_S" if enrich.get("retry_after_capped")
+                      else "")
                    + (" - nothing to do" if not enrich["enriched"] and not enrich["failed"]
                       else "")),
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from datetime import UTC, datetime
 
 import pytest
@@ -76,6 +77,35 @@ def test_429_is_retried_after_its_retry_after(stub) -> None:
     assert time.monotonic() - started >= 2.0
     assert out.tags == ["turbid-water", "algae-bloom"]
     assert len(stub.requests) == 3 and p.usage.retry_wait_s == pytest.approx(2.0)
+
+
+def test_a_retry_after_of_a_day_waits_the_cap_and_is_counted(settings, sessions) -> None:
+    n = populated(settings, sessions)
+    with OpenAIStub(retry_after="86400") as stub:
+        stub.script.append("429")
+        p = provider(stub, max_retry_after_s=0.5)
+        started = time.monotonic()
+        result = enrich(sessions, p)
+    assert time.monotonic() - started < 30  # not a day
+    assert (result.enriched, result.failed, result.retry_after_capped) == (n, 0, 1)
+    assert p.usage.retry_wait_s == pytest.approx(0.5)
+    from tasks.summary import shared_rows
+
+    row = dict(shared_rows({"ingest": {"ingested": 0, "rejected": 0, "already_known": 0,
+                                       "reasons": {}},
+                            "enrich": {"provider": "openai", "model": "m", "cost": 0.0,
+                                       **asdict(result)}}))["enrich"]
+    assert row.endswith(", 1 Retry-After waits cut to OCEANML_LLM_MAX_RETRY_AFTER_S")
+
+
+def test_the_retry_after_cap_is_a_setting(settings, monkeypatch) -> None:
+    from oceanml.settings import get_settings
+
+    monkeypatch.setenv("OCEANML_LLM_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.setenv("OCEANML_LLM_MAX_RETRY_AFTER_S", "7.5")
+    get_settings.cache_clear()
+    assert OpenAIProvider.from_settings(get_settings()).max_retry_after_s == 7.5
+    assert OpenAIProvider("http://x", "m").max_retry_after_s == 60.0  # the default
 
 
 def test_500_is_retried_with_backoff_and_gives_up_after_the_limit(stub) -> None:

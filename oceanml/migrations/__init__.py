@@ -1,0 +1,1 @@
+"""Alembic migrations of the metadata schema: ``oceanml.db.migrate`` runs them."""
