@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     )
     dvc_remote_url: str | None = Field(None, description="DVC remote (folder or s3:// URL).")
     s3_endpoint_url: str | None = Field(None, description="For S3-compatible stores.")
+    dvc_timeout_s: float = Field(
+        3600.0, gt=0, description="A DVC command (build, push, pull) running longer is stopped.")
 
     llm_provider: Literal["heuristic", "openai"] = "heuristic"
     llm_base_url: str | None = None

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -38,16 +40,52 @@ def project_lock(project_dir: Path) -> FileLock:
     return FileLock(Path(tempfile.gettempdir()) / f"oceanml-dvc-{key}.lock", is_singleton=True)
 
 
-def dvc(project_dir: Path, *args: str, env: dict[str, str] | None = None) -> str:
-    """Run one DVC command in ``project_dir`` and return its output."""
+TRANSFER_ATTEMPTS = 3  # push and pull: a transfer that failed may pass on a second try
+TRANSFER_BACKOFF_S = 5.0
+
+
+class DvcTimeout(DvcError):
+    """A DVC command ran past its timeout and was stopped, with the stage it ran."""
+
+
+def dvc(project_dir: Path, *args: str, env: dict[str, str] | None = None,
+        timeout_s: float | None = None) -> str:
+    """Run one DVC command in ``project_dir`` and return its output. Past ``timeout_s``
+    (``OCEANML_DVC_TIMEOUT_S``) the command and what it started (a stage's build) are
+    stopped and :class:`DvcTimeout` says which command it was."""
+    if timeout_s is None:
+        from oceanml.settings import get_settings
+
+        timeout_s = get_settings().dvc_timeout_s
+    command = f"dvc {' '.join(args)}"
     with project_lock(project_dir):
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "dvc", *args], cwd=project_dir, env=_env(env),
-            capture_output=True, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
         )
+        try:
+            stdout, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # the group: a stage's command goes too
+            proc.communicate()
+            raise DvcTimeout(f"{command} did not finish within {timeout_s:.0f} s and was "
+                             "stopped (OCEANML_DVC_TIMEOUT_S)") from None
     if proc.returncode != 0:
-        raise DvcError(f"dvc {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
-    return proc.stdout
+        raise DvcError(f"{command} failed ({proc.returncode}):\n{stdout}{stderr}")
+    return stdout
+
+
+def transfer(project_dir: Path, *args: str) -> str:
+    """A push or pull, tried again after a pause when it fails: transfers are idempotent,
+    and a remote's hiccup should not fail a nightly."""
+    for attempt in range(1, TRANSFER_ATTEMPTS + 1):
+        try:
+            return dvc(project_dir, *args)
+        except DvcError:
+            if attempt == TRANSFER_ATTEMPTS:
+                raise
+            time.sleep(TRANSFER_BACKOFF_S * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _in_git(project_dir: Path) -> bool:
@@ -93,7 +131,7 @@ def repro(project_dir: Path, stage: str, env: dict[str, str] | None = None) -> s
 
 
 def push(project_dir: Path, stage: str) -> None:
-    dvc(project_dir, "push", stage)
+    transfer(project_dir, "push", stage)
 
 
 def restore(project_dir: Path, version: str, dest: Path) -> Path:
@@ -108,5 +146,5 @@ def restore(project_dir: Path, version: str, dest: Path) -> Path:
     pointer.write_text(yaml.safe_dump(
         {"outs": [{"md5": f"{version}.dir", "path": dest.name, "hash": "md5"}]}
     ))
-    dvc(project_dir, "pull", "--force", str(pointer.relative_to(project_dir.resolve())))
+    transfer(project_dir, "pull", "--force", str(pointer.relative_to(project_dir.resolve())))
     return dest

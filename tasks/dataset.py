@@ -207,7 +207,7 @@ def dataset_card(ds: DatasetVersion) -> str:
     return "\n".join(lines)
 
 
-@task(name="build-dataset", retries=1, retry_delay_seconds=10)
+@task(name="build-dataset", retries=1, retry_delay_seconds=10, timeout_seconds=3 * 3600)
 def build_dataset_task(model: str, profile: str | None = None) -> dict[str, Any]:
     """Build (or reuse) the dataset version of ``model`` and publish its card."""
     settings = get_settings()
@@ -231,7 +231,7 @@ def local_dataset(settings: Settings, model: str, version: str) -> Path:
     return dest
 
 
-@task(name="latest-dataset")
+@task(name="latest-dataset", retries=2, retry_delay_seconds=5, timeout_seconds=300)
 def latest_dataset_task(model: str) -> str:
     """The newest recorded dataset version of ``model``."""
     settings = get_settings()

@@ -320,7 +320,7 @@ def detect_drift(
     return report
 
 
-@task(name="drift", retries=1, retry_delay_seconds=10)
+@task(name="drift", retries=1, retry_delay_seconds=10, timeout_seconds=3600)
 def drift_task(model: str, fallback_dataset_version: str | None = None,
                now: datetime | None = None) -> dict[str, Any]:
     """Compare recent observations with the reference; emit ``oceanml.drift.detected``.

@@ -432,7 +432,7 @@ def run_link(mlc: MlflowClient, model: str, version: str, uri: str) -> str:
     return f"MLflow run `{run_id}`, artifacts `evaluation/` (`mlflow ui --backend-store-uri {uri}`)"
 
 
-@task(name="evaluate", retries=1, retry_delay_seconds=10)
+@task(name="evaluate", retries=1, retry_delay_seconds=10, timeout_seconds=2 * 3600)
 def evaluate_task(model: str, dataset_version: str, model_version: str) -> dict[str, Any]:
     """Score ``model_version`` and the current champion on the dataset's test split.
 

@@ -422,7 +422,7 @@ def emit_champion_event(event: str, model: str, version: str, previous: str | No
                         "reason": reason})
 
 
-@task(name="promote", retries=1, retry_delay_seconds=10)
+@task(name="promote", retries=1, retry_delay_seconds=10, timeout_seconds=2 * 3600)
 def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
     """Decide on the evaluation, move ``champion`` if the gates pass, record the decision.
 

@@ -228,7 +228,7 @@ def scored_by(sessions: sessionmaker, model: str, flow_run_ids: list[str]) -> in
             Prediction.model_name == model, Prediction.flow_run_id.in_(flow_run_ids))) or 0
 
 
-@task(name="score", retries=1, retry_delay_seconds=10)
+@task(name="score", retries=1, retry_delay_seconds=10, timeout_seconds=6 * 3600)
 def score_task(model: str, version: str | None = None, day: str | None = None,
                last_days: float | None = None) -> dict[str, Any]:
     """Score ``model``'s unscored observations (one ``day`` or the ``last_days``, else all),
@@ -248,7 +248,7 @@ def score_task(model: str, version: str | None = None, day: str | None = None,
     return result.to_dict()
 
 
-@task(name="score-partitions")
+@task(name="score-partitions", retries=2, retry_delay_seconds=5, timeout_seconds=600)
 def partitions_task(model: str, last_days: float | None = None) -> dict[str, Any]:
     """The champion version of ``model`` and its pending observations per day."""
     settings = get_settings()
@@ -261,12 +261,12 @@ def partitions_task(model: str, last_days: float | None = None) -> dict[str, Any
     return {"version": version, "days": partitions(rows)}
 
 
-@task(name="scored-by-runs")
+@task(name="scored-by-runs", retries=2, retry_delay_seconds=5, timeout_seconds=300)
 def scored_by_task(model: str, flow_run_ids: list[str]) -> int:
     return scored_by(session_factory(get_settings().db_url), model, flow_run_ids)
 
 
-@task(name="score-distribution")
+@task(name="score-distribution", retries=2, retry_delay_seconds=5, timeout_seconds=600)
 def distribution_task(versions: dict[str, str]) -> list[dict[str, Any]]:
     """A table artifact of what each champion predicted: classes and shares, or target means."""
     sessions = session_factory(get_settings().db_url)

@@ -131,7 +131,7 @@ def where_to_look() -> dict[str, str]:
     }
 
 
-@task(name="summary")
+@task(name="summary", retries=2, retry_delay_seconds=5, timeout_seconds=300)
 def summary_task(results: dict[str, Any]) -> str:
     """Publish the summary as a markdown artifact and return it."""
     text = nightly_summary(results, where_to_look())

@@ -293,7 +293,7 @@ def _train_recorded(settings: Settings, sessions: Any, spec: ModelSpec, params: 
     return outcome
 
 
-@task(name="recorded-training")
+@task(name="recorded-training", retries=2, retry_delay_seconds=5, timeout_seconds=300)
 def recorded_training_task(model: str, dataset_version: str, max_epochs: int | None = None,
                            backbone: str | None = None, by_flow_run: str | None = None,
                            profile: str | None = None) -> dict[str, Any]:
@@ -312,7 +312,7 @@ def recorded_training_task(model: str, dataset_version: str, max_epochs: int | N
             "reused": by_flow_run is None or row.flow_run_id != by_flow_run}
 
 
-@task(name="latest-training")
+@task(name="latest-training", retries=2, retry_delay_seconds=5, timeout_seconds=300)
 def latest_training_task(model: str) -> dict[str, str]:
     """The newest recorded training of ``model``: its version and dataset."""
     settings = get_settings()
@@ -324,7 +324,7 @@ def latest_training_task(model: str) -> dict[str, str]:
     return {"model_version": row.model_version, "dataset_version": row.dataset_version}
 
 
-@task(name="claim-retrain")
+@task(name="claim-retrain", retries=2, retry_delay_seconds=5, timeout_seconds=600)
 def claim_retrain_task(model: str, cooldown_hours: float) -> dict[str, Any]:
     """Queue this retrain's training job, unless a retrain of ``model`` was queued within the
     cool-down: ``{"job_id": id}``, or ``{"job_id": None, "recent": ...}`` naming that one."""

@@ -119,3 +119,23 @@ def test_every_model_of_the_zoo_gets_a_dataset_with_valid_labels(settings, sessi
     else:
         values = [_json.loads(label) for label in labels]
         assert all(len(v) == 5 and all(0 <= x <= 1 for x in v) for v in values)
+
+
+def test_a_stuck_dvc_command_is_stopped_at_its_timeout_with_its_name(tmp_path) -> None:
+    """``dvc repro`` of a stage whose command hangs: stopped with what it started."""
+    import subprocess
+    import time
+
+    from oceanml import versioning
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    versioning.dvc(tmp_path, "init")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  hang:\n    cmd: python -c \"import time; open('started','w'); "
+        "time.sleep(600)\"\n    outs: [out]\n")
+    started = time.monotonic()
+    with pytest.raises(versioning.DvcTimeout, match=r"dvc repro hang did not finish within 5 s"):
+        versioning.dvc(tmp_path, "repro", "hang", timeout_s=5)
+    assert time.monotonic() - started < 60 and (tmp_path / "started").exists()
+    stray = subprocess.run(["pgrep", "-f", "time.sleep\\(600\\)"], capture_output=True)
+    assert stray.returncode == 1, stray.stdout  # the stage's command was stopped too
