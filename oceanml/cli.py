@@ -237,6 +237,28 @@ def jobs(
             typer.echo(f"    error: {r['error'].splitlines()[0][:200]}")
 
 
+@app.command()
+def doctor() -> None:
+    """Check every configured backend: database and schema version, landing, lake, DVC
+    remote, MLflow, Prefect API and work pools, LLM endpoint, GPU. Exits 1 when a required
+    one is unreachable, naming the setting to change."""
+    from oceanml.doctor import run_checks
+    from oceanml.settings import get_settings
+
+    results = run_checks(get_settings())
+    width = max(len(r.name) for r in results)
+    for r in results:
+        mark = "ok  " if r.ok else ("FAIL" if r.required else "warn")
+        typer.echo(f"{mark}  {r.name.ljust(width)}  {r.detail}")
+        if not r.ok and r.fix:
+            typer.echo(f"{'':6}{'':{width}}  -> {r.fix}")
+    failed = [r.name for r in results if not r.ok and r.required]
+    if failed:
+        typer.echo(f"{len(failed)} required backend(s) unreachable: {', '.join(failed)}",
+                   err=True)
+        raise typer.Exit(1)
+
+
 @app.command("settings")
 def show_settings() -> None:
     """The settings in force (secrets masked)."""

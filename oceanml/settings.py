@@ -134,8 +134,12 @@ class Settings(BaseSettings):
         return (self.home / "prefect").resolve()
 
     def public_dict(self) -> dict[str, object]:
-        """Settings safe to print or log: secrets stay masked."""
-        return {k: (str(v) if isinstance(v, SecretStr) else v) for k, v in self}
+        """Settings safe to print or log: secrets stay masked, URLs lose their password."""
+        from oceanml.secrets import mask_url
+
+        return {k: (str(v) if isinstance(v, SecretStr)
+                    else mask_url(v) if isinstance(v, str) and "://" in v else v)
+                for k, v in self}
 
 
 @lru_cache(maxsize=1)

@@ -48,8 +48,9 @@ class _QuietServer(ThreadingHTTPServer):
 class OpenAIStub:
     def __init__(self, default: str = "good", latency_s: float = 0.0,
                  retry_after: str = "1", mix: dict[str, float] | None = None,
-                 seed: int = 0) -> None:
+                 seed: int = 0, api_key: str | None = None) -> None:
         self.default = default
+        self.api_key = api_key  # when set, any other bearer token is answered 401
         self.mix = mix or {}
         self.seed = seed
         self._attempts: dict[str, int] = {}
@@ -116,12 +117,22 @@ class OpenAIStub:
                     with stub._lock:
                         stub.in_flight -= 1
 
+            def _refused(self) -> bool:
+                if stub.api_key and self.headers.get("Authorization") != f"Bearer {stub.api_key}":
+                    self._send(401, {"error": {"message": "invalid api key"}})
+                    return True
+                return False
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+                if self._refused():
+                    return
                 with stub._lock:
                     stats = {"requests": len(stub.requests), "max_in_flight": stub.max_in_flight}
                 self._send(200, stats)
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                if self._refused():
+                    return
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub._lock:
                     stub.requests.append(body)

@@ -124,3 +124,19 @@ def test_the_score_deployment_runs_hourly_and_on_promotion(env) -> None:
                     if r.parameters.get("model") == "debris-classifier"]  # not the hourly ones
     assert len(runs) == 1
     assert float(runs[0].parameters["last_days"]) == 2.0  # the drift window
+
+
+def test_the_doctor_reads_the_prefect_server_and_its_work_pools(env, settings, monkeypatch):
+    from oceanml.doctor import check_prefect
+    from oceanml.settings import get_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", env["PREFECT_API_URL"])
+    monkeypatch.setenv("OCEANML_TRAIN_WORK_POOL", "oceanml-gpu")
+    get_settings.cache_clear()
+    found = check_prefect(get_settings())
+    assert found.ok and found.detail.endswith("work pools oceanml-gpu, oceanml-process")
+    monkeypatch.setenv("OCEANML_SCORE_WORK_POOL", "gpu-nowhere")
+    get_settings.cache_clear()
+    missing = check_prefect(get_settings())
+    assert not missing.ok and missing.detail.endswith("no work pool gpu-nowhere")
+    assert missing.fix.startswith("prefect work-pool create NAME")
