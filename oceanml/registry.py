@@ -68,3 +68,15 @@ def load_model(mlc: MlflowClient, name: str, version: str) -> Any:
 
     uri = mlc.get_model_version_download_uri(name, version)
     return mlflow.pytorch.load_model(uri, map_location="cpu")
+
+
+def run_link(mlc: MlflowClient, uri: str, run_id: str, artifacts: str) -> str:
+    """Where a run's ``artifacts`` folder is, for a person: a URL when the tracking server is
+    one, else the run id and the ``mlflow ui`` command; never with a password."""
+    from oceanml.secrets import mask_url
+
+    shown = mask_url(uri)
+    if uri.startswith(("http://", "https://")):
+        experiment = mlc.get_run(run_id).info.experiment_id
+        return f"{shown.rstrip('/')}/#/experiments/{experiment}/runs/{run_id} (artifacts `{artifacts}/`)"
+    return f"MLflow run `{run_id}`, artifacts `{artifacts}/` (`mlflow ui --backend-store-uri {shown}`)"

@@ -40,7 +40,7 @@ from oceanml.db import (
     session_factory,
 )
 from oceanml.logs import stage_logger
-from oceanml.registry import alias_version
+from oceanml.registry import alias_version, run_link
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import get_settings
 from tasks.drift_report import drift_figure, drift_table, log_drift_run
@@ -143,16 +143,6 @@ def compute_drift(reference: dict[str, Any], current: pd.DataFrame, thresholds: 
               + (f", and the model's view moved ({', '.join(model_view)})" if model_view else ""))
     return DriftReport(verdict, n, round(share, 4), features, reason,
                        verdict="drift" if verdict else "none")
-
-
-def drift_run_link(mlc: MlflowClient, uri: str, run_id: str | None) -> str:
-    """Where the check's picture is: its MLflow run, as a URL when the server is one."""
-    if run_id is None:
-        return "none"
-    if uri.startswith(("http://", "https://")):
-        experiment = mlc.get_run(run_id).info.experiment_id
-        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id} (artifacts drift/)"
-    return f"MLflow run {run_id}, artifacts drift/ (mlflow ui --backend-store-uri {uri})"
 
 
 def load_thresholds(params_file: Path) -> DriftThresholds:
@@ -340,7 +330,8 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
         return {"drifted": False, "verdict": "no_reference", "reason": report.reason,
                 "n_current": 0}
     if report.features:
-        pictures = drift_run_link(mlc, settings.mlflow_tracking_uri, report.mlflow_run_id)
+        pictures = (run_link(mlc, settings.mlflow_tracking_uri, report.mlflow_run_id, "drift")
+                    if report.mlflow_run_id else "none")
         create_table_artifact(drift_table(report.features), key=f"drift-{model}",
                               description=f"{model}: {report.verdict.upper()} vs dataset "
                                           f"{reference}: {report.reason}. Pictures: {pictures}")

@@ -30,7 +30,7 @@ from oceanml.champion_history import current_champion
 from oceanml.db import Evaluation, session_factory
 from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
-from oceanml.registry import load_model
+from oceanml.registry import load_model, run_link
 from oceanml.settings import get_settings
 from tasks.dataset import local_dataset
 
@@ -422,16 +422,6 @@ def evaluation_markdown(model: str, outcome: dict[str, Any], link: str = "") -> 
     return "\n".join(lines)
 
 
-def run_link(mlc: MlflowClient, model: str, version: str, uri: str) -> str:
-    """Where the challenger's evaluation plots are: its MLflow run, as a URL when the
-    tracking server is one."""
-    run_id = mlc.get_model_version(model, version).run_id
-    if uri.startswith(("http://", "https://")):
-        experiment = mlc.get_run(run_id).info.experiment_id
-        return f"{uri.rstrip('/')}/#/experiments/{experiment}/runs/{run_id} (artifacts `evaluation/`)"
-    return f"MLflow run `{run_id}`, artifacts `evaluation/` (`mlflow ui --backend-store-uri {uri}`)"
-
-
 @task(name="evaluate", retries=1, retry_delay_seconds=10, timeout_seconds=2 * 3600)
 def evaluate_task(model: str, dataset_version: str, model_version: str) -> dict[str, Any]:
     """Score ``model_version`` and the current champion on the dataset's test split.
@@ -444,7 +434,9 @@ def evaluate_task(model: str, dataset_version: str, model_version: str) -> dict[
                       dataset_version, model_version,
                       lambda: local_dataset(settings, model, dataset_version),
                       lineage.flow_run_id())
-    link = run_link(mlflow_client(settings), model, model_version, settings.mlflow_tracking_uri)
+    mlc = mlflow_client(settings)
+    link = run_link(mlc, settings.mlflow_tracking_uri,
+                    mlc.get_model_version(model, model_version).run_id, "evaluation")
     create_markdown_artifact(evaluation_markdown(model, result, link), key=f"evaluation-{model}",
                              description="challenger vs champion on the test split")
     stage_logger("evaluate").info(

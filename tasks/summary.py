@@ -7,6 +7,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
+from oceanml.secrets import mask_url
 from oceanml.settings import get_settings
 
 
@@ -124,9 +125,9 @@ def nightly_summary(results: dict[str, Any], where: dict[str, str]) -> str:
 def where_to_look() -> dict[str, str]:
     settings = get_settings()
     return {
-        "MLflow": f"`mlflow ui --backend-store-uri {settings.mlflow_tracking_uri}`",
+        "MLflow": f"`mlflow ui --backend-store-uri {mask_url(settings.mlflow_tracking_uri)}`",
         "Prefect UI": "`prefect server start`, then http://127.0.0.1:4200 (runs, logs, artifacts)",
-        "metadata DB": f"`{settings.db_url}`",
+        "metadata DB": f"`{mask_url(settings.db_url)}`",
         "rejects": "`oceanml rejects`",
     }
 

@@ -141,3 +141,26 @@ def test_the_markdown_names_the_profile_then_shared_stages_fleet_and_each_model(
                             for stage, outcome in branch_rows(MODEL, results["models"][MODEL])]
     assert "## `water-quality`" not in lines  # a failed branch has its row, no stages
     assert lines[-4:] == ["", "Where to look:", "", "- MLflow: `mlflow ui`"]
+
+
+def test_where_to_look_never_shows_a_password(settings, monkeypatch) -> None:
+    from oceanml.settings import get_settings
+    from tasks.summary import where_to_look
+
+    monkeypatch.setenv("OCEANML_DB_URL", "postgresql+psycopg://ocean:Sentinel-db-1@db:5432/o")
+    monkeypatch.setenv("OCEANML_MLFLOW_TRACKING_URI", "https://ml:Sentinel-ml-2@mlflow.example")
+    get_settings.cache_clear()
+    text = "\n".join(where_to_look().values())
+    assert "Sentinel" not in text
+    assert "postgresql+psycopg://ocean:***@db:5432/o" in text
+    assert "https://ml:***@mlflow.example" in text
+
+
+def test_an_mlflow_link_names_the_run_and_hides_the_password(settings) -> None:
+    from oceanml.registry import client, ensure_experiment, run_link
+
+    mlc = client(settings)
+    run = mlc.create_run(ensure_experiment(mlc, "links", None))
+    link = run_link(mlc, "https://ml:Sentinel-3@mlflow.example/", run.info.run_id, "drift")
+    assert link == (f"https://ml:***@mlflow.example/#/experiments/{run.info.experiment_id}/runs/"
+                    f"{run.info.run_id} (artifacts `drift/`)")
