@@ -50,3 +50,39 @@ def test_ingest_from_an_s3_landing_into_an_s3_lake(settings, sessions, s3) -> No
     assert (again.seen, again.already_known) == (0, 16)  # ETags in the ledger
     write_landing(landing, simulate(days=1, devices=2, per_day=5, end=END, seed=3), faults=False)
     assert ingest(settings, sessions, now=END).ingested == 10
+
+
+def test_a_dataset_version_pushed_to_an_s3_remote_is_restored_on_a_clean_checkout(
+        settings, sessions, s3, tmp_path) -> None:
+    """Landing, lake and DVC remote on S3: the dataset stage builds from the S3 lake and pushes
+    to the S3 remote; a fresh clone of the project, with no DVC cache, restores the same bytes."""
+    import hashlib
+    import subprocess
+
+    from tasks.dataset import build_dataset, dataset_dir, local_dataset
+    from tests.conftest import make_project
+
+    settings.s3_endpoint_url = s3
+    settings.landing_url, settings.lake_url = "s3://ocean/landing", "s3://ocean/lake"
+    settings.dvc_remote_url = "s3://ocean/dvc"
+    landing = filesystem(settings.landing_url, settings)
+    landing.fs.mkdir("ocean")
+    write_landing(landing, simulate(days=1, devices=4, per_day=20, end=END,
+                                    annotated_fraction=1.0), faults=False)
+    ingest(settings, sessions, now=END)
+    make_project(settings.project_dir)
+    built = build_dataset(settings, sessions, "plastic-detector", profile="cpu-small")
+    remote = filesystem(settings.dvc_remote_url, settings)
+    assert remote.fs.find(remote.root)  # the version's objects are on S3
+
+    def digests(root) -> dict[str, str]:
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(root.iterdir()) if p.is_file()}
+
+    original = digests(dataset_dir(settings, "plastic-detector"))
+    clone = tmp_path / "clean-checkout"
+    subprocess.run(["git", "clone", "-q", str(settings.project_dir), str(clone)], check=True)
+    assert not (clone / ".dvc" / "cache").exists()
+    elsewhere = settings.model_copy(update={"project_dir": clone})
+    restored = local_dataset(elsewhere, "plastic-detector", built.version)
+    assert restored.is_relative_to(clone) and digests(restored) == original
