@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows.nightly import FleetFailed, branch_outcome, run_branches
 from flows.score import score_step
 from oceanml.params import fleet, read_params
 from oceanml.settings import get_settings
@@ -22,23 +23,35 @@ from tasks.score import distribution_task
 from tasks.summary import drift_outcome, shared_rows
 
 
+@flow(name="monitor-model", flow_run_name="{model}", log_prints=True)
+def monitor_model(model: str) -> dict[str, Any]:
+    """One model's hour: its champion scores what arrived, then drift of the window."""
+    return {"score": score_step(model), "drift": drift_task(model)}
+
+
 @flow(name="monitor", log_prints=True)
 def monitor(models: list[str] | None = None) -> dict[str, Any]:
     """Ingest, enrich, score with the champions and check drift for ``models`` (default: the
-    fleet in params.yaml)."""
+    fleet in params.yaml), one ``monitor-model`` subflow per model, one at a time (scoring
+    uses every core); a model that fails stops no other, and the monitor then ends Failed
+    naming it, after its summary."""
     names = list(models or fleet(read_params(get_settings().project_dir.resolve())))
     ingest = ingest_task()
     enrich = enrich_task(wait_for=[ingest])
-    scored = {m: score_step(m) for m in names}
-    versions = {m: s["version"] for m, s in scored.items() if s.get("version")}
+    outcomes = {m: branch_outcome(s) for m, s in run_branches(names, 1, monitor_model).items()}
+    versions = {m: o["score"]["version"] for m, o in outcomes.items()
+                if o.get("score", {}).get("version")}
     if versions:
         distribution_task(versions)
-    drift = {m: drift_task(m) for m in names}
-    results = {"ingest": ingest, "enrich": enrich, "score": scored, "drift": drift}
+    results = {"ingest": ingest, "enrich": enrich, "models": outcomes}
     text = monitor_summary(results)
     create_markdown_artifact(text, key="monitor-summary",
                              description=f"monitor run of {', '.join(names)}")
     print(text)
+    failed = [m for m, o in outcomes.items() if "error" in o]
+    if failed:
+        raise FleetFailed(f"{len(failed)} of {len(names)} models failed: "
+                          + "; ".join(f"{m}: {outcomes[m]['error']}" for m in failed))
     return results
 
 
@@ -47,8 +60,11 @@ def monitor_summary(results: dict[str, Any]) -> str:
     lines = ["# OceanML monitor", "", "| stage | outcome |", "|---|---|"]
     lines += [f"| {stage} | {text} |" for stage, text in shared_rows(results)]
     lines += ["", "| model | champion | scored | drift |", "|---|---|---|---|"]
-    for model, drift in results["drift"].items():
-        score = results["score"][model]
+    for model, outcome in results["models"].items():
+        if "error" in outcome:
+            lines.append(f"| {model} | - | - | FAILED: {outcome['error']} |")
+            continue
+        score, drift = outcome["score"], outcome["drift"]
         version = score.get("version")
         lines.append(f"| {model} | {'v' + version if version else 'none'} | "
                      f"{score.get('scored', 0) if version else '-'} | {drift_outcome(drift)} |")

@@ -14,12 +14,13 @@ import contextvars
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from prefect import flow
+from prefect import Flow, flow
 from prefect.states import State
 
 from flows.score import score_step
 from flows.training import train_step
 from oceanml.params import fleet, load_params, profile_description, run_profile
+from oceanml.secrets import known_secrets, scrub
 from oceanml.settings import get_settings
 from tasks.dataset import build_dataset_task
 from tasks.drift import drift_task
@@ -48,13 +49,18 @@ def model_branch(model: str, profile: str, max_epochs: int | None = None,
             "score": scored, "drift": drift}
 
 
-def run_branches(models: list[str], concurrency: int, **kwargs: Any) -> dict[str, State]:
-    """Every model's branch, ``concurrency`` at a time (0: all); the final state of each."""
+def run_branches(models: list[str], concurrency: int, branch: Flow = model_branch,
+                 **kwargs: Any) -> dict[str, State]:
+    """Every model's ``branch`` subflow, ``concurrency`` at a time (0: all); the final state
+    of each (one failing never stops the others)."""
     workers = concurrency or len(models)
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="branch") as pool:
-        futures = {m: pool.submit(contextvars.copy_context().run, model_branch, m,
+        futures = {m: pool.submit(contextvars.copy_context().run, branch, m,
                                   return_state=True, **kwargs) for m in models}
         return {m: f.result() for m, f in futures.items()}
+
+
+MAX_ERROR = 300
 
 
 class FleetFailed(RuntimeError):
@@ -62,11 +68,14 @@ class FleetFailed(RuntimeError):
 
 
 def branch_outcome(state: State) -> dict[str, Any]:
-    """A branch's results, or its error in one line when it failed."""
+    """A branch's results, or its error when it failed: its first line, cut, without a
+    credential (an MLflow error quotes the tracking URL) and fit for a markdown table."""
     if state.is_completed():
         return state.result()
     message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
-    return {"error": message}
+    line = scrub(message.strip().splitlines()[0] if message.strip() else state.name,
+                 known_secrets(get_settings()))
+    return {"error": line[:MAX_ERROR].replace("|", "/")}  # one table cell of the summary
 
 
 @flow(name="nightly", log_prints=True)

@@ -24,6 +24,15 @@ from tasks.promote import promote_task
 from tasks.train import claim_retrain_task
 
 
+def champion_profile(model: str) -> str | None:
+    """The profile the champion was trained under (its ``profile`` tag): what a retrain
+    started by an event, with no profile of its own, trains under too."""
+    from oceanml.registry import alias_version, client
+
+    champion = alias_version(client(get_settings()), model)
+    return champion.tags.get("profile") if champion else None
+
+
 @flow(name="retrain", log_prints=True)
 def retrain(
     model: str = "plastic-detector",
@@ -33,7 +42,10 @@ def retrain(
     backbone: str | None = None,
     profile: str | None = None,
 ) -> dict[str, Any]:
-    """Retrain ``model`` because of ``reason`` unless it was retrained within the cool-down."""
+    """Retrain ``model`` because of ``reason`` unless it was retrained within the cool-down.
+
+    The profile: the one given, else ``OCEANML_PROFILE``, else the champion's, else the
+    defaults."""
     claim = claim_retrain_task(model, cooldown_hours)
     if claim["job_id"] is None:
         recent = claim["recent"]
@@ -41,7 +53,8 @@ def retrain(
                               "the %.1f h cool-down", model, recent["job_id"],
                               recent["queued_at"], cooldown_hours)
         return {"skipped": True, "recent": recent, "reason": reason}
-    job_id, profile = claim["job_id"], run_profile(profile)
+    job_id, profile = claim["job_id"], run_profile(profile or get_settings().profile
+                                                    or champion_profile(model))
     sessions = session_factory(get_settings().db_url)
     try:
         dataset = build_dataset_task(model, profile=profile)

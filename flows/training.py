@@ -15,7 +15,7 @@ from prefect import get_run_logger
 from prefect.deployments import run_deployment
 
 from oceanml.db import session_factory
-from oceanml.jobs import finish_job, queue_job
+from oceanml.jobs import finish_job, job_end, queue_job
 from oceanml.lineage import flow_run_id
 from oceanml.settings import get_settings
 from tasks.train import recorded_training_task, resolve, train_task
@@ -34,6 +34,8 @@ def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
     branches overlap everything but their trainings."""
     settings = get_settings()
     sessions = session_factory(settings.db_url)
+    if settings.train_work_pool:  # refused before a job is queued that nothing would run
+        check_deployment(settings.train_deployment, settings.train_work_pool)
     if job_id is None:
         _, params = resolve(settings, model, max_epochs, backbone, profile)
         job_id = queue_job(sessions, model, dataset_version, trigger, params.max_epochs,
@@ -44,10 +46,13 @@ def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
                               profile=profile, job_id=job_id)
     parameters = {"model": model, "dataset_version": dataset_version, "max_epochs": max_epochs,
                   "backbone": backbone, "profile": profile, "job_id": job_id}
-    check_deployment(settings.train_deployment, settings.train_work_pool)
     get_run_logger().info("training %s on work pool %s through %s", model,
                           settings.train_work_pool, settings.train_deployment)
-    run = run_deployment(settings.train_deployment, parameters=parameters, timeout=None)
+    try:
+        run = run_deployment(settings.train_deployment, parameters=parameters, timeout=None)
+    except BaseException as exc:  # the API failed, or this flow was cancelled while waiting
+        finish_job(sessions, job_id, job_end(exc), error=exc)
+        raise
     if run.state is None or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"
         finish_job(sessions, job_id, "cancelled" if run.state and run.state.is_cancelled()

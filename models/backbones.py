@@ -8,6 +8,7 @@ the backbone is refused with the keys named, never loaded in part.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -52,8 +53,13 @@ def load_weights(net: nn.Module, path: Path, name: str) -> None:
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: not a state dict (a mapping of parameter names to tensors)")
+    if name.startswith("densenet"):
+        state = densenet_keys(state)
     expected = net.state_dict()
-    missing = sorted(set(expected) - set(state))
+    # BatchNorm's step counter is absent from checkpoints older than PyTorch 0.4.1 (most of
+    # torchvision's): it starts at zero, as it would for a fresh layer
+    missing = sorted(k for k in set(expected) - set(state)
+                     if not k.endswith("num_batches_tracked"))
     unexpected = sorted(set(state) - set(expected))
     shapes = sorted(k for k in set(state) & set(expected)
                     if tuple(state[k].shape) != tuple(expected[k].shape))
@@ -62,7 +68,19 @@ def load_weights(net: nn.Module, path: Path, name: str) -> None:
                  (("missing keys", missing), ("unexpected keys", unexpected),
                   ("keys with another shape", shapes)) if keys]
         raise WeightsError(f"{path} does not match backbone {name}: " + "; ".join(parts))
-    net.load_state_dict(state, strict=True)
+    net.load_state_dict(state, strict=False)  # every other key was checked above
+
+
+# torchvision's DenseNet checkpoints keep the old "denselayer1.norm.1.weight" names that its
+# own loader renames to "denselayer1.norm1.weight" (torchvision.models.densenet)
+_DENSENET_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def densenet_keys(state: dict) -> dict:
+    """A DenseNet state dict with the old layer names renamed as torchvision renames them."""
+    return {(m.group(1) + m.group(2) if (m := _DENSENET_OLD_KEY.match(k)) else k): v
+            for k, v in state.items()}
 
 
 def _some(keys: list[str], n: int = 5) -> str:

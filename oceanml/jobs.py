@@ -16,6 +16,8 @@ from sqlalchemy.orm import sessionmaker
 from oceanml.champion_history import model_lock
 from oceanml.db import TrainingJob
 from oceanml.lineage import flow_run_id
+from oceanml.secrets import known_secrets, scrub
+from oceanml.settings import get_settings
 
 try:  # a Lightning callback when Lightning is there (it always is where trainings run)
     from lightning.pytorch.callbacks import Callback
@@ -48,6 +50,20 @@ def set_job(sessions: sessionmaker, job_id: int, *, final: tuple[str, ...] = FIN
         session.commit()
 
 
+def reopen_job(sessions: sessionmaker, job_id: int) -> None:
+    """Back to queued at the start of a (re)try: a retry of a failed, timed-out or
+    interrupted attempt is the same job again; only a completed one stays as it is."""
+    set_job(sessions, job_id, final=("completed",), status="queued", error=None,
+            finished_at=None)
+
+
+def job_end(exc: BaseException) -> str:
+    """How an exception ends a job: ``cancelled`` for an interrupt (Ctrl-C, a signal),
+    ``failed`` for the rest, timeouts and Prefect's cancellation of a timed-out task included
+    (a retry may follow and reopen it)."""
+    return "cancelled" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
+
+
 def start_job(sessions: sessionmaker, job_id: int, max_epochs: int | None = None) -> None:
     """Running, on this host. A failed job runs again when Prefect retries its task."""
     set_job(sessions, job_id, final=("completed", "cancelled"), status="running",
@@ -62,8 +78,9 @@ def finish_job(sessions: sessionmaker, job_id: int, status: str, *,
     """Close the job: completed (with the version it made or reused), failed or cancelled."""
     if status not in FINAL:
         raise ValueError(f"a job ends {', '.join(FINAL)}, not {status!r}")
-    message = None if error is None else (
-        error if isinstance(error, str) else f"{type(error).__name__}: {error}")
+    message = None if error is None else scrub(
+        error if isinstance(error, str) else f"{type(error).__name__}: {error}",
+        known_secrets(get_settings()))
     values: dict[str, Any] = {"status": status, "finished_at": datetime.now(UTC),
                               "error": message[:MAX_ERROR_CHARS] if message else None}
     if status == "completed":
@@ -94,11 +111,14 @@ def claim_retrain(sessions: sessionmaker, model: str, cooldown: timedelta
     """Queue a retrain job of ``model`` unless one was queued within ``cooldown``:
     (new job id, None), or (None, the recent job). Checked and queued under the model's lock,
     so a storm of drift events starting retrains at once queues exactly one."""
+    run_id = flow_run_id()
     with model_lock(sessions, model):
         last = last_retrain(sessions, model)
+        if last is not None and run_id and last.flow_run_id == run_id:
+            return last.id, None  # this run claimed it already: a retried claim
         if last is not None and _utc(last.queued_at) > datetime.now(UTC) - cooldown:
             return None, last
-        return queue_job(sessions, model, None, "retrain", flow_run_id=flow_run_id()), None
+        return queue_job(sessions, model, None, "retrain", flow_run_id=run_id), None
 
 
 def _utc(moment: datetime) -> datetime:

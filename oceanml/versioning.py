@@ -6,6 +6,7 @@ signal handlers that do not work from the worker threads Prefect runs tasks in.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -66,13 +67,23 @@ def dvc(project_dir: Path, *args: str, env: dict[str, str] | None = None,
         try:
             stdout, stderr = proc.communicate(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the group: a stage's command goes too
-            proc.communicate()
+            _stop(proc)
             raise DvcTimeout(f"{command} did not finish within {timeout_s:.0f} s and was "
                              "stopped (OCEANML_DVC_TIMEOUT_S)") from None
+        except BaseException:  # the task timed out, was cancelled or interrupted: no orphan
+            _stop(proc)
+            raise
     if proc.returncode != 0:
         raise DvcError(f"{command} failed ({proc.returncode}):\n{stdout}{stderr}")
     return stdout
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill the command's process group (a stage's command goes too) and reap it, before the
+    project lock is let go."""
+    with contextlib.suppress(ProcessLookupError):  # it ended on its own meanwhile
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
 
 
 def transfer(project_dir: Path, *args: str) -> str:

@@ -162,16 +162,21 @@ def build_dataset(settings: Settings, sessions: sessionmaker, model: str,
     if selected.frame.empty:
         raise ValueError(f"no observation selected for {model!r} ({selected.reasons}): ingest "
                          f"labelled data, or widen datasets.{model}.selection in params.yaml")
-    write_manifest(selected.frame, project / "data" / "manifests" / f"{model}.csv")
-    write_resolved_params(project, model, profile)
-    versioning.ensure_repo(project, settings.dvc_remote_url, settings.s3_endpoint_url)
     env = {"OCEANML_HOME": str(settings.home.resolve())}
     env |= {f"OCEANML_{k.upper()}": str(v) for k, v in
             (("lake_url", settings.lake_url), ("s3_endpoint_url", settings.s3_endpoint_url)) if v}
-    version = versioning.repro(project, stage_name(model), env=env)
-    versioning.push(project, stage_name(model))
     out = dataset_dir(settings, model)
-    card = json.loads((out / "card.json").read_text())
+    # inputs written, built, read back and pushed under one project lock: a build of the
+    # same model in another process (a retrain beside the nightly) cannot swap its inputs
+    # or outputs for these in between
+    with versioning.project_lock(project):
+        write_manifest(selected.frame, project / "data" / "manifests" / f"{model}.csv")
+        write_resolved_params(project, model, profile)
+        versioning.ensure_repo(project, settings.dvc_remote_url, settings.s3_endpoint_url)
+        version = versioning.repro(project, stage_name(model), env=env)
+        card = json.loads((out / "card.json").read_text())
+        reference = json.loads((out / "reference_stats.json").read_text())
+        versioning.push(project, stage_name(model))
     with sessions() as session:
         row = session.scalar(select(Dataset).where(Dataset.name == model, Dataset.version == version))
         created = row is None
@@ -179,7 +184,7 @@ def build_dataset(settings: Settings, sessions: sessionmaker, model: str,
             row = Dataset(
                 name=model, version=version, path=str(out.relative_to(project)),
                 split_counts=card["split_counts"], class_counts=card["class_counts"],
-                reference_stats=json.loads((out / "reference_stats.json").read_text()),
+                reference_stats=reference,
                 flow_run_id=run_id,
             )
             session.add(row)

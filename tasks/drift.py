@@ -106,8 +106,10 @@ def tag_features(reference: dict[str, Any], current: pd.DataFrame, t: DriftThres
     if len(enriched) < t.min_samples:
         return {}
     hits = enriched.explode().dropna().value_counts()  # enrichment keeps a tag once per row
+    # shares of all rows on both sides: the reference counts a row not enriched as one
+    # without tags (its manifest cannot tell them apart), so the window does the same
     return {f"tag:{tag}": share_drift(ref_counts.get(tag, 0), reference["n"],
-                                      int(hits.get(tag, 0)), len(enriched), t.ks_pvalue)
+                                      int(hits.get(tag, 0)), len(current), t.ks_pvalue)
             for tag in sorted(set(ref_counts) | set(hits.index))}
 
 

@@ -22,10 +22,18 @@ from sqlalchemy import select
 
 from models.zoo import ModelSpec, get_spec
 from oceanml.db import TrainingRun, session_factory
-from oceanml.jobs import JobCallback, claim_retrain, finish_job, queue_job
+from oceanml.jobs import (
+    JobCallback,
+    claim_retrain,
+    finish_job,
+    job_end,
+    queue_job,
+    reopen_job,
+    set_job,
+)
 from oceanml.lineage import flow_run_id, git_commit
 from oceanml.logs import stage_logger
-from oceanml.params import load_params, model_section
+from oceanml.params import DEFAULT_PROFILE, load_params, model_section
 from oceanml.registry import client as mlflow_client
 from oceanml.registry import ensure_experiment, ensure_registered_model, version_by_tag
 from oceanml.settings import Settings, get_settings
@@ -252,18 +260,18 @@ def train_task(
     training job ``job_id`` (a new manual one when None) follows it."""
     settings = get_settings()
     sessions = session_factory(settings.db_url)
-    spec, params = resolve(settings, model, max_epochs, backbone, profile)
     if job_id is None:
-        job_id = queue_job(sessions, model, dataset_version, "manual", params.max_epochs,
+        job_id = queue_job(sessions, model, dataset_version, "manual", max_epochs,
                            flow_run_id())
+    reopen_job(sessions, job_id)  # this attempt may be a retry of a failed one
     try:
+        spec, params = resolve(settings, model, max_epochs, backbone, profile)
+        set_job(sessions, job_id, max_epochs=params.max_epochs)
         outcome = _train_recorded(settings, sessions, spec, params, dataset_version,
-                                  [JobCallback(sessions, job_id, model)])
-    except Exception as exc:
-        finish_job(sessions, job_id, "failed", error=exc)
-        raise
-    except BaseException as exc:  # interrupted, or cancelled by Prefect
-        finish_job(sessions, job_id, "cancelled", error=exc)
+                                  [JobCallback(sessions, job_id, model)],
+                                  profile or DEFAULT_PROFILE)
+    except BaseException as exc:  # failed, timed out, cancelled by Prefect, interrupted
+        finish_job(sessions, job_id, job_end(exc), error=exc)
         raise
     finish_job(sessions, job_id, "completed", model_version=outcome.model_version,
                reused=outcome.reused)
@@ -273,11 +281,13 @@ def train_task(
 
 
 def _train_recorded(settings: Settings, sessions: Any, spec: ModelSpec, params: TrainParams,
-                    dataset_version: str, callbacks: list[Any]) -> TrainOutcome:
-    """Train (or reuse) and add the ``training_runs`` row the first time a key is trained."""
+                    dataset_version: str, callbacks: list[Any], profile: str) -> TrainOutcome:
+    """Train (or reuse) and add the ``training_runs`` row the first time a key is trained.
+    The version's tags carry the profile, so a retrain started by an event trains alike."""
     project = settings.project_dir.resolve()
     data_dir = local_dataset(settings, spec.name, dataset_version)
-    lineage = {"git_commit": git_commit(project), "prefect_flow_run_id": flow_run_id() or ""}
+    lineage = {"git_commit": git_commit(project), "prefect_flow_run_id": flow_run_id() or "",
+               "profile": profile}
     outcome = train_model(spec, data_dir, dataset_version, params, settings, lineage,
                           progress_bar=sys.stderr.isatty(), callbacks=callbacks)
     model = spec.name

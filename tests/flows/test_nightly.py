@@ -111,6 +111,7 @@ def test_the_registry_holds_a_champion_with_lineage_tags(runs) -> None:
                           text=True, check=True).stdout.strip()
     assert champion.tags["dataset_version"] == runs.first["dataset"]["version"]
     assert champion.tags["git_commit"] == head
+    assert champion.tags["profile"] == "cpu-small"
     assert champion.tags["prefect_flow_run_id"] == runs.branch_run_id
     assert champion.tags["promotion"] == "promoted"
     with runs.sessions() as s:
@@ -244,9 +245,9 @@ def test_the_champion_scored_every_observation_once(runs) -> None:
 def test_a_retrain_reuses_what_the_night_made_and_its_cooldown_counts_from_it(runs) -> None:
     from flows.retrain import retrain
 
-    first = retrain(model=MODEL, reason="drift", cooldown_hours=6, max_epochs=1,
-                    profile="cpu-small")
+    first = retrain(model=MODEL, reason="drift", cooldown_hours=6, max_epochs=1)
     assert not first["skipped"]  # a nightly training is no retrain: nothing to cool down from
+    # no profile given: the champion's (its tag), so the same training key, reused
     assert first["dataset"]["version"] == runs.first["dataset"]["version"]
     assert first["train"]["reused"] and not first["promote"]["decided_now"]
     storm = retrain(model=MODEL, reason="drift again", cooldown_hours=6)

@@ -96,3 +96,21 @@ def test_torchvision_weights_are_read_from_the_torch_cache_never_downloaded(
     assert torch.equal(backbone.conv1.weight, cached.conv1.weight)
     with pytest.raises(WeightsError, match="neither a file nor a torchvision weights name"):
         build_backbone("resnet18", "no-such-weights.pt")
+
+
+def test_densenet_weights_in_torchvisions_old_key_names_load(tmp_path: Path) -> None:
+    """torchvision's DenseNet-121 file names layers "denselayer1.norm.1.weight"; its own
+    loader renames them, and so does OceanML's, so the zoo's water-quality backbone loads."""
+    import re
+
+    torch.manual_seed(5)
+    reference = tvm.densenet121(weights=None)
+    old = {re.sub(r"(denselayer\d+\.(?:norm|relu|conv))([12])\.", r"\1.\2.", k): v
+           for k, v in reference.state_dict().items()
+           if not k.endswith("num_batches_tracked")}  # as torchvision's file: none of them
+    assert any(".norm.1." in k for k in old)
+    path = tmp_path / "densenet121-a639ec97.pth"
+    torch.save(old, path)
+    backbone, _ = build_backbone("densenet121", path)
+    assert torch.equal(backbone.features.denseblock1.denselayer1.norm1.weight,
+                       reference.features.denseblock1.denselayer1.norm1.weight)

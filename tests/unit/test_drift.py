@@ -55,3 +55,22 @@ def test_too_few_recent_observations_give_no_verdict() -> None:
     report = compute_drift(ref, frame("storm", 1).head(10), DriftThresholds(min_samples=50))
     assert not report.drifted and report.verdict == "insufficient"
     assert report.reason.startswith("not enough recent data: 10 observations")
+
+
+def test_tag_shares_drift_when_a_tag_spreads_and_only_then() -> None:
+    rng = np.random.default_rng(3)
+    ref_frame = frame("normal", 0)
+    ref_frame["llm_tags"] = np.where(rng.random(len(ref_frame)) < 0.15, "rough-sea,clear-water",
+                                     "clear-water")
+    ref = reference_stats(ref_frame, sample=2000)
+
+    def window(share: float) -> pd.DataFrame:
+        current = frame("normal", 1)
+        current["llm_tags"] = [["rough-sea", "clear-water"] if r < share else ["clear-water"]
+                               for r in rng.random(len(current))]
+        return current
+
+    spread = compute_drift(ref, window(0.45), DriftThresholds()).features
+    assert spread["tag:rough-sea"]["drifted"] and not spread["tag:clear-water"]["drifted"]
+    calm = compute_drift(ref, window(0.15), DriftThresholds()).features
+    assert not calm["tag:rough-sea"]["drifted"]

@@ -128,3 +128,30 @@ def test_oceanml_jobs_lists_status_epochs_and_errors(sessions) -> None:
                                     "abcdef01", "v2", "(reused)"]
     only = CliRunner().invoke(app, ["jobs", "--model", MODEL, "--json"]).output
     assert [j["id"] for j in json.loads(only)] == [ok]
+
+
+def test_a_retried_attempt_reopens_its_job_and_a_completed_one_stays(sessions) -> None:
+    from oceanml.jobs import job_end, reopen_job
+
+    job_id = queue_job(sessions, MODEL, "ds-1", "nightly", max_epochs=3)
+    finish_job(sessions, job_id, job_end(TimeoutError("task timed out")), error="timed out")
+    assert job(sessions, job_id).status == "failed"  # a timeout fails; a retry may follow
+    reopen_job(sessions, job_id)
+    reopened = job(sessions, job_id)
+    assert (reopened.status, reopened.error, reopened.finished_at) == ("queued", None, None)
+    finish_job(sessions, job_id, "completed", model_version="1", reused=True)
+    reopen_job(sessions, job_id)
+    assert job(sessions, job_id).status == "completed"
+    assert job_end(KeyboardInterrupt()) == "cancelled"
+
+
+def test_an_error_is_stored_without_the_credentials_in_force(sessions, monkeypatch) -> None:
+    from oceanml.settings import get_settings
+
+    monkeypatch.setenv("OCEANML_MLFLOW_TRACKING_URI", "https://ml:Sentinel-pw-42@mlflow.example")
+    get_settings.cache_clear()
+    job_id = queue_job(sessions, MODEL, "ds-1", "nightly")
+    finish_job(sessions, job_id, "failed", error=RuntimeError(
+        "API request to https://ml:Sentinel-pw-42@mlflow.example/api/2.0 failed"))
+    assert job(sessions, job_id).error == ("RuntimeError: API request to https://ml:***@"
+                                           "mlflow.example/api/2.0 failed")
