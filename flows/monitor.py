@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from flows.nightly import FleetFailed, branch_outcome, run_branches
+from flows.nightly import branch_outcome, raise_if_failed, run_branches, scored_versions
 from flows.score import score_step
 from oceanml.params import fleet, read_params
 from oceanml.settings import get_settings
@@ -39,19 +39,14 @@ def monitor(models: list[str] | None = None) -> dict[str, Any]:
     ingest = ingest_task()
     enrich = enrich_task(wait_for=[ingest])
     outcomes = {m: branch_outcome(s) for m, s in run_branches(names, 1, monitor_model).items()}
-    versions = {m: o["score"]["version"] for m, o in outcomes.items()
-                if o.get("score", {}).get("version")}
-    if versions:
+    if versions := scored_versions(outcomes):
         distribution_task(versions)
     results = {"ingest": ingest, "enrich": enrich, "models": outcomes}
     text = monitor_summary(results)
     create_markdown_artifact(text, key="monitor-summary",
                              description=f"monitor run of {', '.join(names)}")
     print(text)
-    failed = [m for m, o in outcomes.items() if "error" in o]
-    if failed:
-        raise FleetFailed(f"{len(failed)} of {len(names)} models failed: "
-                          + "; ".join(f"{m}: {outcomes[m]['error']}" for m in failed))
+    raise_if_failed(outcomes, "models")
     return results
 
 

@@ -78,6 +78,20 @@ def branch_outcome(state: State) -> dict[str, Any]:
     return {"error": line[:MAX_ERROR].replace("|", "/")}  # one table cell of the summary
 
 
+def scored_versions(outcomes: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """The champion version each model scored with, for the models that had one."""
+    return {m: o["score"]["version"] for m, o in outcomes.items()
+            if o.get("score", {}).get("version")}
+
+
+def raise_if_failed(outcomes: dict[str, dict[str, Any]], what: str) -> None:
+    """:class:`FleetFailed` naming every model whose outcome is an error, if any is."""
+    failed = [m for m, o in outcomes.items() if "error" in o]
+    if failed:
+        raise FleetFailed(f"{len(failed)} of {len(outcomes)} {what} failed: "
+                          + "; ".join(f"{m}: {outcomes[m]['error']}" for m in failed))
+
+
 @flow(name="nightly", log_prints=True)
 def nightly(models: list[str] | None = None, profile: str | None = None,
             max_epochs: int | None = None, backbone: str | None = None) -> dict[str, Any]:
@@ -93,17 +107,12 @@ def nightly(models: list[str] | None = None, profile: str | None = None,
     states = run_branches(names, settings.fleet_concurrency, profile=profile,
                           max_epochs=max_epochs, backbone=backbone)
     branches = {m: branch_outcome(s) for m, s in states.items()}
-    champions = {m: b["score"]["version"] for m, b in branches.items()
-                 if b.get("score", {}).get("version")}
-    if champions:
+    if champions := scored_versions(branches):
         distribution_task(champions)
     results = {"profile": profile_description(params, profile), "ingest": ingest,
                "enrich": enrich, "models": branches}
     print(summary_task(results))
-    failed = [m for m, b in branches.items() if "error" in b]
-    if failed:  # after the summary: it shows what the other branches did
-        raise FleetFailed(f"{len(failed)} of {len(names)} model branches failed: "
-                          + "; ".join(f"{m}: {branches[m]['error']}" for m in failed))
+    raise_if_failed(branches, "model branches")  # after the summary: it shows the others
     return results
 
 

@@ -48,15 +48,13 @@ from tasks.drift_stats import (
     categorical_drift,
     mmd_permutation_test,
     numeric_drift,
-    psi,
     share_drift,
 )
 from tasks.shards import IMAGE_FEATURES
 
 if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
-
-__all__ = ["DriftReport", "DriftThresholds", "compute_drift", "detect_drift", "psi"]
 
 Verdict = Literal["drift", "none", "insufficient"]
 MODEL_VIEW = ("embedding", "predictions")  # features that drift the window on their own
@@ -167,10 +165,9 @@ def recent_observations(sessions: sessionmaker, since: datetime) -> pd.DataFrame
                 *(f"image_{f}" for f in IMAGE_FEATURES)])
 
 
-def reference_dataset(sessions: sessionmaker, mlc: MlflowClient, model: str,
+def reference_dataset(sessions: sessionmaker, champion: ModelVersion | None, model: str,
                       fallback_version: str | None) -> Dataset | None:
     """The champion's training dataset; before any champion, the given fallback version."""
-    champion = alias_version(mlc, model)
     version = champion.tags.get("dataset_version") if champion else fallback_version
     with sessions() as session:
         return session.scalar(select(Dataset).where(Dataset.name == model,
@@ -249,14 +246,13 @@ def embed(predictor: Any, lake: Any, rows: list[tuple[int, str, Any]], batch_siz
 
 
 def model_view(sessions: sessionmaker, mlc: MlflowClient, settings: Any, model: str,
-               reference: Dataset, window: pd.DataFrame, since: datetime, t: DriftThresholds
-               ) -> dict[str, dict[str, Any]]:
+               champion: ModelVersion | None, reference: Dataset, window: pd.DataFrame,
+               since: datetime, t: DriftThresholds) -> dict[str, dict[str, Any]]:
     """The champion's view of the window: its predictions and its embeddings. Nothing
     before there is a champion."""
     from models.predictor import load_predictor
     from oceanml.store import filesystem
 
-    champion = alias_version(mlc, model)
     if champion is None or len(window) < t.min_samples:
         return {}
     version = str(champion.version)
@@ -291,12 +287,13 @@ def detect_drift(
     ``reference_dataset_version`` None. The model's view (predictions, embeddings) is
     checked when ``settings`` say where the lake is.
     """
-    reference = reference_dataset(sessions, mlc, model, fallback_dataset_version)
+    champion = alias_version(mlc, model)  # read once: the reference and the model's view
+    reference = reference_dataset(sessions, champion, model, fallback_dataset_version)
     if reference is None:
         return DriftReport(False, 0, 0.0, reason="no reference dataset yet")
     window = recent_observations(sessions, since)
-    extra = (model_view(sessions, mlc, settings, model, reference, window, since, thresholds)
-             if settings is not None else {})
+    extra = (model_view(sessions, mlc, settings, model, champion, reference, window, since,
+                        thresholds) if settings is not None else {})
     report = replace(compute_drift(reference.reference_stats, window, thresholds, extra),
                      reference_dataset_version=reference.version)
     if settings is not None and report.features:

@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 
 from oceanml.simulator import simulate
-from tasks.drift import DriftThresholds, compute_drift, psi
+from tasks.drift import DriftThresholds, compute_drift
+from tasks.drift_stats import psi
 from tasks.shards import reference_stats
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
