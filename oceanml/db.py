@@ -324,7 +324,8 @@ def make_engine(url: str) -> Engine:
         from pathlib import Path
 
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, future=True, json_serializer=to_json)
+    # pre-ping: a connection the server dropped (a PostgreSQL restart) is replaced, not used
+    engine = create_engine(url, future=True, json_serializer=to_json, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine

@@ -63,11 +63,19 @@ def set_champion(mlc: MlflowClient, name: str, version: str) -> str | None:
 
 
 def load_model(mlc: MlflowClient, name: str, version: str) -> Any:
-    """The ``nn.Module`` of one registered version, loaded without touching global MLflow state."""
+    """The ``nn.Module`` of one registered version, loaded without touching global MLflow state:
+    the files are fetched through ``mlc``'s tracking URI (a server's ``mlflow-artifacts:``
+    URIs resolve against it, not against the process-wide default), then loaded from disk."""
+    import tempfile
+
+    import mlflow.artifacts
     import mlflow.pytorch
 
     uri = mlc.get_model_version_download_uri(name, version)
-    return mlflow.pytorch.load_model(uri, map_location="cpu")
+    with tempfile.TemporaryDirectory(prefix="oceanml-model-") as tmp:
+        local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
+                                                    tracking_uri=mlc.tracking_uri)
+        return mlflow.pytorch.load_model(local, map_location="cpu")
 
 
 def run_link(mlc: MlflowClient, uri: str, run_id: str, artifacts: str) -> str:

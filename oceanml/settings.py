@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     lake_url: str | None = Field(None, description="fsspec URL of the content-addressed lake.")
     mlflow_tracking_uri: str | None = None
     mlflow_artifact_uri: str | None = Field(
-        None, description="Artifact root for new MLflow experiments (local folder by default)."
+        None, description="Artifact root for new MLflow experiments: a local folder by "
+        "default, the tracking server's own (proxied) root when the tracking URI is http(s)."
     )
     dvc_remote_url: str | None = Field(None, description="DVC remote (folder or s3:// URL).")
     s3_endpoint_url: str | None = Field(None, description="For S3-compatible stores.")
@@ -121,7 +122,9 @@ class Settings(BaseSettings):
         self.mlflow_tracking_uri = (
             self.mlflow_tracking_uri or f"sqlite:///{(home / 'mlflow.db').resolve()}"
         )
-        self.mlflow_artifact_uri = self.mlflow_artifact_uri or _file_url(home / "mlartifacts")
+        if not self.mlflow_artifact_uri and not self.mlflow_tracking_uri.startswith(
+                ("http://", "https://")):  # a tracking server has its own artifact root
+            self.mlflow_artifact_uri = _file_url(home / "mlartifacts")
         self.dvc_remote_url = self.dvc_remote_url or str((home / "dvc-remote").resolve())
         return self
 
