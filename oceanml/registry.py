@@ -6,7 +6,9 @@ tasks concurrently; every call here names its run, model and version.
 
 from __future__ import annotations
 
+import os
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
@@ -18,8 +20,22 @@ CHAMPION = "champion"
 PREVIOUS = "previous-champion"
 
 
-def client(settings: Settings) -> MlflowClient:
+def tracking_uri(settings: Settings) -> str:
+    """The tracking URI without user-info. A user and password written into an http(s) URI
+    move to MLflow's own ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` in this process: MLflow
+    sends them as basic auth either way, but prints run links built from the URI it was
+    given ("View run at ..."), and a password must not reach the logs that way."""
     uri = settings.mlflow_tracking_uri
+    parts = urlsplit(uri)
+    if not uri.startswith(("http://", "https://")) or "@" not in parts.netloc:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password or "")
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def client(settings: Settings) -> MlflowClient:
+    uri = tracking_uri(settings)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 

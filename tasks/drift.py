@@ -40,7 +40,7 @@ from oceanml.db import (
     session_factory,
 )
 from oceanml.logs import stage_logger
-from oceanml.registry import alias_version, run_link
+from oceanml.registry import alias_version, run_link, tracking_uri
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import get_settings
 from tasks.drift_report import drift_figure, drift_table, log_drift_run
@@ -329,7 +329,7 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
         return {"drifted": False, "verdict": "no_reference", "reason": report.reason,
                 "n_current": 0}
     if report.features:
-        pictures = (run_link(mlc, settings.mlflow_tracking_uri, report.mlflow_run_id, "drift")
+        pictures = (run_link(mlc, tracking_uri(settings), report.mlflow_run_id, "drift")
                     if report.mlflow_run_id else "none")
         create_table_artifact(drift_table(report.features), key=f"drift-{model}",
                               description=f"{model}: {report.verdict.upper()} vs dataset "

@@ -30,7 +30,7 @@ from oceanml.champion_history import current_champion
 from oceanml.db import Evaluation, session_factory
 from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
-from oceanml.registry import load_model, run_link
+from oceanml.registry import load_model, run_link, tracking_uri
 from oceanml.settings import get_settings
 from tasks.dataset import local_dataset
 
@@ -333,7 +333,8 @@ def evaluate(
 
     An evaluation is identified by (model, version, champion version, dataset version): when
     the DB holds one, it is returned with ``reused`` True and nothing is loaded, logged or
-    written. Otherwise both versions are scored (:func:`evaluate_versions`, which logs to the
+    written. A version that is the champion already is not scored against itself: any
+    evaluation of it on that dataset is its report (a second night adds none). Otherwise both versions are scored (:func:`evaluate_versions`, which logs to the
     challenger's MLflow run) and an ``Evaluation`` row records the reports. ``dataset_dir``
     is called only then: resolving a dataset version may mean a DVC restore. The champion is
     the current one (``oceanml.champion_history``) unless ``champion_version`` names one (the
@@ -346,13 +347,18 @@ def evaluate(
     if champion_version is CURRENT:
         champion_version = current_champion(sessions, mlc, spec.name)
     champ_v = str(champion_version or "")
-    key = (Evaluation.model_name == spec.name, Evaluation.model_version == model_version,
-           Evaluation.champion_version == champ_v, Evaluation.dataset_version == dataset_version)
+    itself = champ_v == str(model_version)  # the champion already: any evaluation of it will do
+    key = [Evaluation.model_name == spec.name, Evaluation.model_version == model_version,
+           Evaluation.dataset_version == dataset_version]
+    if not itself:
+        key.append(Evaluation.champion_version == champ_v)
     with sessions() as session:
-        row = session.scalar(select(Evaluation).where(*key))
+        row = session.scalar(select(Evaluation).where(*key).order_by(Evaluation.id.desc())
+                             .limit(1))
         reused = row is not None
         if row is None:
-            outcome = evaluate_versions(mlc, spec, dataset_dir(), model_version, champ_v or None)
+            outcome = evaluate_versions(mlc, spec, dataset_dir(), model_version,
+                                        None if itself else champ_v or None)
             row = Evaluation(model_name=spec.name, model_version=model_version,
                              champion_version=champ_v, dataset_version=dataset_version,
                              challenger_metrics=outcome.challenger,
@@ -361,7 +367,8 @@ def evaluate(
             session.commit()
     return {"model_version": model_version, "champion_version": champ_v or None,
             "dataset_version": dataset_version, "challenger": row.challenger_metrics,
-            "champion": row.champion_metrics, "reused": reused}
+            "champion": row.challenger_metrics if itself else row.champion_metrics,
+            "reused": reused}
 
 
 def _fmt(value: Any) -> str:
@@ -435,7 +442,7 @@ def evaluate_task(model: str, dataset_version: str, model_version: str) -> dict[
                       lambda: local_dataset(settings, model, dataset_version),
                       lineage.flow_run_id())
     mlc = mlflow_client(settings)
-    link = run_link(mlc, settings.mlflow_tracking_uri,
+    link = run_link(mlc, tracking_uri(settings),
                     mlc.get_model_version(model, model_version).run_id, "evaluation")
     create_markdown_artifact(evaluation_markdown(model, result, link), key=f"evaluation-{model}",
                              description="challenger vs champion on the test split")

@@ -47,7 +47,8 @@ def branch_rows(model: str, branch: dict[str, Any]) -> list[tuple[str, str]]:
     return [
         ("dataset", f"`{dataset['version']}` " + ("new version" if dataset["created"]
                                                   else "unchanged: no new version")
-                    + f", splits {dataset['split_counts']}"),
+                    + ", " + ", ".join(f"{split} {n}" for split, n in
+                                       dataset["split_counts"].items())),
         ("train", f"{model} v{train['model_version']} "
                   + ("(already trained on this data and params: reused)" if train["reused"]
                      else "(new)")),

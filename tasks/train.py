@@ -35,7 +35,12 @@ from oceanml.lineage import flow_run_id, git_commit
 from oceanml.logs import stage_logger
 from oceanml.params import DEFAULT_PROFILE, load_params, model_section
 from oceanml.registry import client as mlflow_client
-from oceanml.registry import ensure_experiment, ensure_registered_model, version_by_tag
+from oceanml.registry import (
+    ensure_experiment,
+    ensure_registered_model,
+    tracking_uri,
+    version_by_tag,
+)
 from oceanml.settings import Settings, get_settings
 from oceanml.store import sha256_hex
 from tasks.dataset import local_dataset
@@ -168,7 +173,7 @@ def _fit_and_register(
     module = build_module(spec, params, hardware)
     data = build_data(spec, params, hardware, dataset_dir)
     logger = MLFlowLogger(experiment_name=settings.experiment_name,
-                          tracking_uri=settings.mlflow_tracking_uri, run_id=run_id)
+                          tracking_uri=tracking_uri(settings), run_id=run_id)
     trainer, checkpoint = build_trainer(spec, params, hardware, ckpt_dir, logger,
                                         progress_bar=progress_bar, callbacks=callbacks)
     last = ckpt_dir / "last.ckpt"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import threading
@@ -48,7 +49,7 @@ class _QuietServer(ThreadingHTTPServer):
 class OpenAIStub:
     def __init__(self, default: str = "good", latency_s: float = 0.0,
                  retry_after: str = "1", mix: dict[str, float] | None = None,
-                 seed: int = 0, api_key: str | None = None) -> None:
+                 seed: int = 0, api_key: str | None = None, port: int = 0) -> None:
         self.default = default
         self.api_key = api_key  # when set, any other bearer token is answered 401
         self.mix = mix or {}
@@ -62,7 +63,7 @@ class OpenAIStub:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
-        self._server = _QuietServer(("127.0.0.1", 0), self._handler())
+        self._server = _QuietServer(("127.0.0.1", port), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
@@ -184,10 +185,14 @@ def main() -> None:
     parser.add_argument("--retry-after", default="1")
     parser.add_argument("--mix", default="", help="e.g. 429=0.10,500=0.02")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key-env", default="",
+                        help="answer 401 unless the bearer token is this variable's value")
     args = parser.parse_args()
     mix = {k: float(v) for k, v in (p.split("=") for p in args.mix.split(",") if p)}
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
     with OpenAIStub(latency_s=args.latency, retry_after=args.retry_after, mix=mix,
-                    seed=args.seed) as stub:
+                    seed=args.seed, api_key=api_key, port=args.port) as stub:
         print(stub.base_url, flush=True)
         threading.Event().wait()
 

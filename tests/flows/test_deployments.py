@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def prefect(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    cli = Path(sys.executable).parent / "prefect"
-    return subprocess.run([str(cli), *args], cwd=REPO, env=env, capture_output=True, text=True)
+from tests.deployed import REPO, prefect
 
 
 def deploy_on_pool(deployment: str, pool: str) -> dict[str, str]:

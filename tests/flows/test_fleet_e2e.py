@@ -9,31 +9,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.deployments import run_deployment
 from sqlalchemy import select
 
 from oceanml.db import DecisionRecord, DriftRecord, TrainingJob, session_factory
-from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tests.conftest import make_project
+from tests.deployed import land, unschedule, wait_for_final_runs
 from tests.flows.test_deployments import REPO, deploy_on_pool
 
 pytestmark = pytest.mark.slow
 POOL = "oceanml-e2e"
 FLEET = ["plastic-detector", "algae-bloom"]
 RETRAIN_WAIT_S = 900
-
-
-def land(settings, *, days: int, end: datetime, scenario: str, seed: int) -> None:
-    write_landing(filesystem(settings.landing_url),
-                  simulate(days=days, devices=4, per_day=60, end=end, scenario=scenario,
-                           seed=seed, annotated_fraction=0.8), faults=False)
 
 
 @pytest.fixture
@@ -62,23 +52,6 @@ def stack(prefect_harness, settings, monkeypatch):
         worker.communicate(timeout=60)
 
 
-def unschedule(*names: str) -> None:
-    """Remove the deployments' schedules and the runs already scheduled from them."""
-    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState
-    from prefect.client.schemas.filters import FlowRunFilterStateType as StateType
-
-    with get_client(sync_client=True) as client:
-        for name in names:
-            deployment = client.read_deployment_by_name(name)
-            for schedule in client.read_deployment_schedules(deployment.id):
-                client.delete_deployment_schedule(deployment.id, schedule.id)
-            for flow_run in client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
-                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                        type=StateType(any_=["SCHEDULED"])))):
-                client.delete_flow_run(flow_run.id)
-
-
 def run(name: str, worker) -> None:
     """Run deployment ``name`` on the worker and wait; fail with the worker's log if not done."""
     flow_run = run_deployment(name, timeout=900, poll_interval=2)
@@ -86,13 +59,6 @@ def run(name: str, worker) -> None:
         os.killpg(worker.pid, signal.SIGTERM)
         pytest.fail(f"{name} ended {flow_run.state.name}: {flow_run.state.message}\n"
                     f"{worker.communicate(timeout=60)[0][-4000:]}")
-
-
-def retrain_runs() -> list:
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name("retrain/retrain")
-        return client.read_flow_runs(deployment_filter=DeploymentFilter(
-            id=DeploymentFilterId(any_=[deployment.id])))
 
 
 def test_a_storm_after_normal_days_is_drift_and_retrains_the_models_it_moved(
@@ -114,13 +80,7 @@ def test_a_storm_after_normal_days_is_drift_and_retrains_the_models_it_moved(
     drifted = sorted(m for m, v in verdicts.items() if v == "drift")
     assert drifted, verdicts
 
-    deadline = time.monotonic() + RETRAIN_WAIT_S
-    while time.monotonic() < deadline:
-        runs = retrain_runs()
-        done = [r for r in runs if r.state and r.state.is_final()]
-        if len(done) >= len(drifted):
-            break
-        time.sleep(3)
+    done = wait_for_final_runs("retrain/retrain", len(drifted), RETRAIN_WAIT_S)
     assert sorted(r.parameters["model"] for r in done) == drifted
     assert all(r.state.is_completed() for r in done), [(r.name, r.state.message) for r in done]
     with sessions() as s:

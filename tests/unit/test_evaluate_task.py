@@ -94,6 +94,23 @@ def test_an_evaluation_is_scored_logged_and_recorded_once(settings, sessions, da
     assert recording.writes == [] and len(resolved) == 1 and len(rows(sessions)) == 1
 
 
+def test_the_champion_is_not_scored_against_itself(settings, sessions, dataset) -> None:
+    """A second night: the version trained and promoted the first night is the champion now;
+    its first evaluation is its report, with itself as the champion, and nothing is added."""
+    mlc = client(settings)
+    v1 = register(mlc, settings, "none")
+    first = evaluate(sessions, mlc, SPEC, "ds-1", v1, lambda: dataset, "run-1")
+    set_champion(mlc, SPEC.name, v1)
+    recording = Recording(mlc)
+    again = evaluate(sessions, recording, SPEC, "ds-1", v1, lambda: dataset, "run-2")
+    assert again == {**first, "champion_version": v1, "champion": first["challenger"],
+                     "reused": True}
+    assert recording.writes == [] and len(rows(sessions)) == 1
+    fresh = evaluate(sessions, mlc, SPEC, "ds-2", v1, lambda: dataset, "run-3")
+    assert not fresh["reused"] and fresh["champion"] == fresh["challenger"]
+    assert [(r.champion_version, r.champion_metrics) for r in rows(sessions)][1] == (v1, None)
+
+
 def test_the_champion_is_scored_beside_and_keys_a_new_evaluation(
         settings, sessions, dataset, tmp_path) -> None:
     mlc = client(settings)

@@ -25,3 +25,22 @@ def test_champion_moves_and_the_previous_one_is_kept_for_rollback(settings, tmp_
     assert str(alias_version(mlc, "m", PREVIOUS).version) == "1"
     assert str(version_by_tag(mlc, "m", "training_key", "b").version) == "2"
     assert version_by_tag(mlc, "m", "training_key", "zzz") is None
+
+
+def test_a_password_in_the_tracking_uri_moves_to_mlflows_own_variables(monkeypatch,
+                                                                        tmp_path) -> None:
+    """MLflow prints run links built from the URI it is given; the password goes to
+    MLFLOW_TRACKING_PASSWORD (sent as basic auth) and the URI MLflow sees has none."""
+    import os
+
+    from oceanml.registry import tracking_uri
+    from oceanml.settings import Settings
+
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    served = Settings(home=tmp_path, mlflow_tracking_uri="https://ops:p%40ss@mlflow.invalid:5000")
+    assert tracking_uri(served) == "https://mlflow.invalid:5000"
+    assert (os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"]) == \
+        ("ops", "p@ss")
+    local = Settings(home=tmp_path)
+    assert tracking_uri(local) == local.mlflow_tracking_uri

@@ -32,3 +32,15 @@ def test_secrets_are_masked(monkeypatch, tmp_path: Path) -> None:
     assert s.llm_api_key.get_secret_value() == "sk-very-secret"
     assert "sk-very-secret" not in repr(s)
     assert "sk-very-secret" not in str(s.public_dict())
+
+
+def test_a_tracking_server_keeps_its_own_artifact_root(tmp_path: Path) -> None:
+    """Experiments made against a server store artifacts where the server says (proxied to
+    its S3), never on the worker's disk; a store without a server gets the local folder."""
+    served = Settings(home=tmp_path, mlflow_tracking_uri="https://mlflow.example.invalid")
+    assert served.mlflow_artifact_uri is None
+    local = Settings(home=tmp_path, mlflow_tracking_uri="postgresql://u@db/mlflow")
+    assert local.mlflow_artifact_uri == (tmp_path / "mlartifacts").resolve().as_uri()
+    chosen = Settings(home=tmp_path, mlflow_tracking_uri="https://mlflow.example.invalid",
+                      mlflow_artifact_uri="s3://bucket/mlflow")
+    assert chosen.mlflow_artifact_uri == "s3://bucket/mlflow"

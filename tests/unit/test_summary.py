@@ -66,7 +66,7 @@ def test_a_first_run_says_what_each_stage_did() -> None:
                    "0 already known"),
         ("enrich", "240 enriched by heuristic/heuristic-v1 (237 requests, 3 cached, 0 failed, "
                    "0 left)"),
-        ("dataset", "`a1b2c3` new version, splits {'train': 190, 'val': 24, 'test': 24}"),
+        ("dataset", "`a1b2c3` new version, train 190, val 24, test 24"),
         ("train", "plastic-detector v1 (new)"),
         ("evaluate", "test accuracy 0.938, macro_f1 0.912; champion none"),
         ("promote", "PROMOTED - no champion yet; macro_f1 0.912 passes the bar 0.500"),
@@ -82,7 +82,7 @@ def test_a_rerun_says_plainly_that_nothing_was_new() -> None:
         ("enrich", "0 enriched by heuristic/heuristic-v1 (0 requests, 0 cached, 0 failed, "
                    "0 left) - nothing to do"),
         ("dataset", "`a1b2c3` unchanged: no new version, "
-                    "splits {'train': 190, 'val': 24, 'test': 24}"),
+                    "train 190, val 24, test 24"),
         ("train", "plastic-detector v1 (already trained on this data and params: reused)"),
         ("evaluate", "test accuracy 0.938, macro_f1 0.912; champion v1 "
                      "(recorded earlier: reused)"),

@@ -1,0 +1,71 @@
+"""Helpers for tests that drive prefect.yaml's deployments on a real Prefect server (the
+harness or the production stack): the CLI, schedules out of the way, runs of a deployment,
+simulated days landed where the settings say."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    DeploymentFilter,
+    DeploymentFilterId,
+    FlowRunFilter,
+    FlowRunFilterState,
+)
+from prefect.client.schemas.filters import FlowRunFilterStateType as StateType
+
+from oceanml.simulator import simulate, write_landing
+from oceanml.store import filesystem
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def prefect(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    cli = Path(sys.executable).parent / "prefect"
+    return subprocess.run([str(cli), *args], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def unschedule(*names: str) -> None:
+    """Remove the deployments' schedules and the runs already scheduled from them."""
+    with get_client(sync_client=True) as client:
+        for name in names:
+            deployment = client.read_deployment_by_name(name)
+            for schedule in client.read_deployment_schedules(deployment.id):
+                client.delete_deployment_schedule(deployment.id, schedule.id)
+            for flow_run in client.read_flow_runs(
+                    deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])),
+                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                        type=StateType(any_=["SCHEDULED"])))):
+                client.delete_flow_run(flow_run.id)
+
+
+def deployment_runs(name: str) -> list:
+    """Every flow run of deployment ``name`` (``flow/deployment``)."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        return client.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[deployment.id])))
+
+
+def land(settings, *, days: int, end: datetime, scenario: str, seed: int) -> None:
+    """``days`` simulated days of four devices in the landing ``settings`` name."""
+    write_landing(filesystem(settings.landing_url, settings),
+                  simulate(days=days, devices=4, per_day=60, end=end, scenario=scenario,
+                           seed=seed, annotated_fraction=0.8), faults=False)
+
+
+def wait_for_final_runs(name: str, count: int, timeout_s: float) -> list:
+    """The runs of deployment ``name`` in a final state, once there are ``count`` of them (or
+    whatever there is after ``timeout_s``)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = [r for r in deployment_runs(name) if r.state and r.state.is_final()]
+        if len(done) >= count or time.monotonic() > deadline:
+            return done
+        time.sleep(3)
