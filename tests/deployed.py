@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
     DeploymentFilter,
@@ -61,11 +63,24 @@ def land(settings, *, days: int, end: datetime, scenario: str, seed: int) -> Non
 def wait_for_final_runs(name: str, count: int, timeout_s: float) -> list:
     """The runs of deployment ``name`` in a final state, once there are ``count`` of them (or
     whatever there is after ``timeout_s``)."""
-    import time
-
     deadline = time.monotonic() + timeout_s
     while True:
         done = [r for r in deployment_runs(name) if r.state and r.state.is_final()]
         if len(done) >= count or time.monotonic() > deadline:
             return done
         time.sleep(3)
+
+
+def wait_until(what: str, check, timeout_s: float, every_s: float = 2.0):
+    """``check()``'s first truthy answer; the test fails naming ``what`` after ``timeout_s``.
+    An exception counts as no answer yet (a server restarting answers nothing for a while)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            found = check()
+        except Exception:
+            found = None
+        if found:
+            return found
+        time.sleep(every_s)
+    pytest.fail(f"{what}: not within {timeout_s:.0f} s")

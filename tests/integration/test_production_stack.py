@@ -49,6 +49,7 @@ from tests.deployed import (
     prefect,
     unschedule,
     wait_for_final_runs,
+    wait_until,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.stack, pytest.mark.slow]
@@ -63,6 +64,7 @@ RUN_TIMEOUT_S = 900
 class Lifecycle:
     settings: Settings
     sessions: object
+    scheduled: list  # the nightly's runs the scheduler made from the cron
     first: object  # the nightly flow runs, the monitor's, the retrains
     second: object
     monitor: object
@@ -90,13 +92,17 @@ def run(name: str, stack, **parameters):
     return flow_run
 
 
-def deploy_all(stack, env: dict[str, str]) -> None:
-    """prefect.yaml as an operator deploys it; the schedules removed (the test says when)."""
+def deploy_all(stack, env: dict[str, str]) -> list:
+    """prefect.yaml as an operator deploys it; the nightly's runs the server's scheduler
+    made from its cron; then the schedules removed (the test says when flows run)."""
     created = prefect("work-pool", "create", "oceanml-gpu", "--type", "process", env=env)
     assert created.returncode == 0, created.stdout + created.stderr
     deployed = prefect("--no-prompt", "deploy", "--all", env=env)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    unschedule("nightly/nightly", "monitor/monitor")
+    scheduled = wait_until("the scheduler's runs of the nightly", lambda: [
+        r for r in deployment_runs("nightly/nightly") if r.auto_scheduled], 150)
+    unschedule("nightly/nightly", "monitor/monitor", "score/score")
+    return scheduled
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +120,7 @@ def lifecycle(stack) -> Iterator[Lifecycle]:
         profiles["cpu-small"]["train"]["max_epochs"] = 1
         make_project(settings.project_dir, {"promote": {"floor": 0.0}, "profiles": profiles,
                                             "fleet": FLEET})
-        deploy_all(stack, {**os.environ})
+        scheduled = deploy_all(stack, {**os.environ})
         sessions = session_factory(settings.db_url)
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         land(settings, days=3, end=today - timedelta(days=2), scenario="normal", seed=1)
@@ -129,9 +135,14 @@ def lifecycle(stack) -> Iterator[Lifecycle]:
                                       .order_by(DriftRecord.id)).all())  # the latest per model
         drifted = sorted(m for m, v in verdicts.items() if v == "drift")
         retrains = wait_for_final_runs("retrain/retrain", len(drifted), RUN_TIMEOUT_S)
-        yield Lifecycle(settings, sessions, first, second, monitor, retrains, drifted,
+        yield Lifecycle(settings, sessions, scheduled, first, second, monitor, retrains, drifted,
                         after_first, after_second)
     get_settings.cache_clear()
+
+
+def test_the_server_schedules_the_nightly_from_its_cron(lifecycle) -> None:
+    starts = [r.expected_start_time for r in lifecycle.scheduled]
+    assert starts and all((t.hour, t.minute) == (2, 0) for t in starts), starts
 
 
 def test_the_fleet_state_is_in_postgresql(lifecycle) -> None:
@@ -223,6 +234,26 @@ def test_drift_starts_the_retrain_deployment_for_the_models_it_moved(lifecycle) 
         retrained = s.scalars(select(TrainingJob.model_name)
                               .where(TrainingJob.trigger == "retrain")).all()
     assert sorted(retrained) == lifecycle.drifted
+
+
+def doctor(**env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(REPO / ".venv/bin/oceanml"), "doctor"], capture_output=True,
+                          text=True, env={**os.environ, **env}, timeout=300)
+
+
+def test_doctor_finds_every_backend_of_the_stack(lifecycle) -> None:
+    found = doctor()
+    assert found.returncode == 0, found.stdout + found.stderr
+    status = {line[6:18].strip(): line.split()[0] for line in found.stdout.splitlines()}
+    assert status == {part: "ok" for part in ("database", "landing", "lake", "dvc remote",
+                                              "mlflow", "prefect", "llm", "gpu")}, found.stdout
+    assert "schema at head" in found.stdout and "work pools oceanml-process" in found.stdout
+    refused = doctor(OCEANML_LLM_API_KEY="not-the-key")  # the stand-in refuses other keys
+    assert refused.returncode == 1
+    assert [line.split()[:2] for line in refused.stdout.splitlines()
+            if line.startswith("FAIL")] == [["FAIL", "llm"]], refused.stdout
+    assert "-> set OCEANML_LLM_API_KEY" in refused.stdout
+    assert "not-the-key" not in refused.stdout + refused.stderr
 
 
 # -- secrets ---------------------------------------------------------------------------------
@@ -364,21 +395,6 @@ def flow_run_state(flow_run_id):
 
     with get_client(sync_client=True) as client:
         return client.read_flow_run(flow_run_id).state
-
-
-def wait_until(what: str, check, timeout_s: float, every_s: float = 2.0):
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            found = check()
-        except Exception:  # a server restarting answers nothing for a while
-            found = None
-        if found:
-            return found
-        time.sleep(every_s)
-    pytest.fail(f"{what}: not within {timeout_s:.0f} s")
 
 
 def restart(stack, part: str) -> None:
