@@ -16,6 +16,7 @@ from sqlalchemy import (
     JSON,
     Boolean,
     DateTime,
+    Double,
     Engine,
     Float,
     ForeignKey,
@@ -167,7 +168,7 @@ class TrainingJob(Base):
     status: Mapped[str] = mapped_column(String(16), default="queued")
     epoch: Mapped[int] = mapped_column(Integer, default=0)
     max_epochs: Mapped[int | None] = mapped_column(Integer)
-    progress: Mapped[float] = mapped_column(default=0.0)
+    progress: Mapped[float] = mapped_column(Double, default=0.0)  # as migration 0002 made it
     error: Mapped[str | None] = mapped_column(Text)
     worker: Mapped[str | None] = mapped_column(String(128))
     model_version: Mapped[str | None] = mapped_column(String(16))
