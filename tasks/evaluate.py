@@ -334,8 +334,9 @@ def evaluate(
     An evaluation is identified by (model, version, champion version, dataset version): when
     the DB holds one, it is returned with ``reused`` True and nothing is loaded, logged or
     written. A version that is the champion already is not scored against itself: any
-    evaluation of it on that dataset is its report (a second night adds none). Otherwise both versions are scored (:func:`evaluate_versions`, which logs to the
-    challenger's MLflow run) and an ``Evaluation`` row records the reports. ``dataset_dir``
+    evaluation of it on that dataset is its report (a second night adds none). Otherwise
+    both versions are scored (:func:`evaluate_versions`, which logs to the challenger's
+    MLflow run) and an ``Evaluation`` row records the reports. ``dataset_dir``
     is called only then: resolving a dataset version may mean a DVC restore. The champion is
     the current one (``oceanml.champion_history``) unless ``champion_version`` names one (the
     promotion re-evaluates against a champion that changed meanwhile); None means none.

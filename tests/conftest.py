@@ -3,6 +3,7 @@ and a small dataset ingested, selected and sharded for real."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -46,6 +47,13 @@ def make_project(root: Path, params_overrides: dict | None = None) -> Path:
     subprocess.run([*git, "add", "."], cwd=root, check=True)
     subprocess.run([*git, "commit", "-qm", "init"], cwd=root, check=True)
     return root
+
+
+def file_digests(root: Path) -> dict[str, str]:
+    """SHA-256 of each file directly in ``root``, by name: a restored dataset version must
+    equal the built one byte for byte."""
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.iterdir()) if p.is_file()}
 
 
 @pytest.fixture

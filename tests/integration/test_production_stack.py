@@ -9,7 +9,6 @@ shows an operator in headless Chromium."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -41,7 +40,7 @@ from oceanml.params import read_params
 from oceanml.registry import CHAMPION, alias_version
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import Settings, get_settings
-from tests.conftest import make_project
+from tests.conftest import file_digests, make_project
 from tests.deployed import (
     REPO,
     deployment_runs,
@@ -202,17 +201,13 @@ def test_a_dataset_version_is_restored_from_the_s3_remote_on_a_clean_checkout(
         version = s.scalars(select(Dataset.version).where(Dataset.name == FLEET[0])
                             .order_by(Dataset.id.desc())).first()
 
-    def digests(root: Path) -> dict[str, str]:
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.iterdir()) if p.is_file()}
-
     clone = tmp_path / "clean-checkout"
     subprocess.run(["git", "clone", "-q", str(settings.project_dir), str(clone)], check=True)
     assert not (clone / ".dvc" / "cache").exists()
     restored = local_dataset(settings.model_copy(update={"project_dir": clone}), FLEET[0],
                              version)
     assert restored.is_relative_to(clone)
-    assert digests(restored) == digests(dataset_dir(settings, FLEET[0]))
+    assert file_digests(restored) == file_digests(dataset_dir(settings, FLEET[0]))
 
 
 def test_the_same_nightly_a_second_time_adds_nothing(lifecycle) -> None:

@@ -59,11 +59,10 @@ def test_a_dataset_version_pushed_to_an_s3_remote_is_restored_on_a_clean_checkou
         settings, sessions, s3, tmp_path) -> None:
     """Landing, lake and DVC remote on S3: the dataset stage builds from the S3 lake and pushes
     to the S3 remote; a fresh clone of the project, with no DVC cache, restores the same bytes."""
-    import hashlib
     import subprocess
 
     from tasks.dataset import build_dataset, dataset_dir, local_dataset
-    from tests.conftest import make_project
+    from tests.conftest import file_digests, make_project
 
     settings.s3_endpoint_url = s3
     settings.landing_url, settings.lake_url = "s3://ocean/landing", "s3://ocean/lake"
@@ -78,14 +77,10 @@ def test_a_dataset_version_pushed_to_an_s3_remote_is_restored_on_a_clean_checkou
     remote = filesystem(settings.dvc_remote_url, settings)
     assert remote.fs.find(remote.root)  # the version's objects are on S3
 
-    def digests(root) -> dict[str, str]:
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(root.iterdir()) if p.is_file()}
-
-    original = digests(dataset_dir(settings, "plastic-detector"))
+    original = file_digests(dataset_dir(settings, "plastic-detector"))
     clone = tmp_path / "clean-checkout"
     subprocess.run(["git", "clone", "-q", str(settings.project_dir), str(clone)], check=True)
     assert not (clone / ".dvc" / "cache").exists()
     elsewhere = settings.model_copy(update={"project_dir": clone})
     restored = local_dataset(elsewhere, "plastic-detector", built.version)
-    assert restored.is_relative_to(clone) and digests(restored) == original
+    assert restored.is_relative_to(clone) and file_digests(restored) == original
