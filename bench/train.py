@@ -132,7 +132,7 @@ def run_lightning(shards: Path, args, workdir: Path) -> tuple[float, float]:
             clock.stop()
 
     L.seed_everything(params.seed, workers=True, verbose=False)
-    module = build_module(spec, params, hardware)
+    module = build_module(spec, params, hardware, shards)
     data = build_data(spec, params, hardware, shards)
     logger = MLFlowLogger(experiment_name="bench-lightning", tracking_uri=tracking)
     trainer, _ = build_trainer(spec, params, hardware, workdir / "ckpt-lightning", logger,

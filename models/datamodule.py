@@ -119,6 +119,16 @@ def worker_plan(units: list[Unit], *, rank: int, world: int, workers: int, batch
     return list(zip(per_worker[rank], mine, strict=True))
 
 
+def augment(image: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """A random flip and quarter turn of a (3, H, W) image: a sea surface seen from above or
+    from a buoy has no up or left, so each of the eight is as likely a scene with the same
+    labels (and a square image stays square)."""
+    if rng.random() < 0.5:
+        image = image.flip(-1)
+    turns = rng.randrange(4)
+    return torch.rot90(image, turns, dims=(1, 2)) if turns else image
+
+
 class ShardStream(IterableDataset):
     """Batches of (images, labels) streamed from one split's shards.
 
@@ -198,8 +208,8 @@ class ShardStream(IterableDataset):
         images = []
         for data, _ in batch:
             image = decode(data)
-            if self.augment and rng.random() < 0.5:
-                image = image.flip(-1)
+            if self.augment:
+                image = augment(image, rng)
             images.append(image)
         labels = torch.stack([encode_label(label, self.spec) for _, label in batch])
         return torch.stack(images), labels  # uint8: OceanNet scales on its own device

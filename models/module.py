@@ -39,12 +39,14 @@ class OceanModule(L.LightningModule):
         weight_decay: float = 1e-4,
         max_epochs: int = 10,
         channels_last: bool = False,
+        target_mean: list[float] | None = None,
+        target_std: list[float] | None = None,
     ) -> None:
         super().__init__()
         # channels_last is how this machine runs it, not what the model is
         self.save_hyperparameters(ignore=["backbone", "channels_last"])
         self.channels_last = channels_last
-        self.net = OceanNet(backbone, feature_dim, num_outputs, task)
+        self.net = OceanNet(backbone, feature_dim, num_outputs, task, target_mean, target_std)
         self.train_metrics = _metrics(task, num_outputs, "train/")
         self.val_metrics = _metrics(task, num_outputs, "val/")
         self.test_metrics = _metrics(task, num_outputs, "test/")
@@ -54,16 +56,22 @@ class OceanModule(L.LightningModule):
             self.to(memory_format=torch.channels_last)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net.answer(self.raw(images))
+
+    def raw(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        return self.net(images)
+        return self.net.raw(images)
 
     def model_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """Loss, predictions and targets. The loss reads the head's own output: logits at
+        temperature 1 (the temperature is fit after training), or standardised targets."""
         images, targets = batch
-        out = self(images)
+        raw = self.raw(images)
         if self.hparams.task == "classification":
-            return F.cross_entropy(out, targets), out.argmax(dim=1), targets
-        return F.mse_loss(out, targets), out, targets
+            return F.cross_entropy(raw, targets), raw.argmax(dim=1), targets
+        loss = F.mse_loss(raw, self.net.standardize(targets))
+        return loss, self.net.answer(raw).detach(), targets
 
     def _step(self, batch: Any, stage: str, metrics: torchmetrics.MetricCollection) -> torch.Tensor:
         loss, preds, targets = self.model_step(batch)

@@ -32,6 +32,7 @@ from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
 from oceanml.registry import load_model, run_link, tracking_uri
 from oceanml.settings import get_settings
+from tasks.baselines import train_targets, trivial_predictions
 from tasks.dataset import local_dataset
 
 if TYPE_CHECKING:
@@ -186,37 +187,40 @@ def regression_score(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[s
     }
 
 
-def predict(net: Any, dataset_dir: Path, spec: ModelSpec, batch_size: int = 256) -> tuple:
-    """Predictions of ``net`` on the test split, with the labels and slice columns."""
+def test_slices(dataset_dir: Path) -> dict[str, list]:
+    """The slice columns of the test split in shard order: device id (shards format v3+),
+    device type and LLM tags."""
     import pyarrow.parquet as pq
-    import torch
 
-    from models.datamodule import ShardStream, read_split
+    from models.datamodule import read_split
 
-    data = ShardStream(dataset_dir, "test", spec, batch_size)  # one reader: shard order
     shards = sorted(Path(dataset_dir).glob("test-*.parquet"))
     by_device = bool(shards) and "device_id" in pq.read_schema(shards[0]).names  # format v3+
     meta = read_split(dataset_dir, "test",
                       ["device_type", "llm_tags"] + (["device_id"] if by_device else []))
-    outputs, labels = [], []
-    net.eval()
+    return {**({"device_id": meta["device_id"]} if by_device else {}),
+            "device_type": meta["device_type"],
+            "tag": [t.split(",") if t else [] for t in meta["llm_tags"]]}
+
+
+def predict(net: Any, dataset_dir: Path, spec: ModelSpec) -> tuple:
+    """Predictions of ``net`` on the test split (classes, or values), with the labels, the
+    slice columns and the head's raw outputs (logits before the temperature)."""
+    import torch
+
+    from models.calibration import raw_outputs
+
+    raw, truth = raw_outputs(net, dataset_dir, "test", spec)
     with torch.no_grad():
-        for images, targets in data:
-            out = net(images)
-            outputs.append(out.argmax(dim=1) if spec.task == "classification" else out)
-            labels.append(targets)
-    preds = torch.cat(outputs).numpy() if outputs else np.array([])
-    truth = torch.cat(labels).numpy() if labels else np.array([])
-    slices = {**({"device_id": meta["device_id"]} if by_device else {}),
-              "device_type": meta["device_type"],
-              "tag": [t.split(",") if t else [] for t in meta["llm_tags"]]}
-    return truth, preds, slices
+        out = net.answer(raw)
+    preds = out.argmax(dim=1) if spec.task == "classification" else out
+    return truth.numpy(), preds.numpy(), test_slices(dataset_dir), raw
 
 
-def report_for(net: Any, dataset_dir: Path, spec: ModelSpec) -> dict[str, Any]:
-    """The report of ``net`` on the test split, with its per-example ``examples`` (labels and
-    predictions in shard order), which the promotion gate pairs across two models."""
-    truth, preds, slices = predict(net, dataset_dir, spec)
+def scored_report(spec: ModelSpec, truth: np.ndarray, preds: np.ndarray,
+                  slices: dict[str, Sequence[Any]]) -> dict[str, Any]:
+    """The report of ``preds`` against ``truth``, with its per-example ``examples`` (labels
+    and predictions in shard order), which the promotion gate pairs across two models."""
     if spec.task == "classification":
         report = score(truth, preds, spec.outputs, slices)
     else:
@@ -224,6 +228,37 @@ def report_for(net: Any, dataset_dir: Path, spec: ModelSpec) -> dict[str, Any]:
     report["examples"] = {"y_true": np.asarray(truth).tolist(),
                           "y_pred": np.asarray(preds).tolist()}
     return report
+
+
+def report_for(net: Any, dataset_dir: Path, spec: ModelSpec) -> dict[str, Any]:
+    """The report of ``net`` on the test split (:func:`scored_report`), with the calibration
+    of a classifier's probabilities (:func:`calibration`)."""
+    truth, preds, slices, raw = predict(net, dataset_dir, spec)
+    report = scored_report(spec, truth, preds, slices)
+    if spec.task == "classification":
+        report["calibration"] = calibration(net, raw, truth)
+    return report
+
+
+def calibration(net: Any, raw: Any, truth: np.ndarray) -> dict[str, Any]:
+    """ECE (15 bins) on the test split before and after the version's temperature, and the
+    reliability tables behind the diagram. A version stored before temperatures has T = 1."""
+    from models.calibration import calibration_summary
+
+    temperature = getattr(net, "_buffers", {}).get("temperature")
+    t = float(temperature) if temperature is not None else 1.0
+    return calibration_summary(raw, truth, t)
+
+
+def trivial_reports(spec: ModelSpec, dataset_dir: Path, truth: np.ndarray,
+                    slices: dict[str, Sequence[Any]]) -> dict[str, dict[str, Any]]:
+    """The trivial predictors (:mod:`tasks.baselines`), fit on the train split and scored on
+    the same test examples as the model: name -> report."""
+    from models.datamodule import read_split
+
+    train = train_targets(spec, read_split(dataset_dir, "train", ["label"])["label"])
+    return {name: scored_report(spec, truth, preds, slices)
+            for name, preds in trivial_predictions(spec, train, len(truth)).items()}
 
 
 def confusion_figure(report: dict[str, Any], title: str) -> Any:
@@ -291,6 +326,9 @@ def evaluate_versions(
 ) -> EvalOutcome:
     """Score both versions on ``dataset_dir``'s test split; log plots and the report to MLflow."""
     challenger = report_for(load_model(mlc, spec.name, challenger_version), dataset_dir, spec)
+    challenger["trivial"] = trivial_reports(spec, dataset_dir,
+                                            np.asarray(challenger["examples"]["y_true"]),
+                                            test_slices(dataset_dir))
     champion = None
     if champion_version and champion_version != challenger_version:
         champion = report_for(load_model(mlc, spec.name, champion_version), dataset_dir, spec)
@@ -307,6 +345,10 @@ def evaluate_versions(
         if champion is not None:
             figures["confusion_matrix_champion"] = confusion_figure(
                 champion, f"{spec.name} v{champion_version} (champion, same split)")
+        from models.calibration import reliability_figure
+
+        figures["reliability"] = reliability_figure(
+            challenger["calibration"], f"{spec.name} v{challenger_version}: test split")
     else:
         figures.update(regression_figures(challenger, spec, challenger_version))
     for name, fig in figures.items():
@@ -315,6 +357,12 @@ def evaluate_versions(
         plt.close(fig)
     for name, value in challenger["overall"].items():
         mlc.log_metric(run_id, f"eval/{name}", float(value))
+    for name in ("temperature", "ece_before", "ece_after"):
+        if "calibration" in challenger:
+            mlc.log_metric(run_id, f"eval/{name}", float(challenger["calibration"][name]))
+    for trivial, report in challenger["trivial"].items():  # beside the model's, in the run
+        for name, value in report["overall"].items():
+            mlc.log_metric(run_id, f"eval/trivial_{trivial}/{name}", float(value))
     return EvalOutcome(challenger, champion, artifacts)
 
 
@@ -366,50 +414,70 @@ def evaluate(
                              champion_metrics=outcome.champion, flow_run_id=flow_run_id)
             session.add(row)
             session.commit()
+    challenger = with_trivial(row.challenger_metrics, spec, dataset_dir)
     return {"model_version": model_version, "champion_version": champ_v or None,
-            "dataset_version": dataset_version, "challenger": row.challenger_metrics,
-            "champion": row.challenger_metrics if itself else row.champion_metrics,
+            "dataset_version": dataset_version, "challenger": challenger,
+            "champion": challenger if itself else row.champion_metrics,
             "reused": reused}
+
+
+def with_trivial(report: dict[str, Any], spec: ModelSpec, dataset_dir: Callable[[], Path]
+                 ) -> dict[str, Any]:
+    """``report`` with the trivial predictors' reports: an evaluation recorded before they
+    were kept gets them computed on its test examples now (not stored: the row stays as it
+    was written)."""
+    if "trivial" in report or not report.get("examples"):
+        return report
+    directory = dataset_dir()
+    truth = np.asarray(report["examples"]["y_true"])
+    return {**report, "trivial": trivial_reports(spec, directory, truth, test_slices(directory))}
 
 
 def _fmt(value: Any) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-def _pair(mine: Any, theirs: Any) -> str:
-    """``challenger / champion`` for a table cell; ``-`` for what a report lacks."""
-    return " / ".join(_fmt(v) if v is not None else "-" for v in (mine, theirs))
+def _cells(values: Sequence[Any]) -> str:
+    """``challenger / champion / trivial...`` for a table cell; ``-`` for what a report lacks."""
+    return " / ".join(_fmt(v) if v is not None else "-" for v in values)
 
 
 def evaluation_markdown(model: str, outcome: dict[str, Any], link: str = "") -> str:
-    """The evaluation report, challenger and champion side by side: overall (with the
-    difference), per class or per target, every scored slice with its size, the slices too
-    small to score, and where the plots are (``link``: the challenger's MLflow run)."""
+    """The evaluation report, challenger, champion and the trivial predictors side by side:
+    overall (with the difference to the champion), per class or per target, every scored
+    slice with its size, the slices too small to score, and where the plots are (``link``:
+    the challenger's MLflow run)."""
     challenger, champion = outcome["challenger"], outcome.get("champion") or {}
+    trivial = challenger.get("trivial") or {}
+    reports = [challenger, champion, *trivial.values()]
+    names = ["challenger", "champion", *trivial]
     champ_v = outcome.get("champion_version")
     lines = [f"# Evaluation of `{model}` v{outcome['model_version']}",
              f"Test split of dataset `{outcome['dataset_version']}`; champion: "
-             + (f"v{champ_v}" if champ_v else "none") + ". Cells read challenger / champion.",
-             "", "| metric | challenger | champion | difference |", "|---|---|---|---|"]
+             + (f"v{champ_v}" if champ_v else "none")
+             + (f"; trivial predictors fit on its train split: {', '.join(trivial)}"
+                if trivial else "")
+             + f". Cells read {' / '.join(names)}.", "",
+             "| metric | challenger | champion | difference | " + " | ".join(trivial)
+             + (" |" if trivial else "|"), "|---|---|---|---|" + "---|" * len(trivial)]
     for name, value in challenger["overall"].items():
         other = champion.get("overall", {}).get(name)
         diff = value - other if isinstance(value, float) and other is not None else None
+        extra = "".join(f" {_fmt(r['overall'].get(name))} |" for r in trivial.values())
         lines.append(f"| {name} | {_fmt(value)} | {_fmt(other) if other is not None else '-'} "
-                     f"| {f'{diff:+.3f}' if diff is not None else '-'} |")
+                     f"| {f'{diff:+.3f}' if diff is not None else '-'} |{extra}")
     for section, label, keys in (("per_class", "class", ("precision", "recall", "f1")),
                                  ("per_target", "target", ("mae", "rmse", "r2"))):
         if section not in challenger:
             continue
-        theirs = champion.get(section, {})
         extra = " support |" if section == "per_class" else ""
         lines += ["", f"| {label} |{extra} " + " | ".join(keys) + " |",
                   "|---|" + "---|" * (len(keys) + bool(extra))]
         for name, m in challenger[section].items():
-            other = theirs.get(name, {})
-            cells = [_pair(m.get(k), other.get(k)) for k in keys]
+            rows = [r.get(section, {}).get(name, {}) for r in reports]
+            cells = [_cells([row.get(k) for row in rows]) for k in keys]
             support = f" {m['support']} |" if extra else ""
             lines.append(f"| {name} |{support} " + " | ".join(cells) + " |")
-    theirs = champion.get("slices", {})
     mine = challenger.get("slices", {})
     regression = any("mae" in m for m in mine.values())
     keys = ("mae", "rmse") if regression else ("accuracy", "macro_f1")
@@ -418,9 +486,15 @@ def evaluation_markdown(model: str, outcome: dict[str, Any], link: str = "") -> 
     if ordered:
         lines += ["", "Slices, weakest first:", "", f"| slice | n | {' | '.join(keys)} |",
                   "|---|---|---|---|"]
-        lines += [f"| {name} | {m['n']} | "
-                  + " | ".join(_pair(m[k], theirs.get(name, {}).get(k)) for k in keys) + " |"
+        lines += [f"| {name} | {m['n']} | " + " | ".join(
+                      _cells([r.get("slices", {}).get(name, {}).get(k) for r in reports])
+                      for k in keys) + " |"
                   for name, m in ordered]
+    cal = challenger.get("calibration")
+    if cal:
+        lines += ["", f"Calibration on the test split ({cal['n']} examples, {cal['bins']} bins): "
+                  f"temperature {cal['temperature']:.3f} (fit on the validation split), "
+                  f"ECE {cal['ece_before']:.3f} before scaling, {cal['ece_after']:.3f} after"]
     small = challenger.get("small_slices") or {}
     if small:
         lines += ["", f"Too few examples to score (under {MIN_SLICE}): "

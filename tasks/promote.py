@@ -1,6 +1,6 @@
 """Promote: gates as a pure decision, then the registry alias moves (or not), recorded either way.
 
-:func:`decide_promotion` is the pure decision; :func:`promote` is the stage's logic (reuse a
+:func:`tasks.gates.decide_promotion` is the pure decision; :func:`promote` is the stage's logic (reuse a
 recorded decision or decide, tag the version, move the alias, record); :func:`promote_task`
 wraps it with what needs a Prefect run (the event and the run log).
 """
@@ -8,11 +8,10 @@ wraps it with what needs a Prefect run (the event and the run log).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import yaml
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
@@ -32,6 +31,7 @@ from oceanml.db import ChampionChange, DecisionRecord, Promotion, session_factor
 from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
 from oceanml.settings import get_settings
+from tasks.gates import Check, PromotionPolicy, decide_promotion
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -39,138 +39,6 @@ if TYPE_CHECKING:
 
 PROMOTED_EVENT = "oceanml.model.promoted"
 ROLLED_BACK_EVENT = "oceanml.model.rolled_back"
-
-
-@dataclass(frozen=True)
-class PromotionPolicy:
-    metric: str = "macro_f1"
-    higher_is_better: bool = True
-    floor: float = 0.5  # for a lower-is-better metric, the worst value allowed
-    margin: float = 0.01
-    max_slice_drop: float = 0.10
-    confidence: float = 0.9  # the gain must clear the margin at this one-sided confidence
-    bootstrap_samples: int = 2000
-
-    def gain(self, new: float, old: float) -> float:
-        """How much better ``new`` is than ``old`` (negative when worse), in either direction."""
-        return new - old if self.higher_is_better else old - new
-
-
-@dataclass(frozen=True)
-class Check:
-    """One gate: what was measured, the bar, and whether it passed."""
-
-    name: str
-    value: float | None
-    threshold: float | None
-    passed: bool
-    detail: str = ""
-
-
-@dataclass(frozen=True)
-class Decision:
-    promote: bool
-    reason: str
-    checks: tuple[Check, ...] = ()
-    interval: dict[str, float] | None = None  # point gain and its lower bound, when measured
-
-
-def decide_promotion(
-    challenger: dict[str, Any], champion: dict[str, Any] | None, policy: PromotionPolicy
-) -> Decision:
-    """Floor, then a gain over the champion that clears the margin, then no slice regressing
-    too far. Every gate is checked and kept in ``checks`` (for the decision record); the
-    reason is the first that failed, or why it passed.
-
-    ``challenger`` / ``champion`` are evaluation reports (``overall``, ``slices`` and, from
-    :func:`tasks.evaluate.report_for`, the per-example ``examples``) on the same test split.
-    With the examples, the gain must exceed the margin at ``policy.confidence``: the lower
-    bound of a paired bootstrap of the challenger-minus-champion difference
-    (:func:`gain_lower_bound`), so a gain inside the noise of a small split is no gain. Reports
-    without examples (recorded before they were kept) are judged on the point gain.
-    """
-    m = policy.metric
-    value = challenger["overall"][m]
-    side = "below the floor" if policy.higher_is_better else "above the ceiling"
-    floor = Check("floor", value, policy.floor, policy.gain(value, policy.floor) >= 0,
-                  f"{m} {value:.3f} is {side} {policy.floor:.3f}")
-    if champion is None:
-        reason = (f"no champion yet; {m} {value:.3f} passes the bar {policy.floor:.3f}"
-                  if floor.passed else floor.detail)
-        return Decision(floor.passed, reason, (floor,))
-    best = champion["overall"][m]
-    gain = policy.gain(value, best)
-    low = gain_lower_bound(challenger, champion, policy)
-    if low is None:
-        margin = Check("gain", gain, policy.margin, gain >= policy.margin,
-                       f"{m} {value:.3f} does not beat the champion's {best:.3f} by the "
-                       f"margin {policy.margin:.3f}")
-    else:
-        margin = Check("gain_lower_bound", low, policy.margin, low > policy.margin,
-                       f"{m} {value:.3f} against the champion's {best:.3f}: gain {gain:.3f}, "
-                       f"{policy.confidence:.0%} lower bound {low:.3f} does not clear the "
-                       f"margin {policy.margin:.3f}")
-    slices = [Check(f"slice {name}", -policy.gain(mine[m], ref[m]), policy.max_slice_drop,
-                    -policy.gain(mine[m], ref[m]) <= policy.max_slice_drop,
-                    f"slice {name} regresses {ref[m]:.3f} -> {mine[m]:.3f} "
-                    f"(more than {policy.max_slice_drop:.2f})")
-              for name, ref in champion.get("slices", {}).items()
-              if (mine := challenger.get("slices", {}).get(name)) is not None]
-    checks = (floor, margin, *slices)
-    interval = ({"gain": gain, "lower_bound": low, "confidence": policy.confidence}
-                if low is not None else {"gain": gain})
-    failed = next((c for c in checks if not c.passed), None)
-    if failed is not None:
-        return Decision(False, failed.detail, checks, interval)
-    bound = f" ({policy.confidence:.0%} lower bound {low:.3f})" if low is not None else ""
-    return Decision(True, f"{m} {value:.3f} beats the champion's {best:.3f} by "
-                          f"{gain:.3f}{bound} with no slice regressing past "
-                          f"{policy.max_slice_drop:.2f}", checks, interval)
-
-
-def sample_metric(metric: str, y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """``metric`` of one (re)sample, as :mod:`tasks.evaluate` defines it (macro-F1 over the
-    classes present in the labels), in plain numpy: the bootstrap computes it thousands of
-    times."""
-    if metric == "accuracy":
-        return float((y_true == y_pred).mean())
-    if metric == "macro_f1":
-        cm = np.bincount(y_true * n_classes + y_pred,
-                         minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-        support, predicted = cm.sum(axis=1), cm.sum(axis=0)
-        f1 = 2 * np.diag(cm) / np.maximum(support + predicted, 1)
-        present = support > 0
-        return float(f1[present].mean()) if present.any() else 0.0
-    if metric == "mae":
-        return float(np.abs(y_true - y_pred).mean())
-    if metric == "rmse":
-        return float(np.sqrt(((y_true - y_pred) ** 2).mean()))
-    raise KeyError(metric)
-
-
-def gain_lower_bound(challenger: dict[str, Any], champion: dict[str, Any],
-                     policy: PromotionPolicy) -> float | None:
-    """The ``policy.confidence`` one-sided lower bound of the challenger's gain over the
-    champion, by a paired bootstrap over the same test examples (both models resampled with
-    the same indices). None when the reports lack examples, are not on the same labels, or
-    the metric has no per-sample form here (R2)."""
-    a, b = challenger.get("examples"), champion.get("examples")
-    if not a or not b or policy.metric not in ("accuracy", "macro_f1", "mae", "rmse"):
-        return None
-    y_true = np.asarray(a["y_true"])
-    if y_true.shape != np.asarray(b["y_true"]).shape or (y_true != np.asarray(b["y_true"])).any():
-        return None  # not the same split: no pairing
-    if len(y_true) < 2:
-        return None
-    mine, theirs = np.asarray(a["y_pred"]), np.asarray(b["y_pred"])
-    n_classes = len(challenger.get("classes") or []) or int(y_true.max()) + 1
-    rng = np.random.default_rng(0)  # the same decision for the same reports
-    gains = np.empty(policy.bootstrap_samples)
-    for k in range(policy.bootstrap_samples):
-        idx = rng.integers(0, len(y_true), len(y_true))
-        gains[k] = policy.gain(sample_metric(policy.metric, y_true[idx], mine[idx], n_classes),
-                               sample_metric(policy.metric, y_true[idx], theirs[idx], n_classes))
-    return float(np.quantile(gains, 1.0 - policy.confidence))
 
 
 def load_policy(params_file: Path, model: str) -> PromotionPolicy:
@@ -278,7 +146,7 @@ def promote(
 def record_decision(session: Any, model: str, candidate: str, champion: str | None,
                     dataset: str | None, action: str, promoted: bool, reason: str,
                     decided_by: str, *, forced: bool = False, checks: tuple[Check, ...] = (),
-                    interval: dict[str, float] | None = None) -> DecisionRecord:
+                    interval: dict[str, Any] | None = None) -> DecisionRecord:
     """Add the decision record (committed with the caller's transaction)."""
     record = DecisionRecord(model_name=model, candidate_version=candidate,
                             champion_version=champion, dataset_version=dataset, action=action,
@@ -322,11 +190,30 @@ def decision_markdown(decision: dict[str, Any]) -> str:
         value = "-" if c["value"] is None else f"{c['value']:.4f}"
         bar = "-" if c["threshold"] is None else f"{c['threshold']:.4f}"
         lines.append(f"| {c['name']} | {value} | {bar} | {'pass' if c['passed'] else 'FAIL'} |")
-    if decision.get("interval"):
+    interval = dict(decision.get("interval") or {})
+    lines += trivial_table(interval.pop("trivial", None) or [])
+    if interval:
         lines += ["", "Gain over the champion: " + ", ".join(
             f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
-            for k, v in decision["interval"].items())]
+            for k, v in interval.items())]
     return "\n".join(lines)
+
+
+def trivial_table(figures: list[dict[str, Any]]) -> list[str]:
+    """The trivial predictors' figures on the candidate's test split, and the candidate's
+    gain over each on the gated metric (with its lower bound where bootstrapped)."""
+    if not figures:
+        return []
+    metrics = [k for k in figures[0] if k not in ("name", "gated", "gain", "lower_bound")]
+    lines = ["", "Trivial predictors on the same test split (fit on its train split):", "",
+             "| predictor | " + " | ".join(metrics) + " | gain | lower bound |",
+             "|---|" + "---|" * (len(metrics) + 2)]
+    for f in figures:
+        cells = [f"{f[k]:.3f}" if isinstance(f.get(k), float) else "-" for k in metrics]
+        gain = f"{f['gain']:+.3f}" if "gain" in f else "-"
+        low = f"{f['lower_bound']:+.3f}" if "lower_bound" in f else "-"
+        lines.append(f"| {f['name']} | " + " | ".join(cells) + f" | {gain} | {low} |")
+    return lines
 
 
 def recorded_decision(sessions: sessionmaker, model: str, challenger: str, champion: str

@@ -17,6 +17,13 @@ def _metrics(report: dict[str, Any] | None) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in overall.items() if isinstance(v, float)) or "-"
 
 
+def _trivial(report: dict[str, Any] | None) -> str:
+    """The trivial predictors' figures on the same split: ``majority accuracy 0.450, ...;
+    prior ...`` (``-`` for an evaluation without them)."""
+    trivial = (report or {}).get("trivial") or {}
+    return "; ".join(f"{name} {_metrics(r)}" for name, r in trivial.items()) or "-"
+
+
 def shared_rows(results: dict[str, Any]) -> list[tuple[str, str]]:
     """(stage, outcome) of the stages every model shares: ingest and enrich."""
     ingest, enrich = results["ingest"], results["enrich"]
@@ -52,7 +59,8 @@ def branch_rows(model: str, branch: dict[str, Any]) -> list[tuple[str, str]]:
         ("train", f"{model} v{train['model_version']} "
                   + ("(already trained on this data and params: reused)" if train["reused"]
                      else "(new)")),
-        ("evaluate", f"test {_metrics(evaluation['challenger'])}; champion "
+        ("evaluate", f"test {_metrics(evaluation['challenger'])}; trivial predictors "
+                     f"{_trivial(evaluation['challenger'])}; champion "
                      + (f"v{evaluation['champion_version']}" if evaluation["champion_version"]
                         else "none")
                      + (" (recorded earlier: reused)" if evaluation.get("reused") else "")),
@@ -72,7 +80,8 @@ def drift_outcome(drift: dict[str, Any]) -> str:
     return f"{label} - {drift['reason']}"
 
 
-FLEET_COLUMNS = ("model", "branch", "dataset", "version", "test", "promotion", "scored", "drift")
+FLEET_COLUMNS = ("model", "branch", "dataset", "version", "test", "trivial predictors",
+                 "promotion", "scored", "drift")
 
 
 def fleet_row(model: str, branch: dict[str, Any]) -> tuple[str, ...]:
@@ -86,6 +95,7 @@ def fleet_row(model: str, branch: dict[str, Any]) -> tuple[str, ...]:
         f"`{dataset['version'][:8]}` " + ("new" if dataset["created"] else "unchanged"),
         f"v{train['model_version']} " + ("reused" if train["reused"] else "new"),
         _metrics(branch["evaluate"]["challenger"]),
+        _trivial(branch["evaluate"]["challenger"]),
         ("PROMOTED" if promote["promoted"] else "kept")
         + (f" v{promote['champion_version']}" if promote.get("champion_version") else ""),
         str(score.get("scored", 0)) if score.get("version") else "-",

@@ -43,6 +43,7 @@ from oceanml.registry import (
 )
 from oceanml.settings import Settings, get_settings
 from oceanml.store import sha256_hex
+from tasks.baselines import train_targets
 from tasks.dataset import local_dataset
 from tasks.hardware import Hardware
 
@@ -170,7 +171,7 @@ def _fit_and_register(
     run_id = _run_id(mlc, ckpt_dir, experiment_id, spec, tags)
     L.seed_everything(params.seed, workers=True, verbose=False)
     hardware = Hardware.from_settings(settings)
-    module = build_module(spec, params, hardware)
+    module = build_module(spec, params, hardware, dataset_dir)
     data = build_data(spec, params, hardware, dataset_dir)
     logger = MLFlowLogger(experiment_name=settings.experiment_name,
                           tracking_uri=tracking_uri(settings), run_id=run_id)
@@ -182,6 +183,8 @@ def _fit_and_register(
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     net = module.net.eval().cpu().to(memory_format=torch.contiguous_format)
+    calibrated = calibrate(mlc, run_id, net, spec, dataset_dir)
+    metrics.update(calibrated)
     _log_model(mlc, run_id, net, params.image_size)
     mlc.log_dict(run_id, {"spec": spec.to_dict(), "params": asdict(params)}, "spec.json")
     run = mlc.get_run(run_id)
@@ -194,15 +197,61 @@ def _fit_and_register(
                         artifacts={"checkpoint": str(checkpoint.best_model_path)})
 
 
-def build_module(spec: ModelSpec, params: TrainParams, hardware: Hardware) -> Any:
-    """The LightningModule of ``spec``: its backbone (local weights if given) and head."""
+def calibrate(mlc: Any, run_id: str, net: Any, spec: ModelSpec, dataset_dir: Path
+              ) -> dict[str, float]:
+    """Fit a classifier's temperature on the validation split and set it on ``net`` before
+    it is stored, so the version answers calibrated probabilities; the temperature, the ECE
+    before and after and a reliability diagram go to the run. Nothing for a regressor."""
+    if spec.task != "classification":
+        return {}
+    import matplotlib.pyplot as plt
+
+    from models.calibration import (
+        calibration_summary,
+        fit_temperature,
+        raw_outputs,
+        reliability_figure,
+    )
+
+    logits, labels = raw_outputs(net, dataset_dir, "val", spec)
+    temperature = fit_temperature(logits, labels)
+    net.temperature.fill_(temperature)
+    summary = calibration_summary(logits, labels.numpy(), temperature)
+    figures = {"calibration/temperature": temperature,
+               "calibration/val_ece_before": summary["ece_before"],
+               "calibration/val_ece_after": summary["ece_after"]}
+    for name, value in figures.items():
+        mlc.log_metric(run_id, name, value)
+    fig = reliability_figure(summary, f"{spec.name}: validation split ({summary['n']})")
+    mlc.log_figure(run_id, fig, "calibration/reliability_val.png")
+    plt.close(fig)
+    return figures
+
+
+def build_module(spec: ModelSpec, params: TrainParams, hardware: Hardware, dataset_dir: Path
+                 ) -> Any:
+    """The LightningModule of ``spec``: its backbone (local weights if given) and head, and
+    for a regressor the train split's target statistics it standardises with."""
     from models.backbones import build_backbone
     from models.module import OceanModule
 
     backbone, feature_dim = build_backbone(spec.backbone, params.weights)
     return OceanModule(backbone, feature_dim, spec.task, spec.num_outputs, lr=params.lr,
                        weight_decay=params.weight_decay, max_epochs=params.max_epochs,
-                       channels_last=hardware.gpu)
+                       channels_last=hardware.gpu, **target_stats(spec, dataset_dir))
+
+
+def target_stats(spec: ModelSpec, dataset_dir: Path) -> dict[str, list[float]]:
+    """Each regression target's train-split mean and standard deviation (nothing for a
+    classifier): one loss over targets of very different spread would learn the widest only."""
+    if spec.task != "regression":
+        return {}
+    from models.datamodule import read_split
+
+    values = train_targets(spec, read_split(dataset_dir, "train", ["label"])["label"])
+    if len(values) == 0:
+        raise ValueError(f"{spec.name}: the train split of {dataset_dir} is empty")
+    return {"target_mean": values.mean(axis=0).tolist(), "target_std": values.std(axis=0).tolist()}
 
 
 def build_data(spec: ModelSpec, params: TrainParams, hardware: Hardware, dataset_dir: Path

@@ -28,13 +28,13 @@ RETRAIN_WAIT_S = 900
 
 @pytest.fixture
 def stack(prefect_harness, settings, monkeypatch):
-    """A project whose fleet is two models, trained one epoch at the cpu-small profile; the
+    """A project whose fleet is two models, trained five epochs at the cpu-small profile; the
     nightly, monitor and retrain deployments on a pool of their own; one worker."""
     monkeypatch.setenv("OCEANML_PROFILE", "cpu-small")
     from oceanml.params import read_params
 
     profiles = read_params(REPO)["profiles"]
-    profiles["cpu-small"]["train"]["max_epochs"] = 1
+    profiles["cpu-small"]["train"]["max_epochs"] = 5  # enough to beat the trivial predictors
     make_project(settings.project_dir, {"promote": {"floor": 0.0}, "profiles": profiles,
                                         "fleet": FLEET})
     env = {}

@@ -56,12 +56,13 @@ def runs(prefect_harness, tmp_path_factory):
         get_settings.cache_clear()
         settings = get_settings()
         make_project(root / "project", {"promote": {"floor": 0.0}})
-        stream = simulate(days=2, devices=4, per_day=30, seed=5)
+        # enough labelled images for a champion that beats the trivial predictors with confidence
+        stream = simulate(days=2, devices=4, per_day=60, seed=5, annotated_fraction=0.9)
         write_landing(filesystem(settings.landing_url), stream, faults=True)
-        first_state = nightly(models=FLEET, profile="cpu-small", max_epochs=1,
+        first_state = nightly(models=FLEET, profile="cpu-small", max_epochs=5,
                               return_state=True)
         first = first_state.result()
-        second = nightly(models=FLEET, profile="cpu-small", max_epochs=1)
+        second = nightly(models=FLEET, profile="cpu-small", max_epochs=5)
         flow_run_id = str(first_state.state_details.flow_run_id)
         yield SimpleNamespace(settings=settings, first=first["models"][MODEL],
                               second=second["models"][MODEL], shared=(first, second),
@@ -93,14 +94,14 @@ def test_each_model_ran_as_its_own_branch_of_the_nightly(runs) -> None:
 
 def test_the_db_holds_the_observations_and_the_rejects_with_reasons(runs) -> None:
     with runs.sessions() as s:
-        assert s.scalar(select(func.count()).select_from(Observation)) == 2 * 4 * 30
+        assert s.scalar(select(func.count()).select_from(Observation)) == 2 * 4 * 60
         reasons = Counter(s.scalars(select(Reject.reason)).all())
         enriched = s.scalar(select(func.count()).select_from(Observation)
                             .where(Observation.llm_tags.is_not(None)))
     assert dict(reasons) == FAULT_REASONS
-    assert enriched == 2 * 4 * 30
+    assert enriched == 2 * 4 * 60
     first, _ = runs.shared
-    assert first["ingest"]["ingested"] == 240 and first["ingest"]["rejected"] == 6
+    assert first["ingest"]["ingested"] == 480 and first["ingest"]["rejected"] == 6
 
 
 def test_the_registry_holds_a_champion_with_lineage_tags(runs) -> None:
@@ -193,8 +194,8 @@ def test_the_summary_tells_each_stages_outcome(runs) -> None:
     assert "Profile: cpu-small (" in text
     version = runs.first["train"]["model_version"]
     reasons = ", ".join(f"{k}: 1" for k in sorted(FAULT_REASONS))
-    assert shared_first["ingest"].startswith(f"240 new observations, 6 rejected ({reasons})")
-    assert shared_first["enrich"].startswith("240 enriched by heuristic/")
+    assert shared_first["ingest"].startswith(f"480 new observations, 6 rejected ({reasons})")
+    assert shared_first["enrich"].startswith("480 enriched by heuristic/")
     assert first["dataset"].startswith(f"`{runs.first['dataset']['version']}` new version")
     assert first["train"] == f"{MODEL} v{version} (new)"
     assert first["evaluate"].startswith("test accuracy ")
@@ -245,7 +246,7 @@ def test_the_champion_scored_every_observation_once(runs) -> None:
 def test_a_retrain_reuses_what_the_night_made_and_its_cooldown_counts_from_it(runs) -> None:
     from flows.retrain import retrain
 
-    first = retrain(model=MODEL, reason="drift", cooldown_hours=6, max_epochs=1)
+    first = retrain(model=MODEL, reason="drift", cooldown_hours=6, max_epochs=5)
     assert not first["skipped"]  # a nightly training is no retrain: nothing to cool down from
     # no profile given: the champion's (its tag), so the same training key, reused
     assert first["dataset"]["version"] == runs.first["dataset"]["version"]
@@ -278,14 +279,14 @@ def test_a_broken_model_fails_its_branch_alone_and_the_night_by_name(runs) -> No
     params["datasets"]["debris-classifier"]["selection"] = {"devices": ["no-such-device-*"]}
     params_file.write_text(yaml.safe_dump(params))
     try:
-        state = nightly(models=[MODEL, "debris-classifier"], profile="cpu-small", max_epochs=1,
+        state = nightly(models=[MODEL, "debris-classifier"], profile="cpu-small", max_epochs=5,
                         return_state=True)
     finally:
         params_file.write_text(original)
     assert state.is_failed()
     assert state.message.endswith("1 of 2 model branches failed: debris-classifier: "
                                   "ValueError: no observation "
-                                  "selected for 'debris-classifier' ({'devices': 240}): ingest "
+                                  "selected for 'debris-classifier' ({'devices': 480}): ingest "
                                   "labelled data, or widen datasets.debris-classifier.selection "
                                   "in params.yaml")
     text = printed_summary(str(state.state_details.flow_run_id))

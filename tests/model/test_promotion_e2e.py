@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -25,8 +26,9 @@ from oceanml.simulator import simulate, write_landing
 from oceanml.store import filesystem
 from tasks.dataset import select_manifest, write_manifest
 from tasks.evaluate import evaluate
+from tasks.gates import PromotionPolicy
 from tasks.ingest import ingest
-from tasks.promote import PromotionPolicy, promote, rollback
+from tasks.promote import promote, rollback
 from tasks.shards import DatasetParams, build
 from tasks.train import TrainParams, train_model
 
@@ -75,19 +77,25 @@ def test_refused_promoted_rolled_back_and_the_history_says_so(tmp_path, monkeypa
                              patience=epochs, lr=lr)
         return train_model(spec, where, key, params, settings, {"git_commit": "e2e"}).model_version
 
-    def gate(version: str) -> dict:
+    def gate(version: str, policy: PromotionPolicy = POLICY) -> dict:
         def judged(champion=None, current=True):
             from tasks.evaluate import CURRENT
 
             return evaluate(sessions, mlc, spec, "ds-e2e", version, lambda: data, None,
                             champion_version=CURRENT if current else champion)
 
-        return promote(sessions, mlc, spec.name, judged(), POLICY, f"e2e-{version}",
+        return promote(sessions, mlc, spec.name, judged(), policy, f"e2e-{version}",
                        reevaluate=lambda c: judged(c, current=False))
 
-    weak = train("weak", 1, 2e-4)
-    assert gate(weak)["promoted"]  # the first champion: it only has to pass the floor
     noise = train("shuffled", 2, 2e-3, shuffled_copy(data, tmp_path / "shuffled"))
+    # no champion yet, and no floor to speak of: only the trivial predictors refuse it
+    first = gate(noise, replace(POLICY, floor=0.0))
+    checks = {c["name"]: c for c in first["decision"]["checks"]}
+    assert checks["floor"]["passed"] and not checks["trivial"]["passed"]
+    assert not first["promoted"] and first["reason"] == checks["trivial"]["detail"]
+    assert "does not beat the" in first["reason"]
+    weak = train("weak", 2, 5e-4)
+    assert gate(weak)["promoted"]  # the first champion: floor and the trivial predictors
     refused = gate(noise)
     assert not refused["promoted"] and refused["champion_version"] == weak, refused["reason"]
     strong = train("strong", 4, 2e-3)

@@ -19,6 +19,7 @@ from oceanml.registry import client
 from oceanml.store import filesystem
 from tasks.score import score_model
 from tests.registered import SPEC
+from tests.serving.conftest import TEMPERATURE, calibrated_net
 
 PREDICT = f"/v1/models/{SPEC.name}/predict"
 
@@ -42,6 +43,19 @@ def jpeg(size: tuple[int, int] = (40, 30)) -> bytes:
     return buf.getvalue()
 
 
+def version_probabilities(data: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """The champion's softmax for an image at temperature 1 and at its own temperature,
+    computed here from the same network."""
+    import torch
+
+    from models.preprocess import model_input
+
+    with torch.no_grad():
+        logits = calibrated_net(1).raw(model_input(data, 32)[None])
+    return (torch.softmax(logits, dim=1)[0].numpy(),
+            torch.softmax(logits / TEMPERATURE, dim=1)[0].numpy())
+
+
 def test_the_served_answer_is_the_batch_answer(settings, sessions, observations, served) -> None:
     score_model(sessions, client(settings), settings, SPEC.name)
     with sessions() as s:
@@ -58,6 +72,9 @@ def test_the_served_answer_is_the_batch_answer(settings, sessions, observations,
         want = np.array([stored[obs][c] for c in SPEC.outputs])
         np.testing.assert_allclose(got, want, atol=1e-4)
         assert answer["label"] == max(stored[obs], key=stored[obs].get)
+        raw, calibrated = version_probabilities(data)
+        np.testing.assert_allclose(got, calibrated, atol=1e-4)  # the version's temperature
+        assert np.abs(raw - calibrated).max() > 1e-3  # which made a difference
     # several images in one JSON request: the same answers, in order
     batch = served.post(PREDICT, json={"images": [b64(d) for _, d in images]}).json()
     assert len(batch["predictions"]) == len(images)

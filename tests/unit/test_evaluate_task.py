@@ -11,16 +11,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from sqlalchemy import select
 from torch import nn
 
+from models.calibration import calibration_summary
 from models.datamodule import read_split
 from models.net import OceanNet
 from models.zoo import get_spec
 from oceanml.db import Evaluation
 from oceanml.registry import client, set_champion
+from tasks.baselines import trivial_predictions
 from tasks.evaluate import evaluate, score
 from tests.mlflow_recording import Recording
 from tests.registered import register as register_version
@@ -44,15 +47,31 @@ def register(mlc, settings, label: str) -> str:
     return register_version(mlc, settings, always(label), f"always-{label}", size=SIZE)
 
 
-def expected(dataset: Path, label: str) -> dict[str, Any]:
+def expected(dataset: Path, label: str, challenger: bool = True) -> dict[str, Any]:
     """The report of a model answering ``label`` on every test row, from the shards' labels."""
     test = read_split(dataset, "test", ["label", "device_id", "device_type", "llm_tags"])
     truth = [SPEC.outputs.index(x) for x in test["label"]]
     slices = {"device_id": test["device_id"], "device_type": test["device_type"],
               "tag": [t.split(",") if t else [] for t in test["llm_tags"]]}
     preds = [SPEC.outputs.index(label)] * len(truth)
-    return {**score(truth, preds, SPEC.outputs, slices),
-            "examples": {"y_true": truth, "y_pred": preds}}  # in shard order, for pairing
+    logits = torch.eye(SPEC.num_outputs)[preds] * 5  # what ``always`` answers, at T = 1
+    report = {**score(truth, preds, SPEC.outputs, slices),
+              "examples": {"y_true": truth, "y_pred": preds},  # in shard order, for pairing
+              "calibration": calibration_summary(logits, np.asarray(truth), 1.0)}
+    # one confidence for every answer: the ECE is its gap to the accuracy
+    confidence = float(np.exp(5) / (np.exp(5) + SPEC.num_outputs - 1))
+    assert report["calibration"]["ece_before"] == pytest.approx(
+        abs(confidence - report["overall"]["accuracy"]), abs=1e-6)
+    if not challenger:
+        return report
+    train = [SPEC.outputs.index(x) for x in read_split(dataset, "train", ["label"])["label"]]
+    majority = max(set(train), key=train.count)
+    prior = trivial_predictions(SPEC, np.asarray(train), len(truth))["prior"].tolist()
+    report["trivial"] = {name: {**score(truth, p, SPEC.outputs, slices),
+                                "examples": {"y_true": truth, "y_pred": p}}
+                         for name, p in (("majority", [majority] * len(truth)),
+                                         ("prior", prior))}
+    return report
 
 
 def rows(sessions) -> list[Evaluation]:
@@ -81,12 +100,17 @@ def test_an_evaluation_is_scored_logged_and_recorded_once(settings, sessions, da
     assert row.challenger_metrics == report
     run_id = mlc.get_model_version(SPEC.name, v1).run_id
     metrics = mlc.get_run(run_id).data.metrics
+    trivial = {f"eval/trivial_{name}/{k}": pytest.approx(v)
+               for name, r in report["trivial"].items() for k, v in r["overall"].items()}
     assert {k: v for k, v in metrics.items() if k.startswith("eval/")} == {
         "eval/accuracy": pytest.approx(report["overall"]["accuracy"]),
         "eval/macro_f1": pytest.approx(report["overall"]["macro_f1"]),
-        "eval/n": len(labels)}
+        "eval/n": len(labels), "eval/temperature": 1.0,
+        "eval/ece_before": pytest.approx(report["calibration"]["ece_before"]),
+        "eval/ece_after": pytest.approx(report["calibration"]["ece_after"]), **trivial}
     logged = {a.path for a in mlc.list_artifacts(run_id, "evaluation")}
-    assert logged == {"evaluation/report.json", "evaluation/confusion_matrix.png"}
+    assert logged == {"evaluation/report.json", "evaluation/confusion_matrix.png",
+                      "evaluation/reliability.png"}
 
     recording = Recording(mlc)  # a re-run, a retry: the recorded evaluation, nothing loaded
     again = evaluate(sessions, recording, SPEC, "ds-1", v1, dataset_dir, "run-2")
@@ -122,10 +146,10 @@ def test_the_champion_is_scored_beside_and_keys_a_new_evaluation(
     against = evaluate(sessions, mlc, SPEC, "ds-1", v2, lambda: dataset, "run-2")
     assert not against["reused"] and against["champion_version"] == v1
     assert against["challenger"] == expected(dataset, "light")
-    assert against["champion"] == expected(dataset, "none")
+    assert against["champion"] == expected(dataset, "none", challenger=False)
     assert [(r.model_version, r.champion_version, r.flow_run_id) for r in rows(sessions)] == [
         (v2, "", "run-1"), (v2, v1, "run-2")]
-    assert rows(sessions)[1].champion_metrics == expected(dataset, "none")
+    assert rows(sessions)[1].champion_metrics == expected(dataset, "none", challenger=False)
     run_id = mlc.get_model_version(SPEC.name, v2).run_id
     report = json.loads(Path(mlc.download_artifacts(run_id, "evaluation/report.json",
                                                     str(tmp_path))).read_text())

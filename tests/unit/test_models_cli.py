@@ -98,7 +98,9 @@ def test_usage_errors_exit_2_with_the_reason(settings, mlc) -> None:
 def test_a_refused_promotion_exits_1_and_the_champion_stays(settings, sessions, mlc) -> None:
     """v2 evaluated against v1 (recorded, so nothing is loaded) and worse: refused."""
     models("promote", MODEL, "1", "--force", "--reason", "first")
-    report = {"overall": {"accuracy": 0.6, "macro_f1": 0.6, "n": 40}, "slices": {}}
+    trivial = {"prior": {"overall": {"accuracy": 0.3, "macro_f1": 0.3, "n": 40}, "slices": {}}}
+    report = {"overall": {"accuracy": 0.6, "macro_f1": 0.6, "n": 40}, "slices": {},
+              "trivial": trivial}
     better = {"overall": {"accuracy": 0.9, "macro_f1": 0.9, "n": 40}, "slices": {}}
     with sessions() as s:
         s.add(Evaluation(model_name=MODEL, model_version="2", champion_version="1",
@@ -115,7 +117,7 @@ def test_a_refused_promotion_exits_1_and_the_champion_stays(settings, sessions, 
     assert (last["candidate"], last["champion"], last["action"], last["promoted"]) == (
         "2", "1", "gate", False)
     assert last["decided_by"].startswith("cli:") and last["dataset_version"] == "ds-1"
-    assert [c["name"] for c in last["checks"]] == ["floor", "gain"]
+    assert [c["name"] for c in last["checks"]] == ["floor", "trivial", "gain"]
     code, shown = models("show", MODEL)
     assert code == 0 and shown["champion"] == "1"
     v2 = shown["versions"][1]

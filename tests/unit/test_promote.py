@@ -5,14 +5,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.promote import PromotionPolicy, decide_promotion, load_policy
+from tasks.gates import PromotionPolicy, decide_promotion
+from tasks.promote import load_policy
 
 POLICY = PromotionPolicy(metric="macro_f1", floor=0.5, margin=0.02, max_slice_drop=0.1)
 
 
+# a trivial predictor every model below beats: the gates here are the floor and the champion's
+TRIVIAL = {"majority": {"overall": {"macro_f1": 0.0, "accuracy": 0.0, "mae": 1.0}}}
+
+
 def report(value: float, slices: dict[str, float] | None = None) -> dict:
     return {"overall": {"macro_f1": value},
-            "slices": {k: {"macro_f1": v} for k, v in (slices or {}).items()}}
+            "slices": {k: {"macro_f1": v} for k, v in (slices or {}).items()},
+            "trivial": TRIVIAL}
+
+
+def mae_report(value: float) -> dict:
+    return {"overall": {"mae": value}, "slices": {}, "trivial": TRIVIAL}
 
 
 def test_below_the_floor_is_never_promoted() -> None:
@@ -41,11 +51,11 @@ def test_a_slice_regressing_past_the_bound_blocks_promotion() -> None:
 
 def test_a_lower_is_better_metric_is_gated_the_other_way() -> None:
     mae = PromotionPolicy(metric="mae", higher_is_better=False, floor=0.15, margin=0.01)
-    low = {"overall": {"mae": 0.05}, "slices": {}}
-    assert not decide_promotion({"overall": {"mae": 0.2}, "slices": {}}, None, mae).promote
+    low = mae_report(0.05)
+    assert not decide_promotion(mae_report(0.2), None, mae).promote
     assert decide_promotion(low, None, mae).promote
-    assert decide_promotion(low, {"overall": {"mae": 0.08}, "slices": {}}, mae).promote
-    d = decide_promotion(low, {"overall": {"mae": 0.055}, "slices": {}}, mae)
+    assert decide_promotion(low, mae_report(0.08), mae).promote
+    d = decide_promotion(low, mae_report(0.055), mae)
     assert not d.promote and "margin" in d.reason
 
 
@@ -143,12 +153,15 @@ def examples_report(metric: str, y_true, y_pred, classes=("a", "b", "c")) -> dic
     """A report as ``report_for`` writes it: overall metric, no slices, the examples."""
     import numpy as np
 
-    from tasks.promote import sample_metric
+    from tasks.gates import sample_metric
+
+    def one(pred):
+        return {"overall": {metric: sample_metric(metric, t, pred, len(classes))}, "slices": {},
+                "classes": list(classes),
+                "examples": {"y_true": t.tolist(), "y_pred": pred.tolist()}}
 
     t, p = np.asarray(y_true), np.asarray(y_pred)
-    return {"overall": {metric: sample_metric(metric, t, p, len(classes))}, "slices": {},
-            "classes": list(classes),
-            "examples": {"y_true": t.tolist(), "y_pred": p.tolist()}}
+    return {**one(p), "trivial": {"majority": one(np.zeros_like(t))}}
 
 
 def answers(y_true: list[int], right: int) -> list[int]:
@@ -181,7 +194,7 @@ def test_the_gain_must_clear_the_margin_with_confidence(case, metric, old, new, 
 
 
 def test_the_bound_sits_below_the_point_gain_and_is_reproducible() -> None:
-    from tasks.promote import gain_lower_bound
+    from tasks.gates import gain_lower_bound
 
     policy = PromotionPolicy(metric="accuracy", floor=0.0, margin=0.0)
     champion = examples_report("accuracy", LABELS, answers(LABELS, 40))
@@ -200,9 +213,11 @@ def test_a_regression_gain_is_bootstrapped_on_mae() -> None:
     near, far = truth + rng.normal(0, 0.02, truth.shape), truth + rng.normal(0, 0.2, truth.shape)
     policy = PromotionPolicy(metric="mae", higher_is_better=False, floor=1.0, margin=0.002)
 
-    def rep(pred):
+    def rep(pred, trivial=True):
         return {"overall": {"mae": float(np.abs(pred - truth).mean())}, "slices": {},
-                "examples": {"y_true": truth.tolist(), "y_pred": pred.tolist()}}
+                "examples": {"y_true": truth.tolist(), "y_pred": pred.tolist()},
+                **({"trivial": {"mean": rep(np.full_like(truth, 0.5), False)}}
+                   if trivial else {})}
 
     assert decide_promotion(rep(near), rep(far), policy).promote
     assert not decide_promotion(rep(far), rep(near), policy).promote

@@ -24,11 +24,14 @@ from oceanml.registry import (
     ensure_registered_model,
     set_champion,
 )
-from tasks.promote import PromotionPolicy, promote
+from tasks.gates import PromotionPolicy
+from tasks.promote import promote
 from tests.mlflow_recording import Recording
 
 MODEL = "plastic-detector"
 POLICY = PromotionPolicy(metric="macro_f1", floor=0.5, margin=0.01, max_slice_drop=0.1)
+# the trivial predictor's figures on the same split: every challenger here beats them
+TRIVIAL = {"prior": {"overall": {"accuracy": 0.3, "macro_f1": 0.3, "n": 10}, "slices": {}}}
 
 
 @pytest.fixture
@@ -47,7 +50,8 @@ def evaluation(version: str, f1: float, champion: str | None = None,
                champion_f1: float | None = None) -> dict[str, Any]:
     """What ``evaluate`` returns, cut to what the gates read."""
     def report(value: float) -> dict[str, Any]:
-        return {"overall": {"accuracy": value, "macro_f1": value, "n": 10}, "slices": {}}
+        return {"overall": {"accuracy": value, "macro_f1": value, "n": 10}, "slices": {},
+                "trivial": TRIVIAL}
 
     return {"model_version": version, "champion_version": champion,
             "dataset_version": "ds-1", "challenger": report(f1),
@@ -87,19 +91,22 @@ def changes(sessions) -> list[tuple]:
 def test_a_first_model_above_the_floor_becomes_champion_once(sessions, mlc) -> None:
     before = tags(mlc, "1")
     first = promote(sessions, mlc, MODEL, evaluation("1", 0.7), POLICY, "run-1")
-    reason = "no champion yet; macro_f1 0.700 passes the bar 0.500"
+    reason = ("no champion yet; macro_f1 0.700 passes the bar 0.500 and beats the prior "
+              "predictor's 0.300")
     record = first.pop("decision")
     assert (record["action"], record["candidate"], record["champion"], record["promoted"],
             record["forced"], record["decided_by"], record["dataset_version"]) == (
         "gate", "1", None, True, False, "flow-run:run-1", "ds-1")
-    assert record["checks"] == [{"name": "floor", "value": 0.7, "threshold": 0.5,
-                                 "passed": True,
-                                 "detail": "macro_f1 0.700 is below the floor 0.500"}]
+    assert record["checks"] == [
+        {"name": "floor", "value": 0.7, "threshold": 0.5, "passed": True,
+         "detail": "macro_f1 0.700 is at or above the floor 0.500"},
+        {"name": "trivial", "value": pytest.approx(0.4), "threshold": 0.0, "passed": True,
+         "detail": "macro_f1 0.700 beats the prior predictor's 0.300 (gain +0.400 is above 0)"}]
     assert first == {"promoted": True, "reason": reason, "decided_now": True,
                      "champion_version": "1", "previous_version": ""}
     assert aliases(mlc) == {CHAMPION: "1", PREVIOUS: None}
     assert tags(mlc, "1") == {**before, "promotion": "promoted", "promotion_reason": reason,
-                              "decision_id": str(record["id"]), "decision_checks": "floor pass",
+                              "decision_id": str(record["id"]), "decision_checks": "floor pass; trivial pass",
                               "decided_by": "flow-run:run-1"}
     assert "promotion" not in tags(mlc, "2")
     assert rows(sessions) == [(MODEL, "1", "", True, reason, "run-1")]
@@ -129,9 +136,11 @@ def test_a_rejection_is_tagged_and_recorded_and_the_alias_stays(sessions, mlc) -
     reason = "macro_f1 0.805 does not beat the champion's 0.800 by the margin 0.010"
     record = rejected.pop("decision")
     assert [(c["name"], c["passed"]) for c in record["checks"]] == [("floor", True),
+                                                                     ("trivial", True),
                                                                      ("gain", False)]
-    assert record["interval"] == {"gain": pytest.approx(0.005)} and not record["promoted"]
-    assert tags(mlc, "2")["decision_checks"] == "floor pass; gain FAIL"
+    assert record["interval"]["gain"] == pytest.approx(0.005) and not record["promoted"]
+    assert [f["name"] for f in record["interval"]["trivial"]] == ["prior"]
+    assert tags(mlc, "2")["decision_checks"] == "floor pass; trivial pass; gain FAIL"
     assert rejected == {"promoted": False, "reason": reason, "decided_now": True,
                         "champion_version": "1", "previous_version": "1"}
     assert aliases(mlc) == {CHAMPION: "1", PREVIOUS: None}

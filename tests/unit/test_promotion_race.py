@@ -18,7 +18,8 @@ from oceanml.champion_history import history
 from oceanml.db import Evaluation, Promotion, session_factory
 from oceanml.registry import alias_version, client
 from tasks.evaluate import evaluate
-from tasks.promote import PromotionPolicy, promote
+from tasks.gates import PromotionPolicy
+from tasks.promote import force_promote
 from tests.registered import SPEC, conv_net, register
 
 pytestmark = pytest.mark.slow
@@ -33,7 +34,8 @@ from oceanml.registry import client
 from oceanml.settings import get_settings
 from models.zoo import get_spec
 from tasks.evaluate import evaluate
-from tasks.promote import PromotionPolicy, promote
+from tasks.gates import PromotionPolicy
+from tasks.promote import promote
 
 db_url, dataset, version, evaluation = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 settings = get_settings()
@@ -65,8 +67,9 @@ def test_twenty_racing_promotions_leave_one_consistent_chain(settings, dataset, 
     spec = get_spec(SPEC.name, input_size=32)
     versions = [register(mlc, settings, conv_net(seed), f"racer-{seed}")
                 for seed in range(RACERS + 1)]
-    first = evaluate(sessions, mlc, spec, "ds-1", versions[0], lambda: dataset, None)
-    assert promote(sessions, mlc, SPEC.name, first, POLICY, "setup")["promoted"]
+    # the first champion by hand: these untrained nets rarely beat the trivial predictors,
+    # and the race is about who decides against whom, not about the gates
+    assert force_promote(sessions, mlc, SPEC.name, versions[0], "race setup", "test")
     evaluations = {v: evaluate(sessions, mlc, spec, "ds-1", v, lambda: dataset, None)
                    for v in versions[1:]}  # each against v1, the champion at the start
     env = {**os.environ, "PREFECT_API_URL": ""}
@@ -86,7 +89,7 @@ def test_twenty_racing_promotions_leave_one_consistent_chain(settings, dataset, 
                      for p in s.scalars(select(Promotion))}
         evaluated = {(e.model_version, e.champion_version)
                      for e in s.scalars(select(Evaluation))}
-    assert len(decisions) == RACERS + 1  # one decision per racer, plus the first
+    assert len(decisions) == RACERS  # one decision per racer (the first was forced)
     assert chain[0].version == versions[0] and chain[0].previous_version is None
     for before, after in zip(chain, chain[1:], strict=False):
         assert after.previous_version == before.version  # one chain: nobody skipped a link

@@ -23,7 +23,11 @@ def first_run() -> dict[str, dict[str, Any]]:
         "train": {"model_version": "1", "reused": False, "run_id": "r", "metrics": {}},
         "evaluate": {"model_version": "1", "champion_version": None, "dataset_version": "a1b2c3",
                      "challenger": {"overall": {"accuracy": 0.9375, "macro_f1": 0.9123, "n": 24},
-                                    "per_class": {}, "slices": {}},
+                                    "per_class": {}, "slices": {}, "trivial": {
+                                        "majority": {"overall": {"accuracy": 0.5, "macro_f1": 0.222,
+                                                                 "n": 24}},
+                                        "prior": {"overall": {"accuracy": 0.375,
+                                                              "macro_f1": 0.3333, "n": 24}}}},
                      "champion": None, "reused": False},
         "drift": {"drifted": False, "verdict": "insufficient", "n_current": 12,
                   "reason": "not enough recent data: 12 observations in the window (< 50); "
@@ -68,7 +72,8 @@ def test_a_first_run_says_what_each_stage_did() -> None:
                    "0 left)"),
         ("dataset", "`a1b2c3` new version, train 190, val 24, test 24"),
         ("train", "plastic-detector v1 (new)"),
-        ("evaluate", "test accuracy 0.938, macro_f1 0.912; champion none"),
+        ("evaluate", "test accuracy 0.938, macro_f1 0.912; trivial predictors majority accuracy 0.500, macro_f1"
+                     " 0.222; prior accuracy 0.375, macro_f1 0.333; champion none"),
         ("promote", "PROMOTED - no champion yet; macro_f1 0.912 passes the bar 0.500"),
         ("score", "v1 scored 240 observations over 2 days, 1 failed (see the run log)"),
         ("drift", "NO VERDICT - not enough recent data: 12 observations in the window (< 50); "
@@ -84,7 +89,8 @@ def test_a_rerun_says_plainly_that_nothing_was_new() -> None:
         ("dataset", "`a1b2c3` unchanged: no new version, "
                     "train 190, val 24, test 24"),
         ("train", "plastic-detector v1 (already trained on this data and params: reused)"),
-        ("evaluate", "test accuracy 0.938, macro_f1 0.912; champion v1 "
+        ("evaluate", "test accuracy 0.938, macro_f1 0.912; trivial predictors majority accuracy 0.500, macro_f1"
+                     " 0.222; prior accuracy 0.375, macro_f1 0.333; champion v1 "
                      "(recorded earlier: reused)"),
         ("promote", "not promoted - v1 is already the champion (no new decision)"),
         ("score", "v1 scored 0 observations - nothing left to score"),
@@ -101,12 +107,14 @@ def test_a_paid_provider_stopped_by_its_budget_and_a_regression_model() -> None:
                          "completion_tokens": 1000, "cost": 0.01234}
     results["evaluate"]["challenger"] = {
         "overall": {"mae": 0.0812, "rmse": 0.1104, "r2": 0.4567, "n": 24},
-        "per_target": {}, "slices": {}}
+        "per_target": {}, "slices": {},
+        "trivial": {"mean": {"overall": {"mae": 0.1203, "rmse": 0.1507, "r2": -0.0123}}}}
     rows = dict(summary_rows("water-quality", results))
     assert rows["enrich"] == ("100 enriched by openai/gpt-4o-mini (237 requests, 3 cached, "
                               "2 failed, 138 left: request budget 102 reached), 10000 tokens, "
                               "~$0.0123")
-    assert rows["evaluate"] == "test mae 0.081, rmse 0.110, r2 0.457; champion none"
+    assert rows["evaluate"] == ("test mae 0.081, rmse 0.110, r2 0.457; trivial predictors mean "
+                                "mae 0.120, rmse 0.151, r2 -0.012; champion none")
     assert rows["train"] == "water-quality v1 (new)"
 
 
@@ -122,9 +130,11 @@ def test_the_fleet_table_has_a_row_per_model_and_names_a_failed_branch() -> None
     results = fleet_results()
     assert fleet_row(MODEL, results["models"][MODEL]) == (
         MODEL, "completed", "`a1b2c3` new", "v1 new", "accuracy 0.938, macro_f1 0.912",
+        "majority accuracy 0.500, macro_f1 0.222; prior accuracy 0.375, macro_f1 0.333",
         "PROMOTED v1", "240", "NO VERDICT")
     assert fleet_row("water-quality", results["models"]["water-quality"]) == (
-        "water-quality", "FAILED: RuntimeError: CUDA out of memory", "-", "-", "-", "-", "-", "-")
+        "water-quality", "FAILED: RuntimeError: CUDA out of memory", "-", "-", "-", "-", "-", "-",
+        "-")
 
 
 def test_the_markdown_names_the_profile_then_shared_stages_fleet_and_each_model() -> None:
@@ -133,7 +143,8 @@ def test_the_markdown_names_the_profile_then_shared_stages_fleet_and_each_model(
     assert lines[:6] == ["# OceanML nightly: 2 models, 1 FAILED (water-quality)", "",
                          "Profile: cpu-small (2 CPU cores)", "", "| stage | outcome |", "|---|---|"]
     assert lines[6:8] == [f"| {stage} | {outcome} |" for stage, outcome in shared_rows(results)]
-    assert lines[9] == "| model | branch | dataset | version | test | promotion | scored | drift |"
+    assert lines[9] == ("| model | branch | dataset | version | test | trivial predictors | "
+                        "promotion | scored | drift |")
     assert lines[11:13] == ["| " + " | ".join(fleet_row(m, b)) + " |"
                             for m, b in results["models"].items()]
     assert lines[14:18] == [f"## `{MODEL}`", "", "| stage | outcome |", "|---|---|"]
