@@ -73,7 +73,7 @@ def oceanml_check(reference: pd.DataFrame, current: pd.DataFrame) -> set[str]:
     from tasks.drift import compute_drift, load_thresholds
     from tasks.shards import reference_stats
 
-    thresholds = load_thresholds(REPO / "params.yaml")
+    thresholds, _ = load_thresholds(REPO / "params.yaml")
     ref = reference.assign(llm_tags=reference["llm_tags"].map(",".join))  # as manifests hold
     stats = reference_stats(ref, sample=2000)
     report = compute_drift(stats, current, thresholds)

@@ -14,6 +14,7 @@ from typing import Annotated
 
 import typer
 
+from oceanml.cli_labels import app as labels_app
 from oceanml.cli_models import app as models_app
 
 app = typer.Typer(help="OceanML: the ocean-monitoring ML lifecycle as Prefect flows.",
@@ -22,6 +23,7 @@ datasets_app = typer.Typer(help="Dataset versions (DVC) recorded in the metadata
                            no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
+app.add_typer(labels_app, name="labels")
 
 STAGES = ("nightly", "monitor", "ingest", "enrich", "dataset", "train", "evaluate", "drift", "promote",
           "score")

@@ -92,7 +92,7 @@ def show(name: str, as_json: JsonFlag = False) -> None:
     from sqlalchemy import select
 
     from oceanml.champion_history import current_champion
-    from oceanml.db import DecisionRecord
+    from oceanml.db import DecisionRecord, PerformanceEstimate
     from tasks.promote import decision_dict
 
     _, sessions, mlc = _context()
@@ -102,6 +102,9 @@ def show(name: str, as_json: JsonFlag = False) -> None:
         decisions = [decision_dict(d) for d in s.scalars(
             select(DecisionRecord).where(DecisionRecord.model_name == name)
             .order_by(DecisionRecord.id))]
+        estimates = [_estimate(e) for e in s.scalars(
+            select(PerformanceEstimate).where(PerformanceEstimate.model_name == name)
+            .order_by(PerformanceEstimate.id.desc()).limit(ESTIMATES_SHOWN))][::-1]
     versions = []
     for v in sorted(mlc.search_model_versions(f"name = '{name}'"), key=lambda v: int(v.version)):
         tags = v.tags or {}
@@ -110,7 +113,8 @@ def show(name: str, as_json: JsonFlag = False) -> None:
             "dataset_version": tags.get("dataset_version"), "git_commit": tags.get("git_commit"),
             "prefect_flow_run_id": tags.get("prefect_flow_run_id"), "run_id": v.run_id,
             "promotion": tags.get("promotion"),
-            "decisions": [d for d in decisions if d["candidate"] == str(v.version)]})
+            "decisions": [d for d in decisions if d["candidate"] == str(v.version)],
+            "estimates": [e for e in estimates if e["version"] == str(v.version)]})
     _emit({"name": name, "champion": champion, "versions": versions}, as_json, [
         f"v{v['version']:4}{' (champion)' if v['champion'] else '':12} dataset "
         f"{v['dataset_version'] or '-'} commit {(v['git_commit'] or '-')[:12]} "
@@ -118,7 +122,31 @@ def show(name: str, as_json: JsonFlag = False) -> None:
         + "".join(f"\n      {d['action']} vs v{d['champion'] or '-'}: "
                   f"{'promoted' if d['promoted'] else 'refused'}: {d['reason']}"
                   for d in v["decisions"])
+        + "".join(f"\n      {_estimate_line(e)}" for e in v["estimates"])
         for v in versions])
+
+
+ESTIMATES_SHOWN = 10  # the latest windows' estimates
+
+
+def _estimate(e: Any) -> dict[str, Any]:
+    return {"version": e.model_version, "window_since": e.window_since.isoformat(),
+            "window_until": e.window_until.isoformat(), "n": e.n, "metric": e.metric,
+            "estimated": e.estimated, "test": e.test_value, "drop": e.drop,
+            "drifted": e.drifted, "realized": e.realized}
+
+
+def _estimate_line(e: dict[str, Any]) -> str:
+    """``window to 2026-12-03T00:00 (240): estimated accuracy 0.851 [0.80, 0.89], test 0.870,
+    realized 0.840 (120 labelled)``."""
+    est = e["estimated"][e["metric"]]
+    realized = e["realized"]
+    return (f"window to {e['window_until'][:16]} ({e['n']}): estimated {e['metric']} "
+            f"{est['estimate']:.3f} [{est['low']:.3f}, {est['high']:.3f}], test "
+            + (f"{e['test']:.3f}" if e["test"] is not None else "-")
+            + (f", realized {realized[e['metric']]:.3f} ({realized['n']} labelled)"
+               if realized else ", not labelled yet")
+            + (" PERFORMANCE DRIFT" if e["drifted"] else ""))
 
 
 @app.command("history")

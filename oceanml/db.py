@@ -215,6 +215,32 @@ class DriftRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class PerformanceEstimate(Base):
+    """A classification champion's accuracy and macro-F1 on a drift window, estimated from
+    its calibrated probabilities (``tasks.performance``) with the interval, the test figure
+    it was held against and whether it counted as performance drift; the realized figures
+    once labels for the window's observations were imported (``oceanml labels import``)."""
+
+    __tablename__ = "performance_estimates"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_name: Mapped[str] = mapped_column(String(64), index=True)
+    model_version: Mapped[str] = mapped_column(String(16))
+    drift_record_id: Mapped[int | None] = mapped_column(Integer)
+    window_since: Mapped[datetime] = mapped_column()
+    window_until: Mapped[datetime] = mapped_column()
+    n: Mapped[int] = mapped_column(Integer)
+    metric: Mapped[str] = mapped_column(String(16))
+    estimated: Mapped[dict[str, Any]] = mapped_column(default=dict)  # metric -> estimate, low, high
+    test_value: Mapped[float | None] = mapped_column(Double)
+    drop: Mapped[float] = mapped_column(Double)
+    drifted: Mapped[bool] = mapped_column(Boolean)
+    realized: Mapped[dict[str, Any] | None] = mapped_column(NULLABLE_JSON)  # accuracy, ..., n
+    realized_at: Mapped[datetime | None] = mapped_column()
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Promotion(Base):
     """Every promotion decision, either way, with its reason."""
 

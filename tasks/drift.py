@@ -16,7 +16,7 @@ gather the window, compare, record); :func:`drift_task` wraps it with what needs
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -35,7 +35,9 @@ from oceanml.db import (
     SENSOR_COLUMNS,
     Dataset,
     DriftRecord,
+    Evaluation,
     Observation,
+    PerformanceEstimate,
     Prediction,
     session_factory,
 )
@@ -50,6 +52,7 @@ from tasks.drift_stats import (
     numeric_drift,
     share_drift,
 )
+from tasks.performance import PerformancePolicy, performance_feature
 from tasks.shards import IMAGE_FEATURES
 
 if TYPE_CHECKING:
@@ -57,7 +60,8 @@ if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 Verdict = Literal["drift", "none", "insufficient"]
-MODEL_VIEW = ("embedding", "predictions")  # features that drift the window on their own
+# features that drift the window on their own: the model's view, and its estimated accuracy
+MODEL_VIEW = ("embedding", "predictions", "performance")
 
 
 @dataclass(frozen=True)
@@ -145,8 +149,18 @@ def compute_drift(reference: dict[str, Any], current: pd.DataFrame, thresholds: 
                        verdict="drift" if verdict else "none")
 
 
-def load_thresholds(params_file: Path) -> DriftThresholds:
-    return DriftThresholds(**(yaml.safe_load(params_file.read_text()).get("drift") or {}))
+def load_thresholds(params_file: Path) -> tuple[DriftThresholds, PerformancePolicy]:
+    """The ``drift`` section of ``params.yaml`` and its ``performance`` part; an unknown key
+    is refused by name and place."""
+    section = dict(yaml.safe_load(params_file.read_text()).get("drift") or {})
+    performance = section.pop("performance", None) or {}
+    for where, values, cls in (("drift", section, DriftThresholds),
+                               ("drift.performance", performance, PerformancePolicy)):
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{params_file}: {where}: unknown key(s) {', '.join(unknown)} "
+                             f"(known: {', '.join(f.name for f in fields(cls))})")
+    return DriftThresholds(**section), PerformancePolicy(**performance)
 
 
 def recent_observations(sessions: sessionmaker, since: datetime) -> pd.DataFrame:
@@ -269,6 +283,76 @@ def model_view(sessions: sessionmaker, mlc: MlflowClient, settings: Any, model: 
     return features
 
 
+def window_probabilities(sessions: sessionmaker, model: str, version: str, classes: tuple,
+                         since: datetime, until: datetime | None) -> np.ndarray:
+    """The probabilities ``model`` v``version`` answered for the window's observations (its
+    batch scoring), one row per observation, columns in ``classes`` order."""
+    query = (select(Prediction.probabilities)
+             .join(Observation, Observation.id == Prediction.observation_id)
+             .where(Prediction.model_name == model, Prediction.model_version == version,
+                    Observation.observed_at >= since, Prediction.probabilities.is_not(None)))
+    if until is not None:
+        query = query.where(Observation.observed_at < until)
+    with sessions() as session:
+        rows = session.scalars(query).all()
+    return np.asarray([[p.get(c, 0.0) for c in classes] for p in rows], dtype=float
+                      ).reshape(-1, len(classes))
+
+
+def test_figures(sessions: sessionmaker, model: str, version: str) -> dict[str, float] | None:
+    """The overall test metrics of ``model`` v``version``'s latest evaluation."""
+    with sessions() as session:
+        row = session.scalar(select(Evaluation).where(Evaluation.model_name == model,
+                                                      Evaluation.model_version == version)
+                             .order_by(Evaluation.id.desc()).limit(1))
+    return None if row is None else dict(row.challenger_metrics.get("overall") or {})
+
+
+def performance_view(sessions: sessionmaker, mlc: MlflowClient, model: str,
+                     champion: ModelVersion | None, since: datetime, until: datetime | None,
+                     t: DriftThresholds, policy: PerformancePolicy) -> dict[str, dict[str, Any]]:
+    """``performance``: a classification champion's accuracy and macro-F1 on the window,
+    estimated from the calibrated probabilities it answered (:mod:`tasks.performance`),
+    against its own test figure. Nothing for a regressor or a window under ``min_samples``."""
+    from models.predictor import version_spec
+
+    if champion is None:
+        return {}
+    version = str(champion.version)
+    try:
+        spec = version_spec(mlc, model, version)
+    except LookupError:
+        return {}
+    if spec.task != "classification":
+        return {}
+    probabilities = window_probabilities(sessions, model, version, spec.outputs, since, until)
+    if len(probabilities) < t.min_samples:
+        return {}
+    feature = performance_feature(probabilities, test_figures(sessions, model, version), policy)
+    return {"performance": {**feature, "version": version}}
+
+
+def record_estimate(session: Any, mlc: MlflowClient, model: str, feature: dict[str, Any],
+                    since: datetime, until: datetime, drift_record_id: int,
+                    flow_run_id: str | None, run_id: str | None) -> PerformanceEstimate:
+    """The estimate's row, and its points on the champion's MLflow run (a time series a
+    person plots in the MLflow UI: one step per window end)."""
+    row = PerformanceEstimate(
+        model_name=model, model_version=feature["version"], drift_record_id=drift_record_id,
+        window_since=since, window_until=until, n=feature["n"], metric=feature["metric"],
+        estimated=feature["estimated"], test_value=feature["test"], drop=feature["drop"],
+        drifted=feature["drifted"], flow_run_id=flow_run_id)
+    session.add(row)
+    if run_id:
+        stamp = int(until.timestamp() * 1000)
+        for metric, figures in feature["estimated"].items():
+            for key, value in figures.items():
+                name = f"monitor/estimated_{metric}" + ("" if key == "estimate" else f"_{key}")
+                mlc.log_metric(run_id, name, float(value), timestamp=stamp,
+                               step=int(until.timestamp()))
+    return row
+
+
 def detect_drift(
     sessions: sessionmaker,
     mlc: MlflowClient,
@@ -278,6 +362,9 @@ def detect_drift(
     since: datetime,
     flow_run_id: str | None,
     settings: Any = None,
+    *,
+    until: datetime | None = None,
+    performance: PerformancePolicy | None = None,
 ) -> DriftReport:
     """Compare the window since ``since`` with the reference dataset; record the check.
 
@@ -285,7 +372,10 @@ def detect_drift(
     checks: two checks of the same data are two rows); without a reference (no champion and
     no stored fallback dataset) nothing is recorded and the report says so, with
     ``reference_dataset_version`` None. The model's view (predictions, embeddings) is
-    checked when ``settings`` say where the lake is.
+    checked when ``settings`` say where the lake is. A classification champion's accuracy on
+    the window is estimated from the probabilities it answered there (``performance``,
+    judged by ``performance``'s drop) and recorded in ``performance_estimates`` for the
+    window ``[since, until)`` (until: now).
     """
     champion = alias_version(mlc, model)  # read once: the reference and the model's view
     reference = reference_dataset(sessions, champion, model, fallback_dataset_version)
@@ -294,6 +384,9 @@ def detect_drift(
     window = recent_observations(sessions, since)
     extra = (model_view(sessions, mlc, settings, model, champion, reference, window, since,
                         thresholds) if settings is not None else {})
+    if len(window) >= thresholds.min_samples:
+        extra |= performance_view(sessions, mlc, model, champion, since, until, thresholds,
+                                  performance or PerformancePolicy())
     report = replace(compute_drift(reference.reference_stats, window, thresholds, extra),
                      reference_dataset_version=reference.version)
     if settings is not None and report.features:
@@ -301,10 +394,16 @@ def detect_drift(
         report.mlflow_run_id = log_drift_run(mlc, settings.mlflow_artifact_uri, model, report,
                                              figure, drift_table(report.features))
     with sessions() as session:
-        session.add(DriftRecord(model_name=model, reference_dataset_version=reference.version,
-                                n_current=report.n_current, drifted=report.drifted,
-                                verdict=report.verdict, features=report.features,
-                                flow_run_id=flow_run_id))
+        record = DriftRecord(model_name=model, reference_dataset_version=reference.version,
+                             n_current=report.n_current, drifted=report.drifted,
+                             verdict=report.verdict, features=report.features,
+                             flow_run_id=flow_run_id)
+        session.add(record)
+        session.flush()
+        if "performance" in report.features:
+            record_estimate(session, mlc, model, report.features["performance"], since,
+                            until or datetime.now(UTC), record.id, flow_run_id,
+                            champion.run_id if champion is not None else None)
         session.commit()
     return report
 
@@ -320,10 +419,10 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
     settings = get_settings()
     since = (now or datetime.now(UTC)) - timedelta(days=settings.drift_window_days)
     mlc = mlflow_client(settings)
+    thresholds, performance = load_thresholds(settings.project_dir.resolve() / "params.yaml")
     report = detect_drift(session_factory(settings.db_url), mlc, model,
-                          fallback_dataset_version,
-                          load_thresholds(settings.project_dir.resolve() / "params.yaml"),
-                          since, lineage.flow_run_id(), settings=settings)
+                          fallback_dataset_version, thresholds, since, lineage.flow_run_id(),
+                          settings=settings, until=now, performance=performance)
     reference = report.reference_dataset_version
     if reference is None:
         return {"drifted": False, "verdict": "no_reference", "reason": report.reason,
@@ -345,4 +444,5 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
     stage_logger("drift").info("drift of %s: %s (%s)", model, report.verdict, report.reason)
     return {"drifted": report.drifted, "verdict": report.verdict, "reason": report.reason,
             "n_current": report.n_current, "reference_dataset_version": reference,
-            "share_drifted": report.share_drifted}
+            "share_drifted": report.share_drifted,
+            "performance": report.features.get("performance")}

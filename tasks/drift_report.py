@@ -28,11 +28,18 @@ def table_row(name: str, f: dict[str, Any]) -> dict[str, Any]:
     elif kind == "share":
         test, stat, p = "two-proportion", f"{f['cur_share'] - f['ref_share']:+.0%}", f["pvalue"]
         ref, cur = f"{f['ref_share']:.0%}", f"{f['cur_share']:.0%}"
+    elif kind == "performance":  # the champion's estimated accuracy, no test statistic
+        e = f["estimated"][f["metric"]]
+        test, p = "confidence-based estimate", None
+        stat = f"{f['metric']} {e['estimate']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+        ref = f"test {f['test']:.3f}" if f.get("test") is not None else "no test figure"
+        cur = f"drop allowed {f['drop']:.2f}"
     else:  # embedding
         test, stat, p = "MMD, permutations", f"mmd² {f['mmd2']:.4g}", f["pvalue"]
         ref, cur = f"{f['n_ref']} images", f"{f['n_cur']} images"
     return {"feature": name, "drifted": "DRIFT" if f["drifted"] else "", "test": test,
-            "statistic": stat, "p-value": f"{p:.2g}", "reference": ref, "current": cur}
+            "statistic": stat, "p-value": "-" if p is None else f"{p:.2g}", "reference": ref,
+            "current": cur}
 
 
 def drift_table(features: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

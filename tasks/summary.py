@@ -77,7 +77,20 @@ def drift_outcome(drift: dict[str, Any]) -> str:
     verdict = drift.get("verdict") or ("drift" if drift["drifted"] else "none")
     label = {"drift": "DETECTED", "none": "none", "insufficient": "NO VERDICT",
              "no_reference": "NO REFERENCE"}.get(verdict, verdict)
-    return f"{label} - {drift['reason']}"
+    return f"{label} - {drift['reason']}" + performance_outcome(drift.get("performance"))
+
+
+def performance_outcome(feature: dict[str, Any] | None) -> str:
+    """``; estimated accuracy 0.851 [0.803, 0.894] (test 0.870)`` for a classification
+    champion's window, nothing otherwise."""
+    if not feature:
+        return ""
+    e = feature["estimated"][feature["metric"]]
+    test = f"test {feature['test']:.3f}" if feature.get("test") is not None else "no test figure"
+    return (f"; estimated {feature['metric']} {e['estimate']:.3f} [{e['low']:.3f}, "
+            f"{e['high']:.3f}] ({test}"
+            + (f", more than {feature['drop']:.2f} below: PERFORMANCE DRIFT)"
+               if feature["drifted"] else ")"))
 
 
 FLEET_COLUMNS = ("model", "branch", "dataset", "version", "test", "trivial predictors",

@@ -76,13 +76,23 @@ def sessions(settings: Settings):
 def dataset(settings, sessions, tmp_path) -> Path:
     """160 simulated observations of one day, ingested and built into 32 px shards of
     ``plastic-detector``: the dataset training and evaluation tests read."""
+    return simulated_dataset(settings, sessions, "plastic-detector", tmp_path / "ds", size=32,
+                             days=1, devices=4, per_day=40, end=DATASET_END)
+
+
+def simulated_dataset(settings: Settings, sessions, model: str, out: Path, *, size: int,
+                      days: int, devices: int, per_day: int, end: datetime,
+                      annotated_fraction: float = 0.9) -> Path:
+    """Simulated observations landed, ingested and built into ``model``'s shards at ``out``
+    (``<out>.csv`` the manifest): a dataset version without DVC, for training tests."""
     write_landing(filesystem(settings.landing_url),
-                  simulate(days=1, devices=4, per_day=40, end=DATASET_END, annotated_fraction=0.9),
-                  faults=False)
-    ingest(settings, sessions, now=DATASET_END)
-    write_manifest(select_manifest(sessions, "plastic-detector").frame, tmp_path / "m.csv")
-    build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams("plastic-detector", 32), settings)
-    return tmp_path / "ds"
+                  simulate(days=days, devices=devices, per_day=per_day, end=end,
+                           annotated_fraction=annotated_fraction), faults=False)
+    ingest(settings, sessions, now=end)
+    manifest = out.with_suffix(".csv")
+    write_manifest(select_manifest(sessions, model).frame, manifest)
+    build(manifest, out, DatasetParams(model, size), settings)
+    return out
 
 
 @pytest.fixture

@@ -22,15 +22,11 @@ from oceanml.cli import app
 from oceanml.db import session_factory
 from oceanml.registry import client
 from oceanml.settings import get_settings
-from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
-from tasks.dataset import select_manifest, write_manifest
 from tasks.evaluate import evaluate
 from tasks.gates import PromotionPolicy
-from tasks.ingest import ingest
 from tasks.promote import promote, rollback
-from tasks.shards import DatasetParams, build
 from tasks.train import TrainParams, train_model
+from tests.conftest import simulated_dataset
 
 pytestmark = pytest.mark.slow
 END = datetime(2026, 11, 20, tzinfo=UTC)
@@ -63,13 +59,8 @@ def test_refused_promoted_rolled_back_and_the_history_says_so(tmp_path, monkeypa
     get_settings.cache_clear()
     settings = get_settings()
     sessions, mlc = session_factory(settings.db_url), client(settings)
-    write_landing(filesystem(settings.landing_url),
-                  simulate(days=2, devices=6, per_day=60, end=END, annotated_fraction=0.9),
-                  faults=False)
-    ingest(settings, sessions, now=END)
-    write_manifest(select_manifest(sessions, "plastic-detector").frame, tmp_path / "m.csv")
-    data = tmp_path / "ds"
-    build(tmp_path / "m.csv", data, DatasetParams("plastic-detector", SIZE), settings)
+    data = simulated_dataset(settings, sessions, "plastic-detector", tmp_path / "ds", size=SIZE,
+                             days=2, devices=6, per_day=60, end=END)
     spec = get_spec("plastic-detector", backbone="resnet18", input_size=SIZE)
 
     def train(key: str, epochs: int, lr: float, where=data) -> str:

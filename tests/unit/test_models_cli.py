@@ -136,3 +136,32 @@ def test_list_repairs_an_alias_the_history_moved_past(settings, sessions, mlc) -
     code, doc = models("list")
     assert code == 0 and doc[0]["champion"] == "2"
     assert champion(mlc) == ("2", "1")
+
+
+def test_show_lists_each_versions_estimates_with_the_realized_figures(settings, sessions,
+                                                                     mlc) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from oceanml.db import PerformanceEstimate
+
+    until = datetime(2026, 11, 21, tzinfo=UTC)
+    estimated = {"accuracy": {"estimate": 0.88, "low": 0.86, "high": 0.9},
+                 "macro_f1": {"estimate": 0.85, "low": 0.82, "high": 0.87}}
+    with sessions() as s:
+        for day, realized in ((0, {"accuracy": 0.87, "macro_f1": 0.84, "n": 120}), (1, None)):
+            s.add(PerformanceEstimate(
+                model_name=MODEL, model_version="2", window_since=until - timedelta(days=2),
+                window_until=until + timedelta(days=day), n=480, metric="accuracy",
+                estimated=estimated, test_value=0.9, drop=0.1, drifted=False,
+                realized=realized))
+        s.commit()
+    code, doc = models("show", MODEL)
+    assert code == 0
+    by_version = {v["version"]: v["estimates"] for v in doc["versions"]}
+    assert by_version["1"] == [] and len(by_version["2"]) == 2
+    assert by_version["2"][0]["realized"] == {"accuracy": 0.87, "macro_f1": 0.84, "n": 120}
+    text = runner.invoke(app, ["models", "show", MODEL]).output
+    assert ("window to 2026-11-21T00:00 (480): estimated accuracy 0.880 [0.860, 0.900], test "
+            "0.900, realized 0.870 (120 labelled)") in text
+    assert "window to 2026-11-22T00:00 (480): estimated accuracy 0.880 [0.860, 0.900], test " \
+           "0.900, not labelled yet" in text

@@ -175,3 +175,25 @@ def test_an_mlflow_link_names_the_run_and_hides_the_password(settings) -> None:
     link = run_link(mlc, "https://ml:Sentinel-3@mlflow.example/", run.info.run_id, "drift")
     assert link == (f"https://ml:***@mlflow.example/#/experiments/{run.info.experiment_id}/runs/"
                     f"{run.info.run_id} (artifacts `drift/`)")
+
+
+def test_the_drift_line_shows_the_label_free_estimate() -> None:
+    """The nightly's and the monitor's drift line (both use ``drift_outcome``)."""
+    from tasks.summary import drift_outcome
+
+    feature = {"kind": "performance", "metric": "accuracy", "n": 480, "test": 0.91,
+               "drop": 0.1, "drifted": False,
+               "estimated": {"accuracy": {"estimate": 0.8812, "low": 0.8633, "high": 0.8991},
+                             "macro_f1": {"estimate": 0.85, "low": 0.83, "high": 0.87}}}
+    drift = {"drifted": False, "verdict": "none", "reason": "0/21 features drifted (none); "
+             "bar is 30%", "performance": feature}
+    assert drift_outcome(drift) == ("none - 0/21 features drifted (none); bar is 30%; "
+                                    "estimated accuracy 0.881 [0.863, 0.899] (test 0.910)")
+    low = {**feature, "drifted": True,
+           "estimated": {**feature["estimated"],
+                         "accuracy": {"estimate": 0.7, "low": 0.66, "high": 0.74}}}
+    assert drift_outcome({**drift, "verdict": "drift", "performance": low}).endswith(
+        "estimated accuracy 0.700 [0.660, 0.740] (test 0.910, more than 0.10 below: "
+        "PERFORMANCE DRIFT)")
+    assert drift_outcome({**drift, "performance": None}) == (
+        "none - 0/21 features drifted (none); bar is 30%")
