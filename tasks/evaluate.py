@@ -494,7 +494,9 @@ def evaluation_markdown(model: str, outcome: dict[str, Any], link: str = "") -> 
     if cal:
         lines += ["", f"Calibration on the test split ({cal['n']} examples, {cal['bins']} bins): "
                   f"temperature {cal['temperature']:.3f} (fit on the validation split), "
-                  f"ECE {cal['ece_before']:.3f} before scaling, {cal['ece_after']:.3f} after"]
+                  f"ECE {cal['ece_before']:.3f} before scaling, {cal['ece_after']:.3f} after"
+                  + (f"; NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}"
+                     if "nll_before" in cal else "")]
     small = challenger.get("small_slices") or {}
     if small:
         lines += ["", f"Too few examples to score (under {MIN_SLICE}): "

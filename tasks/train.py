@@ -219,7 +219,9 @@ def calibrate(mlc: Any, run_id: str, net: Any, spec: ModelSpec, dataset_dir: Pat
     summary = calibration_summary(logits, labels.numpy(), temperature)
     figures = {"calibration/temperature": temperature,
                "calibration/val_ece_before": summary["ece_before"],
-               "calibration/val_ece_after": summary["ece_after"]}
+               "calibration/val_ece_after": summary["ece_after"],
+               "calibration/val_nll_before": summary["nll_before"],
+               "calibration/val_nll_after": summary["nll_after"]}
     for name, value in figures.items():
         mlc.log_metric(run_id, name, value)
     fig = reliability_figure(summary, f"{spec.name}: validation split ({summary['n']})")

@@ -32,6 +32,7 @@ def test_an_overconfident_model_is_calibrated_by_its_temperature() -> None:
     summary = calibration_summary(logits, labels.numpy(), t)
     assert summary["ece_before"] > 0.1
     assert summary["ece_after"] < summary["ece_before"] / 3
+    assert summary["nll_after"] < summary["nll_before"]  # what the temperature minimises
     assert summary["bins"] == 15 and summary["n"] == len(labels)
     before = torch.softmax(logits, 1).argmax(1)
     after = torch.softmax(logits / t, 1).argmax(1)
