@@ -210,3 +210,17 @@ def test_evaluation_under_ddp_gives_every_rank_rows_even_with_one_row_group(tmp_
         seen.append(ids_of(batches))
     assert seen == [[0, 2], [1]]
 
+
+
+def test_augmentation_gives_each_of_the_eight_flips_and_turns_and_nothing_else() -> None:
+    import random
+
+    from models.datamodule import augment
+
+    image = torch.arange(3 * 4 * 4, dtype=torch.uint8).reshape(3, 4, 4)
+    views = {tuple(v.rot90(k, dims=(1, 2)).flatten().tolist())
+             for v in (image, image.flip(-1)) for k in range(4)}
+    assert len(views) == 8
+    rng = random.Random(0)
+    seen = {tuple(augment(image, rng).flatten().tolist()) for _ in range(400)}
+    assert seen == views  # every one of them, and only those (the labels stay true)

@@ -33,9 +33,9 @@ TRAINER = textwrap.dedent('''
     from oceanml.settings import get_settings
     from tasks.train import TrainParams, train_model
 
-    def row_key(image):  # the row behind an image, flipped by augmentation or not
-        return min(hashlib.sha1(image.numpy().tobytes()).hexdigest(),
-                   hashlib.sha1(image.flip(-1).numpy().tobytes()).hexdigest())
+    def row_key(image):  # the row behind an image, however augmentation flipped or turned it
+        views = [v.rot90(k, dims=(1, 2)) for v in (image, image.flip(-1)) for k in range(4)]
+        return min(hashlib.sha1(v.contiguous().numpy().tobytes()).hexdigest() for v in views)
 
     class Report(L.Callback):
         def on_train_epoch_start(self, trainer, module):
@@ -63,9 +63,10 @@ TRAINER = textwrap.dedent('''
 
 
 def row_key(image: torch.Tensor) -> str:
-    """The test's copy of the trainer script's key: one per row, whichever way it is flipped."""
-    return min(hashlib.sha1(image.numpy().tobytes()).hexdigest(),
-               hashlib.sha1(image.flip(-1).numpy().tobytes()).hexdigest())
+    """The test's copy of the trainer script's key: one per row, whichever of the eight flips
+    and quarter turns augmentation gave it."""
+    views = [v.rot90(k, dims=(1, 2)) for v in (image, image.flip(-1)) for k in range(4)]
+    return min(hashlib.sha1(v.contiguous().numpy().tobytes()).hexdigest() for v in views)
 
 
 def split_keys(dataset) -> list[str]:

@@ -15,7 +15,7 @@ import torch
 from models.preprocess import model_input
 from oceanml.registry import client, set_champion
 from tests.registered import SPEC, conv_net, register
-from tests.serving.conftest import serves_version
+from tests.serving.conftest import calibrated_net, serves_version
 from tests.serving.test_endpoint import PREDICT, jpeg
 
 CLIENTS = 8
@@ -75,7 +75,7 @@ def test_promotion_under_load_fails_nothing_and_swaps_once(settings, served) -> 
     late_v1 = [a for a in answers if a[0] > first_v2 and a[3] == "1"]
     assert not late_v1, f"{len(late_v1)} answers from v1 after v2 answered"
     # every answer is the named version's own answer for this image
-    want = {"1": expected(conv_net(1), image), v2: expected(conv_net(2), image)}
+    want = {"1": expected(calibrated_net(1), image), v2: expected(conv_net(2), image)}
     assert not np.allclose(want["1"], want[v2], atol=1e-3)
     for _, _, _, version, probs in answers:
         np.testing.assert_allclose(probs, want[version], atol=1e-4)
