@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +32,13 @@ def train_targets(spec: ModelSpec, raw_labels: Sequence[str]) -> np.ndarray:
         return np.asarray([spec.outputs.index(label) for label in raw_labels], dtype=np.int64)
     values = [json.loads(label) for label in raw_labels]
     return np.asarray(values, dtype=np.float64).reshape(-1, spec.num_outputs)
+
+
+def split_targets(spec: ModelSpec, dataset_dir: Path, split: str = "train") -> np.ndarray:
+    """The targets of one split of a dataset version (labels only, no image is read)."""
+    from models.datamodule import read_split
+
+    return train_targets(spec, read_split(dataset_dir, split, ["label"])["label"])
 
 
 def trivial_predictions(spec: ModelSpec, train: np.ndarray, n: int) -> dict[str, np.ndarray]:

@@ -32,7 +32,7 @@ from oceanml.logs import stage_logger
 from oceanml.registry import client as mlflow_client
 from oceanml.registry import load_model, run_link, tracking_uri
 from oceanml.settings import get_settings
-from tasks.baselines import train_targets, trivial_predictions
+from tasks.baselines import split_targets, trivial_predictions
 from tasks.dataset import local_dataset
 
 if TYPE_CHECKING:
@@ -254,9 +254,7 @@ def trivial_reports(spec: ModelSpec, dataset_dir: Path, truth: np.ndarray,
                     slices: dict[str, Sequence[Any]]) -> dict[str, dict[str, Any]]:
     """The trivial predictors (:mod:`tasks.baselines`), fit on the train split and scored on
     the same test examples as the model: name -> report."""
-    from models.datamodule import read_split
-
-    train = train_targets(spec, read_split(dataset_dir, "train", ["label"])["label"])
+    train = split_targets(spec, dataset_dir)
     return {name: scored_report(spec, truth, preds, slices)
             for name, preds in trivial_predictions(spec, train, len(truth)).items()}
 
@@ -325,10 +323,9 @@ def evaluate_versions(
     champion_version: str | None,
 ) -> EvalOutcome:
     """Score both versions on ``dataset_dir``'s test split; log plots and the report to MLflow."""
-    challenger = report_for(load_model(mlc, spec.name, challenger_version), dataset_dir, spec)
-    challenger["trivial"] = trivial_reports(spec, dataset_dir,
-                                            np.asarray(challenger["examples"]["y_true"]),
-                                            test_slices(dataset_dir))
+    challenger = with_trivial(
+        report_for(load_model(mlc, spec.name, challenger_version), dataset_dir, spec), spec,
+        lambda: dataset_dir)
     champion = None
     if champion_version and champion_version != challenger_version:
         champion = report_for(load_model(mlc, spec.name, champion_version), dataset_dir, spec)
@@ -357,9 +354,8 @@ def evaluate_versions(
         plt.close(fig)
     for name, value in challenger["overall"].items():
         mlc.log_metric(run_id, f"eval/{name}", float(value))
-    for name in ("temperature", "ece_before", "ece_after"):
-        if "calibration" in challenger:
-            mlc.log_metric(run_id, f"eval/{name}", float(challenger["calibration"][name]))
+    for name in ("temperature", "ece_before", "ece_after") if "calibration" in challenger else ():
+        mlc.log_metric(run_id, f"eval/{name}", float(challenger["calibration"][name]))
     for trivial, report in challenger["trivial"].items():  # beside the model's, in the run
         for name, value in report["overall"].items():
             mlc.log_metric(run_id, f"eval/trivial_{trivial}/{name}", float(value))
@@ -423,9 +419,9 @@ def evaluate(
 
 def with_trivial(report: dict[str, Any], spec: ModelSpec, dataset_dir: Callable[[], Path]
                  ) -> dict[str, Any]:
-    """``report`` with the trivial predictors' reports: an evaluation recorded before they
-    were kept gets them computed on its test examples now (not stored: the row stays as it
-    was written)."""
+    """``report`` with the trivial predictors' reports on its test examples, computed unless
+    it has them: for a new evaluation, and for one recorded before they were kept (not
+    stored then: the row stays as it was written)."""
     if "trivial" in report or not report.get("examples"):
         return report
     directory = dataset_dir()

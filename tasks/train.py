@@ -43,7 +43,7 @@ from oceanml.registry import (
 )
 from oceanml.settings import Settings, get_settings
 from oceanml.store import sha256_hex
-from tasks.baselines import train_targets
+from tasks.baselines import split_targets
 from tasks.dataset import local_dataset
 from tasks.hardware import Hardware
 
@@ -248,9 +248,7 @@ def target_stats(spec: ModelSpec, dataset_dir: Path) -> dict[str, list[float]]:
     classifier): one loss over targets of very different spread would learn the widest only."""
     if spec.task != "regression":
         return {}
-    from models.datamodule import read_split
-
-    values = train_targets(spec, read_split(dataset_dir, "train", ["label"])["label"])
+    values = split_targets(spec, dataset_dir)
     if len(values) == 0:
         raise ValueError(f"{spec.name}: the train split of {dataset_dir} is empty")
     return {"target_mean": values.mean(axis=0).tolist(), "target_std": values.std(axis=0).tolist()}
