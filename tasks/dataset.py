@@ -64,7 +64,8 @@ def select_manifest(sessions: sessionmaker, params: DatasetParams | str,
     with sessions() as session:
         for row in session.execute(query).mappings():
             reason = selection.refusal(row, SENSOR_COLUMNS)
-            labelled = None if reason else labelling.label(row["labels"], row["llm_tags"])
+            labelled = None if reason else labelling.label(
+                row["labels"], row["llm_tags"], {name: row[name] for name in SENSOR_COLUMNS})
             if reason is None and labelled is None:
                 reason = "no_label"
             reasons.append(reason)
@@ -134,7 +135,7 @@ def check_labels(model: str, params: DatasetParams) -> None:
     from models.zoo import get_spec
 
     spec = get_spec(model)
-    if params.label_source == "annotated":
+    if params.label_source not in ("weak", "annotated_then_weak"):
         return
     if spec.task != "classification":
         raise ValueError(f"datasets.{model}: weak labels need a classification model")

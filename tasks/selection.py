@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from oceanml.labels import KNOWN_DEVICE_TYPES
+from oceanml.labels import KNOWN_DEVICE_TYPES, READINGS_LABELS, water_quality_label
 from oceanml.llm import TAG_VOCABULARY
 
-LabelSource = Literal["annotated", "weak", "annotated_then_weak"]
-LABEL_SOURCES = ("annotated", "weak", "annotated_then_weak")
+LABEL_SOURCES = ("annotated", "weak", "annotated_then_weak", "readings_then_annotated")
+LabelSource = Literal["annotated", "weak", "annotated_then_weak", "readings_then_annotated"]
 
 
 def _strict(cls: type, section: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -168,8 +168,14 @@ class WeakLabels:
 
 @dataclass(frozen=True)
 class Labelling:
-    """Where labels come from: annotations under ``label_key``, weak labels, or both (an
-    annotation wins over a weak label)."""
+    """Where labels come from: annotations under ``label_key``, weak labels from the LLM tags
+    (an annotation wins), or the observation's own sensor readings.
+
+    ``readings_then_annotated`` is for a label that is a function of the readings (the
+    water-quality indices): computed from the observation's own readings where they are
+    complete, so every such observation is labelled, not only the annotated few, and all on
+    one scale; the annotation only where readings are missing.
+    """
 
     label_key: str
     source: LabelSource = "annotated"
@@ -178,17 +184,26 @@ class Labelling:
     def __post_init__(self) -> None:
         if self.source not in LABEL_SOURCES:
             raise ValueError(f"label_source {self.source!r}: expected one of {LABEL_SOURCES}")
-        if self.source != "annotated" and not self.weak.rules and self.weak.default is None:
+        if self.source in ("weak", "annotated_then_weak") and not self.weak.rules \
+                and self.weak.default is None:
             raise ValueError(f"label_source {self.source!r} needs weak_labels rules")
+        if self.source == "readings_then_annotated" and self.label_key not in READINGS_LABELS:
+            raise ValueError(f"label_source {self.source!r}: no label is computed from readings "
+                             f"for {self.label_key!r} (only {', '.join(READINGS_LABELS)})")
 
-    def label(self, labels: Mapping[str, Any] | None, tags: list[str] | None
-              ) -> tuple[Any, str] | None:
-        """(label, "annotated" | "weak") for one observation, or None when it has none."""
+    def label(self, labels: Mapping[str, Any] | None, tags: list[str] | None,
+              readings: Mapping[str, Any] | None = None) -> tuple[Any, str] | None:
+        """(label, "annotated" | "weak" | "readings") for one observation, or None."""
+        if self.source == "readings_then_annotated" and readings is not None \
+                and all(v is not None for v in readings.values()):
+            return READINGS_LABELS[self.label_key](dict(readings)), "readings"
         if self.source != "weak":
             annotated = (labels or {}).get(self.label_key)
             if annotated is not None:
+                if self.label_key == "water-quality":
+                    annotated = water_quality_label(annotated)
                 return annotated, "annotated"
-        if self.source != "annotated":
+        if self.source in ("weak", "annotated_then_weak"):
             weak = self.weak.label(tags)
             if weak is not None:
                 return weak, "weak"

@@ -1,11 +1,14 @@
 """Dataset specs: selection filters, weak labels from LLM tags, and refusing a bad spec."""
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
 import yaml
 
+from oceanml.db import SENSOR_COLUMNS
+from oceanml.labels import WATER_QUALITY_TARGETS, water_quality_indices, water_quality_label
 from oceanml.llm import HeuristicProvider
 from oceanml.simulator import simulate, write_landing
 from oceanml.store import filesystem
@@ -108,6 +111,26 @@ def test_weak_labels_fill_in_where_there_is_no_annotation(landed) -> None:
     for tags, label in zip(weak["llm_tags"].str.split(","), weak["label"], strict=True):
         expected = "high" if "algae-bloom" in tags else "low" if "green-water" in tags else "none"
         assert label == expected
+
+
+def test_water_quality_is_labelled_from_the_readings_of_every_observation(landed) -> None:
+    """Every observation with readings gets the indices its readings give, annotated or not;
+    a stored annotation of the older five indices is read without salinity balance."""
+    spec = {"label_key": "water-quality"}
+    annotated = select_manifest(landed, DatasetParams.from_dict(spec), now=END).frame
+    readings = select_manifest(landed, DatasetParams.from_dict(
+        {**spec, "label_source": "readings_then_annotated"}), now=END).frame
+    assert len(readings) > len(annotated) > 0
+    assert set(readings["label_source"]) == {"readings"}
+    for _, row in readings.iterrows():
+        values = {name: row[name] for name in SENSOR_COLUMNS}
+        assert json.loads(row["label"]) == water_quality_indices(values)
+    assert len(json.loads(readings["label"].iloc[0])) == len(WATER_QUALITY_TARGETS) == 4
+    five = [0.9, 0.8, 0.1, 0.95, 0.7]
+    assert water_quality_label(five) == [0.9, 0.8, 0.1, 0.7]
+    assert water_quality_label([0.9, 0.8, 0.1, 0.7]) == [0.9, 0.8, 0.1, 0.7]
+    with pytest.raises(ValueError, match="no label is computed from readings for 'plastic"):
+        params(label_source="readings_then_annotated")
 
 
 @pytest.mark.parametrize(("section", "message"), [

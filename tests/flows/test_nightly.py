@@ -259,7 +259,7 @@ def test_a_retrain_reuses_what_the_night_made_and_its_cooldown_counts_from_it(ru
 
 
 def test_the_regression_model_ran_end_to_end_beside_the_classifier(runs) -> None:
-    """water-quality: five indices in [0, 1], judged on MAE, lower is better."""
+    """water-quality: four indices in [0, 1], judged on MAE, lower is better."""
     out = runs.fleet[REGRESSION]
     assert out["dataset"]["created"] and not out["train"]["reused"]
     assert out["dataset"]["version"] != runs.first["dataset"]["version"]

@@ -35,8 +35,8 @@ def regression_report(preds: np.ndarray, truth: np.ndarray, train: np.ndarray) -
 RNG = np.random.default_rng(3)
 TRAIN_CLS = RNG.choice(3, 600, p=[0.5, 0.3, 0.2])
 TRUTH_CLS = RNG.choice(3, 120, p=[0.5, 0.3, 0.2])
-TRAIN_REG = RNG.uniform(0.2, 0.8, (600, 5))
-TRUTH_REG = RNG.uniform(0.2, 0.8, (120, 5))
+TRAIN_REG = RNG.uniform(0.2, 0.8, (600, REG.num_outputs))
+TRUTH_REG = RNG.uniform(0.2, 0.8, (120, REG.num_outputs))
 
 
 def noisy(truth: np.ndarray, wrong: float, seed: int) -> np.ndarray:
@@ -78,15 +78,15 @@ def test_a_regressor_answering_the_train_mean_is_refused_on_every_gate() -> None
 
 
 def test_a_regressor_must_explain_every_target() -> None:
-    """Good on four targets, the mean on the fifth: better than the mean overall, refused."""
+    """Good on three targets, the mean on the fourth: better than the mean overall, refused."""
     rng = np.random.default_rng(5)
     preds = TRUTH_REG + rng.normal(0, 0.03, TRUTH_REG.shape)
     preds[:, 3] = TRAIN_REG[:, 3].mean()
     decision = decide_promotion(regression_report(preds, TRUTH_REG, TRAIN_REG), None, MAE)
     by_name = {c.name: c for c in decision.checks}
-    assert by_name["trivial"].passed and not by_name["r2 salinity_balance"].passed
-    assert all(by_name[f"r2 {t}"].passed for t in REG.outputs if t != "salinity_balance")
-    assert not decision.promote and decision.reason == by_name["r2 salinity_balance"].detail
+    assert by_name["trivial"].passed and not by_name["r2 ph_balance"].passed
+    assert all(by_name[f"r2 {t}"].passed for t in REG.outputs if t != "ph_balance")
+    assert not decision.promote and decision.reason == by_name["r2 ph_balance"].detail
     good = TRUTH_REG + rng.normal(0, 0.03, TRUTH_REG.shape)
     assert decide_promotion(regression_report(good, TRUTH_REG, TRAIN_REG), None, MAE).promote
 
@@ -131,7 +131,7 @@ def test_every_check_says_what_happened_in_both_outcomes() -> None:
         regression_report(preds, TRUTH_REG, TRAIN_REG), None, MAE).checks}
     assert checks["r2 clarity"].detail.endswith(
         "is above 0 (the model explains it better than a constant)")
-    assert checks["r2 salinity_balance"].detail.endswith(
+    assert checks["r2 ph_balance"].detail.endswith(
         "is not above 0 (the model does not explain it better than a constant)")
 
 
@@ -150,6 +150,6 @@ def test_the_trivial_predictors_are_fit_on_the_train_split() -> None:
     assert shares == pytest.approx([0.2, 0.2, 0.6], abs=0.05)
     assert (out["prior"] == trivial_predictions(CLS, train, 1000)["prior"]).all()  # seeded
     mean = trivial_predictions(REG, TRAIN_REG, 3)["mean"]
-    assert mean.shape == (3, 5) and mean[0] == pytest.approx(TRAIN_REG.mean(axis=0))
+    assert mean.shape == (3, REG.num_outputs) and mean[0] == pytest.approx(TRAIN_REG.mean(axis=0))
     with pytest.raises(ValueError, match="train split is empty"):
         trivial_predictions(CLS, np.array([], dtype=int), 10)

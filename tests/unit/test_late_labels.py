@@ -94,7 +94,7 @@ def test_every_bad_row_is_refused_with_its_reason_and_changes_nothing(
         ({"observation_id": str(fresh[1].id), "label_key": "plastic-detector",
           "value": "enormous"}, "label_out_of_range"),
         ({"content_hash": fresh[1].content_hash, "label_key": "water-quality",
-          "value": "[0.5, 0.5, 1.5, 0.5, 0.5]"}, "label_out_of_range"),
+          "value": "[0.5, 0.5, 1.5, 0.5]"}, "label_out_of_range"),
         ({"observation_id": str(fresh[2].id), "label_key": "plastic-detector",
           "value": "none"}, "conflicting_duplicate"),
         ({"observation_id": str(fresh[2].id), "label_key": "plastic-detector",
