@@ -30,8 +30,10 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not integration" tests/unit tests/data tests/model
 
+## lint: ruff, and the layers contract (entry points > flows > tasks > models > core)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-logo
 
 bench: $(STAMP)
 	$(BIN)/python bench/pipeline.py

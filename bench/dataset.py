@@ -35,8 +35,8 @@ def tree_bytes(root: Path) -> int:
 
 
 def land(settings, sessions, n: int, days: int, end: datetime, seed: int) -> None:
+    from core.store import filesystem
     from oceanml.simulator import simulate, write_landing
-    from oceanml.store import filesystem
     from tasks.ingest import ingest
 
     devices = 20
@@ -69,8 +69,8 @@ def main() -> None:
         for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
             shutil.copy(REPO / name, project / name)
         os.environ.update(OCEANML_HOME=str(root / "home"), OCEANML_PROJECT_DIR=str(project))
-        from oceanml.db import session_factory
-        from oceanml.settings import get_settings
+        from core.db import session_factory
+        from core.settings import get_settings
 
         get_settings.cache_clear()
         settings = get_settings()

@@ -35,10 +35,10 @@ SEED = 7  # the fault draws: one seed for every concurrency level
 def populate(home: Path, items: int) -> object:
     """A fresh DB holding ``items`` ingested observations waiting for enrichment."""
     os.environ["OCEANML_HOME"] = str(home)
-    from oceanml.db import session_factory
-    from oceanml.settings import get_settings
+    from core.db import session_factory
+    from core.settings import get_settings
+    from core.store import filesystem
     from oceanml.simulator import simulate, write_landing
-    from oceanml.store import filesystem
     from tasks.ingest import ingest
 
     get_settings.cache_clear()
@@ -72,7 +72,7 @@ def stats(base_url: str) -> dict:
 
 
 def run(items: int, concurrency: int, latency: float, root: Path) -> None:
-    from oceanml.openai_provider import OpenAIProvider
+    from core.openai_provider import OpenAIProvider
     from tasks.enrich import enrich
 
     class TimedProvider(OpenAIProvider):

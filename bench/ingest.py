@@ -47,8 +47,8 @@ END = datetime(2026, 11, 20, tzinfo=UTC)
 
 def simulate_landing(root: Path, n: int) -> list[Path]:
     """``n`` observations as image + sidecar pairs under ``root``; returns the pair stems."""
+    from core.store import filesystem
     from oceanml.simulator import simulate, write_landing
-    from oceanml.store import filesystem
 
     devices, days = 20, 5
     per_day = -(-n // (devices * days))
@@ -112,8 +112,8 @@ def worker(landing: Path, home: Path, db_url: str | None) -> dict:
     os.environ["OCEANML_LANDING_URL"] = landing.as_uri()
     if db_url:
         os.environ["OCEANML_DB_URL"] = db_url
-    from oceanml.db import session_factory
-    from oceanml.settings import get_settings
+    from core.db import session_factory
+    from core.settings import get_settings
     from tasks.ingest import ingest
 
     settings = get_settings()
@@ -214,9 +214,9 @@ def step_costs(landing: Path, home: Path, db_url: str | None) -> dict[str, float
     os.environ["OCEANML_LANDING_URL"] = landing.as_uri()
     if db_url:
         os.environ["OCEANML_DB_URL"] = db_url
-    from oceanml.db import session_factory
-    from oceanml.settings import get_settings
-    from oceanml.store import content_key, filesystem, put_if_absent, sha256_hex
+    from core.db import session_factory
+    from core.settings import get_settings
+    from core.store import content_key, filesystem, put_if_absent, sha256_hex
     from tasks.ingest import iter_new, store_chunk
     from tasks.landing import Prepared, _canonical
     from tasks.validate import (
@@ -345,7 +345,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeat", type=int, default=2, help="best of N runs of each side")
     args = parser.parse_args()
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
     from tasks.landing import worker_count
 
     workers = worker_count(get_settings().ingest_workers)

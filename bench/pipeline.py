@@ -103,10 +103,10 @@ def run_prefect(epochs: int | None) -> dict:
 def run_plain(epochs: int | None) -> dict:
     """The same stage bodies, called one after the other as the flow orders them."""
     warm_imports()
-    from oceanml.db import session_factory
-    from oceanml.jobs import queue_job
-    from oceanml.params import load_params, profile_description
-    from oceanml.settings import get_settings
+    from core.db import session_factory
+    from core.jobs import queue_job
+    from core.params import load_params, profile_description
+    from core.settings import get_settings
     from tasks.dataset import build_dataset_task
     from tasks.drift import drift_task
     from tasks.enrich import enrich_task
@@ -259,8 +259,8 @@ def main() -> None:
     devices, days = 8, 2
     per_day = max(1, n // (devices * days))
 
+    from core.store import filesystem
     from oceanml.simulator import simulate, write_landing
-    from oceanml.store import filesystem
 
     with tempfile.TemporaryDirectory(prefix="oceanml-bench-") as tmp:
         root = Path(tmp)

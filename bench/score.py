@@ -52,8 +52,8 @@ def handwritten(sessions, predictor, rows, lake, batch_size: int, version: str) 
     import torch
     from sqlalchemy import insert
 
+    from core.db import Prediction
     from models.preprocess import model_input
-    from oceanml.db import Prediction
 
     classes = predictor.spec.outputs
     net = predictor.net
@@ -96,13 +96,13 @@ def main() -> None:
         import torch
 
         from bench.dataset import land
+        from core.db import session_factory
+        from core.hardware import Hardware
+        from core.registry import client, set_champion
+        from core.settings import get_settings
+        from core.store import filesystem
         from models.predictor import load_predictor
         from models.preprocess import model_input
-        from oceanml.db import session_factory
-        from oceanml.registry import client, set_champion
-        from oceanml.settings import get_settings
-        from oceanml.store import filesystem
-        from tasks.hardware import Hardware
         from tasks.score import pending, score_model, score_rows
         from tests.registered import SPEC, register
 

@@ -139,10 +139,10 @@ def main() -> None:
                "PREFECT_API_URL": ""}
         os.environ.update({k: env[k] for k in ("OCEANML_HOME", "OCEANML_PROJECT_DIR")})
         from bench.score import resnet18_net
-        from oceanml.registry import client, set_champion
-        from oceanml.settings import get_settings
+        from core.registry import client, set_champion
+        from core.settings import get_settings
+        from core.store import filesystem
         from oceanml.simulator import simulate, write_landing
-        from oceanml.store import filesystem
         from tests.registered import SPEC, register
 
         get_settings.cache_clear()
@@ -206,7 +206,7 @@ def promote_under_load(mlc, settings, predict: str, bodies: list[bytes], total: 
     """16 clients ask OceanML; after a second, v2 becomes champion. Failures and how long
     until the first answer from v2, counted from the alias move."""
     from bench.score import resnet18_net
-    from oceanml.registry import set_champion
+    from core.registry import set_champion
     from tests.registered import SPEC, register
 
     v2 = register(mlc, settings, resnet18_net(), "bench-v2", size=SIZE)  # before the clock

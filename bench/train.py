@@ -38,10 +38,10 @@ MODEL = "plastic-detector"
 def make_shards(root: Path, size: int, observations: int) -> Path:
     """Simulated, ingested and sharded observations: the data the training task reads."""
     os.environ["OCEANML_HOME"] = str(root / "home")
-    from oceanml.db import session_factory
-    from oceanml.settings import get_settings
+    from core.db import session_factory
+    from core.settings import get_settings
+    from core.store import filesystem
     from oceanml.simulator import simulate, write_landing
-    from oceanml.store import filesystem
     from tasks.dataset import select_manifest, write_manifest
     from tasks.ingest import ingest
     from tasks.shards import DatasetParams, build
@@ -95,8 +95,8 @@ class Clock:
 
 def setup(shards: Path, args, workdir: Path):
     """Spec, params, hardware and MLflow store shared by both sides."""
+    from core.hardware import Hardware
     from models.zoo import get_spec
-    from tasks.hardware import Hardware
     from tasks.train import TrainParams
 
     spec = get_spec(MODEL, backbone=args.backbone, input_size=args.size)
@@ -261,7 +261,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.epochs, args.observations, args.repeats = 2, 800, 1
-    from tasks.hardware import Hardware
+    from core.hardware import Hardware
 
     hardware = Hardware(num_workers=args.workers)
     with tempfile.TemporaryDirectory(prefix="oceanml-bench-train-") as tmp:

@@ -12,10 +12,11 @@ from typing import Any
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from core.params import read_params
+from core.settings import get_settings
 from flows.nightly import branch_outcome, raise_if_failed, run_branches, scored_versions
 from flows.score import score_step
-from oceanml.params import fleet, read_params
-from oceanml.settings import get_settings
+from models.zoo import fleet
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task
 from tasks.ingest import ingest_task

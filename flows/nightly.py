@@ -17,11 +17,12 @@ from typing import Any
 from prefect import Flow, flow
 from prefect.states import State
 
+from core.params import load_params, profile_description, run_profile
+from core.secrets import known_secrets, scrub
+from core.settings import get_settings
 from flows.score import score_step
 from flows.training import train_step
-from oceanml.params import fleet, load_params, profile_description, run_profile
-from oceanml.secrets import known_secrets, scrub
-from oceanml.settings import get_settings
+from models.zoo import fleet
 from tasks.dataset import build_dataset_task
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task

@@ -13,11 +13,11 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from core.db import session_factory
+from core.jobs import finish_job, set_job
+from core.params import run_profile
+from core.settings import get_settings
 from flows.training import train_step
-from oceanml.db import session_factory
-from oceanml.jobs import finish_job, set_job
-from oceanml.params import run_profile
-from oceanml.settings import get_settings
 from tasks.dataset import build_dataset_task
 from tasks.evaluate import evaluate_task
 from tasks.promote import promote_task
@@ -27,7 +27,7 @@ from tasks.train import claim_retrain_task
 def champion_profile(model: str) -> str | None:
     """The profile the champion was trained under (its ``profile`` tag): what a retrain
     started by an event, with no profile of its own, trains under too."""
-    from oceanml.registry import alias_version, client
+    from core.registry import alias_version, client
 
     champion = alias_version(client(get_settings()), model)
     return champion.tags.get("profile") if champion else None

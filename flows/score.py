@@ -15,8 +15,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
+from core.settings import get_settings
 from models.zoo import ZOO
-from oceanml.settings import get_settings
 from tasks.score import distribution_task, partitions_task, score_task, scored_by_task
 
 POLL_S = 2.0

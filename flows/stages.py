@@ -6,8 +6,8 @@ from typing import Any
 
 from prefect import flow
 
+from core.params import run_profile
 from flows.score import score
-from oceanml.params import run_profile
 from tasks.dataset import build_dataset_task, latest_dataset_task
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task

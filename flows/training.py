@@ -14,10 +14,10 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.deployments import run_deployment
 
-from oceanml.db import session_factory
-from oceanml.jobs import finish_job, job_end, queue_job
-from oceanml.lineage import flow_run_id
-from oceanml.settings import get_settings
+from core.db import session_factory
+from core.jobs import finish_job, job_end, queue_job
+from core.lineage import flow_run_id
+from core.settings import get_settings
 from tasks.train import recorded_training_task, resolve, train_task
 
 LOCAL_TRAINING = threading.Lock()

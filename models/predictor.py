@@ -94,7 +94,7 @@ def answers(spec: ModelSpec, outputs: np.ndarray) -> list[dict[str, Any]]:
 
 def pick_device() -> tuple[str, bool]:
     """``cuda`` with bf16 where the GPU runs it natively, else ``cpu`` in float32."""
-    from tasks.hardware import Machine
+    from core.hardware import Machine
 
     machine = Machine.detect()
     return ("cuda", machine.supports_bf16()) if machine.cuda else ("cpu", False)
@@ -103,7 +103,7 @@ def pick_device() -> tuple[str, bool]:
 def load_predictor(mlc: MlflowClient, name: str, version: str,
                    device: str | None = None) -> Predictor:
     """``name`` v``version`` from the registry, in eval mode on ``device`` (default: best)."""
-    from oceanml.registry import load_model
+    from core.registry import load_model
 
     spec = version_spec(mlc, name, str(version))
     bf16 = False

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
-from oceanml.labels import (
+from core.labels import (
     ALGAE_LEVELS,
     DEBRIS_LEVELS,
     DEBRIS_TYPES,
@@ -61,3 +61,14 @@ def get_spec(name: str, **overrides: object) -> ModelSpec:
         raise KeyError(f"unknown model {name!r}; the zoo has {', '.join(ZOO)}")
     spec = ZOO[name]
     return spec.with_overrides(label_key=spec.label_key or name, **overrides)
+
+
+def fleet(params: dict) -> list[str]:
+    """The models the nightly and monitor flows run: ``fleet`` in ``params.yaml`` (every model
+    of the zoo when it names none), refused by name when one is not in the zoo."""
+    names = list(params.get("fleet") or ZOO)
+    unknown = [n for n in names if n not in ZOO]
+    if unknown:
+        raise ValueError(f"fleet: unknown model(s) {', '.join(unknown)}; the zoo has "
+                         f"{', '.join(ZOO)}")
+    return names

@@ -1,7 +1,6 @@
-"""OceanML: the ML lifecycle of an ocean-monitoring network as Prefect flows.
-
-Shared infrastructure lives here (settings, database, lake, LLM providers, CLI);
-the stages live in ``tasks/``, the flows in ``flows/`` and the model zoo in ``models/``.
+"""OceanML's entry points: the ``oceanml`` CLI, the online endpoint (``serving/``), ``doctor``
+and the simulator. They sit above the flows, the stages (``tasks/``), the model code
+(``models/``) and the core infrastructure (``core/``), and only import downwards.
 """
 
 __version__ = "0.1.0"

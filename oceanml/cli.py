@@ -51,10 +51,10 @@ def simulate(
     """Write simulated observations (JPEG + JSON sidecar) into the landing prefix."""
     from datetime import UTC
 
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
+    from core.store import filesystem
     from oceanml.simulator import simulate as generate
     from oceanml.simulator import write_landing
-    from oceanml.store import filesystem
 
     settings = get_settings()
     landing = filesystem(out or settings.landing_url, settings)
@@ -159,11 +159,11 @@ def serve(
 ) -> None:
     import uvicorn
 
+    from core.registry import alias_version
+    from core.registry import client as mlflow_client
+    from core.settings import get_settings
     from models.zoo import ZOO
-    from oceanml.registry import alias_version
-    from oceanml.registry import client as mlflow_client
     from oceanml.serving.app import create_app
-    from oceanml.settings import get_settings
 
     overrides = {"serve_max_batch": max_batch, "serve_max_wait_ms": max_wait_ms,
                  "serve_poll_s": poll_s}
@@ -190,8 +190,8 @@ def rejects(limit: int = 20) -> None:
     """What ingestion refused, newest first, with the reason."""
     from sqlalchemy import func, select
 
-    from oceanml.db import Reject, session_factory
-    from oceanml.settings import get_settings
+    from core.db import Reject, session_factory
+    from core.settings import get_settings
 
     with session_factory(get_settings().db_url)() as session:
         counts = session.execute(select(Reject.reason, func.count()).group_by(Reject.reason)).all()
@@ -212,9 +212,9 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
     """Training jobs, newest first: status, epoch of total, progress, worker, any error."""
-    from oceanml.db import session_factory
-    from oceanml.jobs import list_jobs
-    from oceanml.settings import get_settings
+    from core.db import session_factory
+    from core.jobs import list_jobs
+    from core.settings import get_settings
 
     rows = [{"id": j.id, "model": j.model_name, "trigger": j.trigger, "status": j.status,
              "epoch": f"{j.epoch}/{j.max_epochs or '?'}", "progress": f"{j.progress:.0%}",
@@ -244,8 +244,8 @@ def doctor() -> None:
     """Check every configured backend: database and schema version, landing, lake, DVC
     remote, MLflow, Prefect API and work pools, LLM endpoint, GPU. Exits 1 when a required
     one is unreachable, naming the setting to change."""
+    from core.settings import get_settings
     from oceanml.doctor import run_checks
-    from oceanml.settings import get_settings
 
     results = run_checks(get_settings())
     width = max(len(r.name) for r in results)
@@ -264,7 +264,7 @@ def doctor() -> None:
 @app.command("settings")
 def show_settings() -> None:
     """The settings in force (secrets masked)."""
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
 
     for key, value in get_settings().public_dict().items():
         typer.echo(f"{key} = {value}")
@@ -275,8 +275,8 @@ def datasets_list(model: str | None = None) -> None:
     """Every recorded dataset version, newest first."""
     from sqlalchemy import select
 
-    from oceanml.db import Dataset, session_factory
-    from oceanml.settings import get_settings
+    from core.db import Dataset, session_factory
+    from core.settings import get_settings
 
     with session_factory(get_settings().db_url)() as session:
         query = select(Dataset).order_by(Dataset.id.desc())
@@ -289,8 +289,8 @@ def _dataset(version: str):
     """The recorded dataset row of ``version``, or a clear CLI error."""
     from sqlalchemy import select
 
-    from oceanml.db import Dataset, session_factory
-    from oceanml.settings import get_settings
+    from core.db import Dataset, session_factory
+    from core.settings import get_settings
 
     with session_factory(get_settings().db_url)() as session:
         row = session.scalar(select(Dataset).where(Dataset.version == version))
@@ -312,7 +312,7 @@ def datasets_show(version: str) -> None:
 @datasets_app.command("checkout")
 def datasets_checkout(version: str) -> None:
     """Restore a version from the DVC remote into data/versions/, verified by hash."""
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
     from tasks.dataset import local_dataset
 
     row = _dataset(version)

@@ -1,7 +1,7 @@
 """``oceanml models``: read, challenge and undo which version serves.
 
 The champion history in the metadata DB is the source of truth; each command that reads it
-first lets the MLflow alias catch up (:func:`oceanml.champion_history.sync_alias`). Every
+first lets the MLflow alias catch up (:func:`core.champion_history.sync_alias`). Every
 command takes ``--json`` for scripts; a refused promotion exits 1 with the reason.
 """
 
@@ -19,9 +19,9 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 
 
 def _context() -> tuple[Any, Any, Any]:
-    from oceanml.db import session_factory
-    from oceanml.registry import client
-    from oceanml.settings import get_settings
+    from core.db import session_factory
+    from core.registry import client
+    from core.settings import get_settings
 
     settings = get_settings()
     return settings, session_factory(settings.db_url), client(settings)
@@ -57,9 +57,9 @@ def list_models(as_json: JsonFlag = False) -> None:
     """Every model: champion, previous champion, versions, last decision."""
     from sqlalchemy import select
 
+    from core.champion_history import current_champion, head, sync_alias
+    from core.db import DecisionRecord
     from models.zoo import ZOO
-    from oceanml.champion_history import current_champion, head, sync_alias
-    from oceanml.db import DecisionRecord
     from tasks.promote import decision_dict
 
     _, sessions, mlc = _context()
@@ -91,8 +91,8 @@ def show(name: str, as_json: JsonFlag = False) -> None:
     """Versions of NAME with their lineage and the decisions taken on them."""
     from sqlalchemy import select
 
-    from oceanml.champion_history import current_champion
-    from oceanml.db import DecisionRecord, PerformanceEstimate
+    from core.champion_history import current_champion
+    from core.db import DecisionRecord, PerformanceEstimate
     from tasks.promote import decision_dict
 
     _, sessions, mlc = _context()
@@ -152,7 +152,7 @@ def _estimate_line(e: dict[str, Any]) -> str:
 @app.command("history")
 def history_cmd(name: str, as_json: JsonFlag = False) -> None:
     """Every change of NAME's champion: when, to what, by what, why."""
-    from oceanml.champion_history import current_champion, history
+    from core.champion_history import current_champion, history
 
     _, sessions, mlc = _context()
     name = _model(name)

@@ -2,7 +2,7 @@
 
 Each check is a function of the settings returning a :class:`Check`; :func:`run_checks` runs
 them all (one failing never stops the others) and the CLI prints them and exits non-zero when
-a required one failed. Nothing printed carries a password (:func:`oceanml.secrets.mask_url`).
+a required one failed. Nothing printed carries a password (:func:`core.secrets.mask_url`).
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from oceanml.secrets import known_secrets, mask_url, scrub
-from oceanml.settings import Settings
+from core.secrets import known_secrets, mask_url, scrub
+from core.settings import Settings
 
 TIMEOUT_S = 10.0
 
@@ -29,8 +29,8 @@ class Check:
 def check_database(settings: Settings) -> Check:
     from sqlalchemy import text
 
-    from oceanml.db import make_engine
-    from oceanml.schema import current, head
+    from core.db import make_engine
+    from core.schema import current, head
 
     where = mask_url(settings.db_url)
     try:
@@ -48,7 +48,7 @@ def check_database(settings: Settings) -> Check:
 
 
 def check_location(name: str, url: str, setting: str, settings: Settings) -> Check:
-    from oceanml.store import filesystem
+    from core.store import filesystem
 
     try:
         location = filesystem(url, settings)
@@ -77,7 +77,7 @@ def check_dvc_remote(settings: Settings) -> Check:
 
 
 def check_mlflow(settings: Settings) -> Check:
-    from oceanml.registry import client
+    from core.registry import client
 
     where = mask_url(settings.mlflow_tracking_uri)
     try:

@@ -21,7 +21,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from oceanml.labels import (
+from core.labels import (
     ALGAE_LEVELS,
     DEBRIS_LEVELS,
     DEBRIS_TYPES,
@@ -29,7 +29,7 @@ from oceanml.labels import (
     POLLUTION_LEVELS,
     water_quality_indices,
 )
-from oceanml.store import Location
+from core.store import Location
 
 Scenario = Literal["normal", "storm", "bloom"]
 

@@ -19,11 +19,11 @@ from prefect.artifacts import create_markdown_artifact
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from oceanml import versioning
-from oceanml.db import SENSOR_COLUMNS, Dataset, Observation, session_factory
-from oceanml.lineage import flow_run_id
-from oceanml.params import load_params, model_section
-from oceanml.settings import Settings, get_settings
+from core import versioning
+from core.db import SENSOR_COLUMNS, Dataset, Observation, session_factory
+from core.lineage import flow_run_id
+from core.params import load_params, model_section
+from core.settings import Settings, get_settings
 from tasks.selection import summarize
 from tasks.shards import IMAGE_FEATURES, MANIFEST_COLUMNS, DatasetParams, resolved_params_path
 

@@ -30,8 +30,8 @@ from prefect.events import emit_event
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from oceanml import lineage
-from oceanml.db import (
+from core import lineage
+from core.db import (
     SENSOR_COLUMNS,
     Dataset,
     DriftRecord,
@@ -41,10 +41,10 @@ from oceanml.db import (
     Prediction,
     session_factory,
 )
-from oceanml.logs import stage_logger
-from oceanml.registry import alias_version, run_link, tracking_uri
-from oceanml.registry import client as mlflow_client
-from oceanml.settings import get_settings
+from core.logs import stage_logger
+from core.registry import alias_version, run_link, tracking_uri
+from core.registry import client as mlflow_client
+from core.settings import get_settings
 from tasks.drift_report import drift_figure, drift_table, log_drift_run
 from tasks.drift_stats import (
     categorical_drift,
@@ -264,8 +264,8 @@ def model_view(sessions: sessionmaker, mlc: MlflowClient, settings: Any, model: 
                since: datetime, t: DriftThresholds) -> dict[str, dict[str, Any]]:
     """The champion's view of the window: its predictions and its embeddings. Nothing
     before there is a champion."""
+    from core.store import filesystem
     from models.predictor import load_predictor
-    from oceanml.store import filesystem
 
     if champion is None or len(window) < t.min_samples:
         return {}

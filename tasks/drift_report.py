@@ -89,7 +89,7 @@ def log_drift_run(mlc: MlflowClient, artifact_uri: str | None, model: str, repor
                   figure: Any | None, table: list[dict[str, Any]]) -> str:
     """An MLflow run in ``oceanml-drift`` holding the check: verdict, share and counts as
     params and metrics, the table, and the picture. Its id."""
-    from oceanml.registry import ensure_experiment
+    from core.registry import ensure_experiment
 
     experiment = ensure_experiment(mlc, DRIFT_EXPERIMENT, artifact_uri)
     run = mlc.create_run(experiment, run_name=f"drift-{model}",

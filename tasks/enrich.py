@@ -16,19 +16,19 @@ from prefect import task
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
-from oceanml.batches import slices
-from oceanml.db import SENSOR_COLUMNS, EnrichmentCache, Observation, session_factory
-from oceanml.llm import (
+from core.batches import slices
+from core.db import SENSOR_COLUMNS, EnrichmentCache, Observation, session_factory
+from core.llm import (
     PROMPT_VERSION,
     Enrichment,
     EnrichmentProvider,
     EnrichmentRequest,
     make_provider,
 )
-from oceanml.logs import stage_logger
-from oceanml.progress import StageProgress
-from oceanml.settings import Settings, get_settings
-from oceanml.store import Location, filesystem, sha256_hex
+from core.logs import stage_logger
+from core.progress import StageProgress
+from core.settings import Settings, get_settings
+from core.store import Location, filesystem, sha256_hex
 
 
 @dataclass(frozen=True)

@@ -24,14 +24,14 @@ from prefect.artifacts import create_markdown_artifact
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from core import lineage
+from core.champion_history import current_champion
+from core.db import Evaluation, session_factory
+from core.logs import stage_logger
+from core.registry import client as mlflow_client
+from core.registry import load_model, run_link, tracking_uri
+from core.settings import get_settings
 from models.zoo import ModelSpec, get_spec
-from oceanml import lineage
-from oceanml.champion_history import current_champion
-from oceanml.db import Evaluation, session_factory
-from oceanml.logs import stage_logger
-from oceanml.registry import client as mlflow_client
-from oceanml.registry import load_model, run_link, tracking_uri
-from oceanml.settings import get_settings
 from tasks.baselines import split_targets, trivial_predictions
 from tasks.dataset import local_dataset
 
@@ -382,7 +382,7 @@ def evaluate(
     both versions are scored (:func:`evaluate_versions`, which logs to the challenger's
     MLflow run) and an ``Evaluation`` row records the reports. ``dataset_dir``
     is called only then: resolving a dataset version may mean a DVC restore. The champion is
-    the current one (``oceanml.champion_history``) unless ``champion_version`` names one (the
+    the current one (``core.champion_history``) unless ``champion_version`` names one (the
     promotion re-evaluates against a champion that changed meanwhile); None means none.
 
     Returns:

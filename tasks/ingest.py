@@ -24,13 +24,13 @@ from prefect import task
 from sqlalchemy import JSON, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from oceanml.batches import slices
-from oceanml.db import IngestedFile, Observation, Reject, session_factory, to_json
-from oceanml.lineage import flow_run_id
-from oceanml.logs import stage_logger
-from oceanml.progress import StageProgress
-from oceanml.settings import Settings, get_settings
-from oceanml.store import Location, filesystem
+from core.batches import slices
+from core.db import IngestedFile, Observation, Reject, session_factory, to_json
+from core.lineage import flow_run_id
+from core.logs import stage_logger
+from core.progress import StageProgress
+from core.settings import Settings, get_settings
+from core.store import Location, filesystem
 from tasks.landing import Candidate, Prepared, Preparer, pair_files, worker_count
 from tasks.validate import Limits, Rejection
 

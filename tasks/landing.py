@@ -19,9 +19,9 @@ from multiprocessing import get_context
 from pathlib import PurePosixPath
 from typing import Any
 
-from oceanml.batches import slices
-from oceanml.settings import Settings
-from oceanml.store import Location, content_key, filesystem, put_if_absent, sha256_hex
+from core.batches import slices
+from core.settings import Settings
+from core.store import Location, content_key, filesystem, put_if_absent, sha256_hex
 from tasks.validate import (
     Limits,
     Rejection,

@@ -26,8 +26,8 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from core.db import Observation, PerformanceEstimate, Prediction, Reject
 from models.zoo import ZOO, ModelSpec, get_spec
-from oceanml.db import Observation, PerformanceEstimate, Prediction, Reject
 from tasks.performance import realized
 
 COLUMNS = ("observation_id", "content_hash", "label_key", "value")

@@ -19,18 +19,18 @@ from prefect.events import emit_event
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from oceanml import lineage
-from oceanml.champion_history import (
+from core import lineage
+from core.champion_history import (
     current_champion,
     history,
     model_lock,
     record_change,
     sync_alias,
 )
-from oceanml.db import ChampionChange, DecisionRecord, Promotion, session_factory
-from oceanml.logs import stage_logger
-from oceanml.registry import client as mlflow_client
-from oceanml.settings import get_settings
+from core.db import ChampionChange, DecisionRecord, Promotion, session_factory
+from core.logs import stage_logger
+from core.registry import client as mlflow_client
+from core.settings import get_settings
 from tasks.gates import Check, PromotionPolicy, decide_promotion
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def promote(
 ) -> dict[str, Any]:
     """Decide on ``evaluation`` (an :func:`tasks.evaluate.evaluate` result) once, and record it.
 
-    Everything happens under the model's lock (:func:`oceanml.champion_history.model_lock`),
+    Everything happens under the model's lock (:func:`core.champion_history.model_lock`),
     against the champion read under it: when that is not the champion ``evaluation`` was made
     against (another promotion won meanwhile), ``reevaluate(champion)`` scores the candidate
     against the new champion on the same split first; without it, the stage stops rather than
@@ -95,7 +95,7 @@ def promote(
     decision either way and, on promotion, a ``champion_history`` change; after the commit the
     version gets the tags ``promotion`` (``promoted`` / ``rejected``) and
     ``promotion_reason``, and the MLflow aliases follow the history
-    (:func:`oceanml.champion_history.sync_alias`: ``champion`` moves to it, the old one keeps
+    (:func:`core.champion_history.sync_alias`: ``champion`` moves to it, the old one keeps
     ``previous-champion``).
 
     Returns:

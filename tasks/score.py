@@ -23,14 +23,14 @@ from prefect.artifacts import create_table_artifact
 from sqlalchemy import exists, select
 from sqlalchemy.orm import sessionmaker
 
-from oceanml import lineage
-from oceanml.db import Observation, Prediction, insert_new, session_factory
-from oceanml.logs import stage_logger
-from oceanml.progress import StageProgress
-from oceanml.registry import alias_version
-from oceanml.registry import client as mlflow_client
-from oceanml.settings import Settings, get_settings
-from oceanml.store import Location, filesystem
+from core import lineage
+from core.db import Observation, Prediction, insert_new, session_factory
+from core.logs import stage_logger
+from core.progress import StageProgress
+from core.registry import alias_version
+from core.registry import client as mlflow_client
+from core.settings import Settings, get_settings
+from core.store import Location, filesystem
 
 if TYPE_CHECKING:
     import torch
@@ -184,8 +184,8 @@ def score_model(sessions: sessionmaker, mlc: MlflowClient, settings: Settings, m
                 flow_run_id: str | None = None,
                 progress: Callable[[int, int], None] | None = None) -> ScoreResult:
     """Score what ``model``'s champion (or ``version``) has not scored in ``window``."""
+    from core.hardware import Hardware
     from models.predictor import load_predictor
-    from tasks.hardware import Hardware
 
     if version is None:
         champion = alias_version(mlc, model)

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from oceanml.labels import KNOWN_DEVICE_TYPES, READINGS_LABELS, water_quality_label
-from oceanml.llm import TAG_VOCABULARY
+from core.labels import KNOWN_DEVICE_TYPES, READINGS_LABELS, water_quality_label
+from core.llm import TAG_VOCABULARY
 
 LABEL_SOURCES = ("annotated", "weak", "annotated_then_weak", "readings_then_annotated")
 LabelSource = Literal["annotated", "weak", "annotated_then_weak", "readings_then_annotated"]

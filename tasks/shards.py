@@ -23,11 +23,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from core.db import SENSOR_COLUMNS
+from core.params import load_params, model_section
+from core.settings import Settings, get_settings
+from core.store import filesystem
 from models.preprocess import shard_jpeg
-from oceanml.db import SENSOR_COLUMNS
-from oceanml.params import load_params, model_section
-from oceanml.settings import Settings, get_settings
-from oceanml.store import filesystem
 from tasks.drift_stats import numeric_reference
 from tasks.selection import Labelling, Selection, WeakLabels
 

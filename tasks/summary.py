@@ -7,8 +7,8 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from oceanml.secrets import mask_url
-from oceanml.settings import get_settings
+from core.secrets import mask_url
+from core.settings import get_settings
 
 
 def _metrics(report: dict[str, Any] | None) -> str:

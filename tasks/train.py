@@ -20,9 +20,9 @@ from filelock import FileLock
 from prefect import task
 from sqlalchemy import select
 
-from models.zoo import ModelSpec, get_spec
-from oceanml.db import TrainingRun, session_factory
-from oceanml.jobs import (
+from core.db import TrainingRun, session_factory
+from core.hardware import Hardware
+from core.jobs import (
     JobCallback,
     claim_retrain,
     finish_job,
@@ -31,21 +31,21 @@ from oceanml.jobs import (
     reopen_job,
     set_job,
 )
-from oceanml.lineage import flow_run_id, git_commit
-from oceanml.logs import stage_logger
-from oceanml.params import DEFAULT_PROFILE, load_params, model_section
-from oceanml.registry import client as mlflow_client
-from oceanml.registry import (
+from core.lineage import flow_run_id, git_commit
+from core.logs import stage_logger
+from core.params import DEFAULT_PROFILE, load_params, model_section
+from core.registry import client as mlflow_client
+from core.registry import (
     ensure_experiment,
     ensure_registered_model,
     tracking_uri,
     version_by_tag,
 )
-from oceanml.settings import Settings, get_settings
-from oceanml.store import sha256_hex
+from core.settings import Settings, get_settings
+from core.store import sha256_hex
+from models.zoo import ModelSpec, get_spec
 from tasks.baselines import split_targets
 from tasks.dataset import local_dataset
-from tasks.hardware import Hardware
 
 
 @dataclass(frozen=True)

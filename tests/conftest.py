@@ -17,10 +17,10 @@ import yaml
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from oceanml.db import session_factory  # noqa: E402
-from oceanml.settings import Settings, get_settings  # noqa: E402
+from core.db import session_factory  # noqa: E402
+from core.settings import Settings, get_settings  # noqa: E402
+from core.store import filesystem  # noqa: E402
 from oceanml.simulator import simulate, write_landing  # noqa: E402
-from oceanml.store import filesystem  # noqa: E402
 from tasks.dataset import select_manifest, write_manifest  # noqa: E402
 from tasks.ingest import ingest  # noqa: E402
 from tasks.shards import DatasetParams, build  # noqa: E402

@@ -20,8 +20,8 @@ from prefect.client.schemas.filters import (
 )
 from prefect.client.schemas.filters import FlowRunFilterStateType as StateType
 
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,9 +8,9 @@ import json
 import torch
 from torch import nn
 
+from core.registry import ensure_experiment, ensure_registered_model
 from models.net import OceanNet
 from models.zoo import ModelSpec, get_spec
-from oceanml.registry import ensure_experiment, ensure_registered_model
 from tasks.train import _log_model
 
 SPEC = get_spec("plastic-detector")

@@ -21,14 +21,14 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from core.db import session_factory
+from core.settings import Settings
 from models.predictor import Predictor, answers
-from oceanml.db import session_factory
 from oceanml.serving.batcher import Batcher
 from oceanml.serving.champions import Champions
 from oceanml.serving.inputs import BadInput, Limits, open_image, parse
 from oceanml.serving.metrics import Metrics
 from oceanml.serving.prediction_log import PredictionLog
-from oceanml.settings import Settings
 from tasks.validate import image_rejection
 
 if TYPE_CHECKING:

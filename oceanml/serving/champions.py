@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from core.registry import alias_version
 from models.predictor import Predictor, load_predictor
-from oceanml.registry import alias_version
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
-from oceanml.db import Prediction, insert_new
+from core.db import Prediction, insert_new
 
 log = logging.getLogger("oceanml.serve")
 

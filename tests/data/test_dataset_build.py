@@ -6,8 +6,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.dataset import select_manifest, write_manifest
 from tasks.ingest import ingest
 from tasks.shards import DRIFT_FEATURES, SPLITS, DatasetParams, build, split_of
@@ -127,7 +127,7 @@ def test_a_stuck_dvc_command_is_stopped_at_its_timeout_with_its_name(tmp_path) -
     import subprocess
     import time
 
-    from oceanml import versioning
+    from core import versioning
 
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     versioning.dvc(tmp_path, "init")

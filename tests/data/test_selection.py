@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from oceanml.db import SENSOR_COLUMNS
-from oceanml.labels import WATER_QUALITY_TARGETS, water_quality_indices, water_quality_label
-from oceanml.llm import HeuristicProvider
+from core.db import SENSOR_COLUMNS
+from core.labels import WATER_QUALITY_TARGETS, water_quality_indices, water_quality_label
+from core.llm import HeuristicProvider
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.dataset import build_dataset, check_labels, select_manifest
 from tasks.enrich import enrich
 from tasks.ingest import ingest

@@ -14,9 +14,9 @@ runner = CliRunner()
 def test_run_score_prints_what_each_champion_scored(settings, sessions, prefect_harness) -> None:
     import json
 
-    from oceanml.registry import client, set_champion
+    from core.registry import client, set_champion
+    from core.store import filesystem
     from oceanml.simulator import simulate, write_landing
-    from oceanml.store import filesystem
     from tests.registered import SPEC, conv_net, register
 
     end = datetime(2026, 11, 20, tzinfo=UTC)

@@ -119,8 +119,8 @@ def test_the_score_deployment_runs_hourly_and_on_promotion(env) -> None:
 
 
 def test_the_doctor_reads_the_prefect_server_and_its_work_pools(env, settings, monkeypatch):
+    from core.settings import get_settings
     from oceanml.doctor import check_prefect
-    from oceanml.settings import get_settings
 
     monkeypatch.setenv("PREFECT_API_URL", env["PREFECT_API_URL"])
     monkeypatch.setenv("OCEANML_TRAIN_WORK_POOL", "oceanml-gpu")

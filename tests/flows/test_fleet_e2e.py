@@ -15,7 +15,7 @@ import pytest
 from prefect.deployments import run_deployment
 from sqlalchemy import select
 
-from oceanml.db import DecisionRecord, DriftRecord, TrainingJob, session_factory
+from core.db import DecisionRecord, DriftRecord, TrainingJob, session_factory
 from tests.conftest import make_project
 from tests.deployed import land, unschedule, wait_for_final_runs
 from tests.flows.test_deployments import REPO, deploy_on_pool

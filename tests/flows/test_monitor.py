@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from oceanml.db import Prediction, session_factory
-from oceanml.registry import client, ensure_registered_model, set_champion
+from core.db import Prediction, session_factory
+from core.registry import client, ensure_registered_model, set_champion
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tests.conftest import make_project
 from tests.flows.test_nightly import run_artifact
 from tests.registered import conv_net, register

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from oceanml.db import (
+from core.db import (
     Dataset,
     Observation,
     Promotion,
@@ -25,11 +25,11 @@ from oceanml.db import (
     TrainingRun,
     session_factory,
 )
-from oceanml.registry import CHAMPION, alias_version
-from oceanml.registry import client as mlflow_client
-from oceanml.settings import get_settings
+from core.registry import CHAMPION, alias_version
+from core.registry import client as mlflow_client
+from core.settings import get_settings
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.slow
@@ -222,7 +222,7 @@ def test_the_summary_tells_each_stages_outcome(runs) -> None:
 
 
 def test_the_champion_scored_every_observation_once(runs) -> None:
-    from oceanml.db import Prediction
+    from core.db import Prediction
 
     version = runs.first["train"]["model_version"]
     with runs.sessions() as s:

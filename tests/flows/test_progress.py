@@ -4,8 +4,8 @@ import prefect.artifacts
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 
-from oceanml import progress as progress_module
-from oceanml.progress import StageProgress
+from core import progress as progress_module
+from core.progress import StageProgress
 
 
 @task

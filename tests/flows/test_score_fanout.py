@@ -13,10 +13,10 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from sqlalchemy import func, select
 
-from oceanml.db import Observation, Prediction
-from oceanml.registry import client, set_champion
+from core.db import Observation, Prediction
+from core.registry import client, set_champion
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.ingest import ingest
 from tests.flows.test_deployments import REPO, deploy_on_pool
 from tests.registered import SPEC, conv_net, register
@@ -71,8 +71,8 @@ def start_worker(env: dict[str, str], name: str) -> subprocess.Popen:
 
 
 def test_two_workers_score_the_days_at_once(pool_env, settings, sessions) -> None:
+    from core.settings import get_settings
     from flows.score import score
-    from oceanml.settings import get_settings
 
     get_settings.cache_clear()
     workers = [start_worker(pool_env, f"scorer-{n}") for n in (1, 2)]

@@ -8,7 +8,7 @@ import time
 
 from prefect.events import emit_event
 
-from oceanml.registry import client, set_champion
+from core.registry import client, set_champion
 from tests.registered import SPEC, conv_net, register
 from tests.serving.conftest import serves_version, start_server, stop_server, wait_ready
 from tests.serving.test_endpoint import PREDICT, jpeg
@@ -16,7 +16,7 @@ from tests.serving.test_endpoint import PREDICT, jpeg
 
 def test_the_promoted_event_wakes_the_server_before_its_poll(settings, monkeypatch,
                                                            prefect_harness) -> None:
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
 
     mlc = client(settings)
     set_champion(mlc, SPEC.name, register(mlc, settings, conv_net(1), "v1"))

@@ -5,10 +5,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
-from oceanml.db import Observation, Reject, session_factory
-from oceanml.llm import HeuristicProvider
+from core.db import Observation, Reject, session_factory
+from core.llm import HeuristicProvider
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.enrich import enrich
 from tasks.ingest import ingest
 
@@ -48,9 +48,9 @@ def test_ingest_and_enrich_on_postgres_are_idempotent(settings, pg_url) -> None:
 def test_scoring_on_postgres_writes_each_prediction_once(settings, pg_url) -> None:
     """ON CONFLICT DO NOTHING ... RETURNING on PostgreSQL: a re-run and a racing run over the
     same rows write nothing twice, and count what they found already written."""
+    from core.db import Prediction
+    from core.registry import client, set_champion
     from models.predictor import load_predictor
-    from oceanml.db import Prediction
-    from oceanml.registry import client, set_champion
     from tasks.score import pending, score_model, score_rows
     from tests.registered import SPEC, conv_net, register
 

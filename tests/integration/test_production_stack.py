@@ -22,7 +22,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import func, select
 
-from oceanml.db import (
+from core.db import (
     Dataset,
     DecisionRecord,
     DriftRecord,
@@ -36,10 +36,10 @@ from oceanml.db import (
     TrainingRun,
     session_factory,
 )
-from oceanml.params import read_params
-from oceanml.registry import CHAMPION, alias_version
-from oceanml.registry import client as mlflow_client
-from oceanml.settings import Settings, get_settings
+from core.params import read_params
+from core.registry import CHAMPION, alias_version
+from core.registry import client as mlflow_client
+from core.settings import Settings, get_settings
 from tests.conftest import file_digests, make_project
 from tests.deployed import (
     REPO,
@@ -420,7 +420,7 @@ def emit_drift(model: str, reason: str) -> None:
 def nothing_half_written(lifecycle, since: datetime) -> None:
     """Every job queued since ``since`` ended; every training recorded since is a version in
     the registry."""
-    from oceanml.jobs import FINAL
+    from core.jobs import FINAL
 
     mlc = mlflow_client(lifecycle.settings)
     with lifecycle.sessions() as s:

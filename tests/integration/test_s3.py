@@ -9,9 +9,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from oceanml.db import Observation
+from core.db import Observation
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.ingest import ingest
 
 pytestmark = pytest.mark.integration

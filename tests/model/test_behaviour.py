@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
+from core.db import session_factory
+from core.registry import client as mlflow_client
+from core.registry import load_model
+from core.settings import get_settings
+from core.store import filesystem
 from models.zoo import get_spec
-from oceanml.db import session_factory
-from oceanml.registry import client as mlflow_client
-from oceanml.registry import load_model
-from oceanml.settings import get_settings
 from oceanml.simulator import SCENARIOS, render_image, simulate, write_landing
-from oceanml.store import filesystem
 from tasks.dataset import select_manifest, write_manifest
 from tasks.evaluate import report_for
 from tasks.ingest import ingest

@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
+from core.db import Dataset, PerformanceEstimate, session_factory
+from core.registry import client, set_champion
+from core.settings import get_settings
+from core.store import filesystem
 from models.zoo import get_spec
-from oceanml.db import Dataset, PerformanceEstimate, session_factory
-from oceanml.registry import client, set_champion
-from oceanml.settings import get_settings
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.drift import DriftThresholds, detect_drift
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
@@ -50,7 +50,7 @@ def window(settings, sessions, scenario: str, start: datetime, seed: int) -> lis
 
 
 def label_file(sessions, simulated, path, model: str) -> None:
-    from oceanml.db import Observation
+    from core.db import Observation
 
     with sessions() as s:
         ids = {o.source_key.rsplit("/", 1)[-1].rsplit(".", 1)[0]: o.id

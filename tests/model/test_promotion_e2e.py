@@ -16,12 +16,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from core.db import session_factory
+from core.registry import client
+from core.settings import get_settings
 from models.datamodule import read_split
 from models.zoo import get_spec
 from oceanml.cli import app
-from oceanml.db import session_factory
-from oceanml.registry import client
-from oceanml.settings import get_settings
 from tasks.evaluate import evaluate
 from tasks.gates import PromotionPolicy
 from tasks.promote import promote, rollback
@@ -101,7 +101,7 @@ def test_refused_promoted_rolled_back_and_the_history_says_so(tmp_path, monkeypa
     monkeypatch.setenv("MLFLOW_TRACKING_URI", settings.mlflow_tracking_uri)  # as a user would
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", settings.mlflow_tracking_uri)
     served = mlflow.pytorch.load_model(f"models:/{spec.name}@champion", map_location="cpu")
-    from oceanml.registry import load_model
+    from core.registry import load_model
 
     images = torch.randint(0, 255, (4, 3, SIZE, SIZE), dtype=torch.uint8)
     with torch.no_grad():

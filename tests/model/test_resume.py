@@ -19,7 +19,7 @@ TRAINER = textwrap.dedent('''
     import lightning as L
     from pathlib import Path
     from models.zoo import get_spec
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
     from tasks.train import TrainParams, train_model
 
     class Report(L.Callback):

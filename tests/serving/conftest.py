@@ -13,10 +13,10 @@ import httpx
 import pytest
 import uvicorn
 
-from oceanml.registry import client, set_champion
+from core.registry import client, set_champion
+from core.store import filesystem
 from oceanml.serving.app import create_app
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.ingest import ingest
 from tests.registered import SPEC, conv_net, register
 
@@ -104,7 +104,7 @@ def served(settings, monkeypatch, champion) -> Iterator[Server]:
     monkeypatch.setenv("OCEANML_SERVE_POLL_S", "0.5")
     monkeypatch.setenv("OCEANML_SERVE_LOG_INTERVAL_S", "0.2")
     monkeypatch.setenv("OCEANML_SERVE_MAX_WAIT_MS", "20")
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
 
     get_settings.cache_clear()
     server = start_server(get_settings(), [SPEC.name])

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from oceanml.db import Observation, Prediction
-from oceanml.registry import client
-from oceanml.store import filesystem
+from core.db import Observation, Prediction
+from core.registry import client
+from core.store import filesystem
 from tasks.score import score_model
 from tests.registered import SPEC
 from tests.serving.conftest import TEMPERATURE, calibrated_net
@@ -146,7 +146,7 @@ def test_bad_input_gets_its_4xx_with_a_clear_json_error(served, case, request_kw
 
 
 def test_limits_are_the_ingestion_limits(settings, monkeypatch, champion) -> None:
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
     from tests.serving.conftest import start_server, stop_server, wait_ready
 
     monkeypatch.setenv("OCEANML_MAX_IMAGE_BYTES", "2000")
@@ -198,8 +198,8 @@ def _sample(text: str, name: str) -> float:
 
 
 def test_not_ready_until_a_champion_exists_then_it_follows(settings, monkeypatch) -> None:
-    from oceanml.registry import set_champion
-    from oceanml.settings import get_settings
+    from core.registry import set_champion
+    from core.settings import get_settings
     from tests.registered import conv_net, register
     from tests.serving.conftest import start_server, stop_server, wait_ready
 

@@ -12,8 +12,8 @@ import httpx
 import numpy as np
 import torch
 
+from core.registry import client, set_champion
 from models.preprocess import model_input
-from oceanml.registry import client, set_champion
 from tests.registered import SPEC, conv_net, register
 from tests.serving.conftest import calibrated_net, serves_version
 from tests.serving.test_endpoint import PREDICT, jpeg

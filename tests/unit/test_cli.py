@@ -26,7 +26,7 @@ def test_rejects_lists_reasons(settings, sessions) -> None:
 
 
 def test_settings_masks_secrets(settings, monkeypatch) -> None:
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("OCEANML_LLM_API_KEY", "sk-top-secret")
     get_settings.cache_clear()

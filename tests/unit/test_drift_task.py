@@ -14,10 +14,10 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from oceanml.db import Dataset, DriftRecord, Observation
-from oceanml.registry import client, ensure_registered_model, set_champion
+from core.db import Dataset, DriftRecord, Observation
+from core.registry import client, ensure_registered_model, set_champion
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.dataset import select_manifest, write_manifest
 from tasks.drift import DriftThresholds, detect_drift
 from tasks.ingest import ingest

@@ -3,10 +3,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
-from oceanml.db import EnrichmentCache, Observation
-from oceanml.llm import MAX_DESCRIPTION, TAG_VOCABULARY, Enrichment, HeuristicProvider, sanitize
+from core.db import EnrichmentCache, Observation
+from core.llm import MAX_DESCRIPTION, TAG_VOCABULARY, Enrichment, HeuristicProvider, sanitize
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.enrich import enrich
 from tasks.ingest import ingest
 

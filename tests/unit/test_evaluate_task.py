@@ -17,12 +17,12 @@ import torch
 from sqlalchemy import select
 from torch import nn
 
+from core.db import Evaluation
+from core.registry import client, set_champion
 from models.calibration import calibration_summary
 from models.datamodule import read_split
 from models.net import OceanNet
 from models.zoo import get_spec
-from oceanml.db import Evaluation
-from oceanml.registry import client, set_champion
 from tasks.baselines import trivial_predictions
 from tasks.evaluate import evaluate, score
 from tests.mlflow_recording import Recording

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from oceanml.settings import Settings
-from tasks.hardware import Hardware, Machine
+from core.hardware import Hardware, Machine
+from core.settings import Settings
 
 BF16_GPUS = Machine(cuda=True, gpus=4, cores=32, bf16=True)  # e.g. 4 x A100/H100
 OLD_GPU = Machine(cuda=True, gpus=1, cores=8, bf16=False)  # e.g. a T4: no native bf16

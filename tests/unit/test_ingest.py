@@ -9,9 +9,9 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select
 
-from oceanml.db import Observation, Reject, session_factory
+from core.db import Observation, Reject, session_factory
+from core.store import filesystem
 from oceanml.simulator import observation_keys, simulate, write_landing
-from oceanml.store import filesystem
 from tasks.ingest import ingest, lookup
 
 END = datetime(2026, 11, 20, tzinfo=UTC)

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from sqlalchemy import select
 
-from oceanml.db import IngestedFile, Observation, Reject
+from core.db import IngestedFile, Observation, Reject
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.ingest import ingest
 
 END = datetime(2026, 11, 20, tzinfo=UTC)

@@ -18,9 +18,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
+from core.db import TrainingJob
+from core.jobs import JobCallback, claim_retrain, finish_job, queue_job
 from oceanml.cli import app
-from oceanml.db import TrainingJob
-from oceanml.jobs import JobCallback, claim_retrain, finish_job, queue_job
 
 MODEL = "plastic-detector"
 REPO = Path(__file__).resolve().parents[2]
@@ -131,7 +131,7 @@ def test_oceanml_jobs_lists_status_epochs_and_errors(sessions) -> None:
 
 
 def test_a_retried_attempt_reopens_its_job_and_a_completed_one_stays(sessions) -> None:
-    from oceanml.jobs import job_end, reopen_job
+    from core.jobs import job_end, reopen_job
 
     job_id = queue_job(sessions, MODEL, "ds-1", "nightly", max_epochs=3)
     finish_job(sessions, job_id, job_end(TimeoutError("task timed out")), error="timed out")
@@ -146,7 +146,7 @@ def test_a_retried_attempt_reopens_its_job_and_a_completed_one_stays(sessions) -
 
 
 def test_an_error_is_stored_without_the_credentials_in_force(sessions, monkeypatch) -> None:
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("OCEANML_MLFLOW_TRACKING_URI", "https://ml:Sentinel-pw-42@mlflow.example")
     get_settings.cache_clear()

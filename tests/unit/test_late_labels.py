@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from core.db import Observation, Reject
+from core.store import filesystem
 from oceanml.cli import app
-from oceanml.db import Observation, Reject
 from oceanml.simulator import observation_keys, simulate, write_landing
-from oceanml.store import filesystem
 from tasks.ingest import ingest
 
 END = datetime(2026, 11, 20, tzinfo=UTC)

@@ -10,11 +10,11 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import select
 
-from oceanml.db import Observation
-from oceanml.llm import MAX_DESCRIPTION, TAG_VOCABULARY, EnrichmentRequest
-from oceanml.openai_provider import OpenAIProvider, ProviderError, retry_after_seconds
+from core.db import Observation
+from core.llm import MAX_DESCRIPTION, TAG_VOCABULARY, EnrichmentRequest
+from core.openai_provider import OpenAIProvider, ProviderError, retry_after_seconds
+from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.enrich import enrich
 from tasks.ingest import ingest
 from tests.openai_server import OpenAIStub
@@ -99,7 +99,7 @@ def test_a_retry_after_of_a_day_waits_the_cap_and_is_counted(settings, sessions)
 
 
 def test_the_retry_after_cap_is_a_setting(settings, monkeypatch) -> None:
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
 
     monkeypatch.setenv("OCEANML_LLM_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.setenv("OCEANML_LLM_MAX_RETRY_AFTER_S", "7.5")
@@ -158,8 +158,8 @@ def test_the_api_key_is_never_in_errors(stub) -> None:
 
 
 def test_settings_choose_the_provider(monkeypatch, tmp_path, stub) -> None:
-    from oceanml.llm import make_provider
-    from oceanml.settings import Settings
+    from core.llm import make_provider
+    from core.settings import Settings
 
     monkeypatch.setenv("OCEANML_LLM_PROVIDER", "openai")
     with pytest.raises(ValueError, match="OCEANML_LLM_BASE_URL"):

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from models.zoo import ZOO
-from oceanml.params import apply_profile, fleet, load_params, profile_description
+from core.params import apply_profile, load_params, profile_description
+from models.zoo import ZOO, fleet
 from tasks.shards import DatasetParams
 from tasks.train import TrainParams
 

@@ -13,10 +13,9 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from models.zoo import get_spec
-from oceanml.champion_history import current_champion, history, record_change, sync_alias
-from oceanml.db import Promotion
-from oceanml.registry import (
+from core.champion_history import current_champion, history, record_change, sync_alias
+from core.db import Promotion
+from core.registry import (
     CHAMPION,
     PREVIOUS,
     alias_version,
@@ -24,6 +23,7 @@ from oceanml.registry import (
     ensure_registered_model,
     set_champion,
 )
+from models.zoo import get_spec
 from tasks.gates import PromotionPolicy
 from tasks.promote import promote
 from tests.mlflow_recording import Recording

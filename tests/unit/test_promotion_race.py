@@ -13,10 +13,10 @@ import sys
 import pytest
 from sqlalchemy import select
 
+from core.champion_history import history
+from core.db import Evaluation, Promotion, session_factory
+from core.registry import alias_version, client
 from models.zoo import get_spec
-from oceanml.champion_history import history
-from oceanml.db import Evaluation, Promotion, session_factory
-from oceanml.registry import alias_version, client
 from tasks.evaluate import evaluate
 from tasks.gates import PromotionPolicy
 from tasks.promote import force_promote
@@ -29,9 +29,9 @@ POLICY = PromotionPolicy(metric="macro_f1", floor=0.0, margin=0.0, max_slice_dro
 CHILD = """
 import json, sys
 from pathlib import Path
-from oceanml.db import session_factory
-from oceanml.registry import client
-from oceanml.settings import get_settings
+from core.db import session_factory
+from core.registry import client
+from core.settings import get_settings
 from models.zoo import get_spec
 from tasks.evaluate import evaluate
 from tasks.gates import PromotionPolicy

@@ -1,6 +1,6 @@
 """The champion alias and its history on a real MLflow store (SQLite)."""
 
-from oceanml.registry import (
+from core.registry import (
     CHAMPION,
     PREVIOUS,
     alias_version,
@@ -33,8 +33,8 @@ def test_a_password_in_the_tracking_uri_moves_to_mlflows_own_variables(monkeypat
     MLFLOW_TRACKING_PASSWORD (sent as basic auth) and the URI MLflow sees has none."""
     import os
 
-    from oceanml.registry import tracking_uri
-    from oceanml.settings import Settings
+    from core.registry import tracking_uri
+    from core.settings import Settings
 
     for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(name, raising=False)

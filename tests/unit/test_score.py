@@ -13,12 +13,12 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from core.db import Observation, Prediction
+from core.registry import client, set_champion
+from core.store import filesystem
 from models.predictor import load_predictor
 from models.preprocess import model_input
-from oceanml.db import Observation, Prediction
-from oceanml.registry import client, set_champion
 from oceanml.simulator import simulate, write_landing
-from oceanml.store import filesystem
 from tasks.ingest import ingest
 from tasks.score import Window, distribution, partitions, pending, score_model, score_rows
 from tests.registered import SPEC, conv_net, register

@@ -2,7 +2,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from oceanml.settings import Settings
+from core.settings import Settings
 
 
 def test_embedded_defaults_live_under_home(tmp_path: Path) -> None:

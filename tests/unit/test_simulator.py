@@ -3,6 +3,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from core.labels import WATER_QUALITY_TARGETS
 from oceanml.simulator import simulate
 from tasks.validate import inspect_image, parse_sidecar
 
@@ -63,4 +64,4 @@ def test_a_fraction_is_annotated_with_labels_for_every_model() -> None:
     assert 0.4 < len(annotated) / len(obs) < 0.8
     labels = annotated[0].labels
     assert {"plastic-detector", "algae-bloom", "water-quality", "coastal-pollution"} <= set(labels)
-    assert len(labels["water-quality"]) == 5 and all(0 <= v <= 1 for v in labels["water-quality"])
+    assert len(labels["water-quality"]) == len(WATER_QUALITY_TARGETS) and all(0 <= v <= 1 for v in labels["water-quality"])

@@ -155,7 +155,7 @@ def test_the_markdown_names_the_profile_then_shared_stages_fleet_and_each_model(
 
 
 def test_where_to_look_never_shows_a_password(settings, monkeypatch) -> None:
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
     from tasks.summary import where_to_look
 
     monkeypatch.setenv("OCEANML_DB_URL", "postgresql+psycopg://ocean:Sentinel-db-1@db:5432/o")
@@ -168,7 +168,7 @@ def test_where_to_look_never_shows_a_password(settings, monkeypatch) -> None:
 
 
 def test_an_mlflow_link_names_the_run_and_hides_the_password(settings) -> None:
-    from oceanml.registry import client, ensure_experiment, run_link
+    from core.registry import client, ensure_experiment, run_link
 
     mlc = client(settings)
     run = mlc.create_run(ensure_experiment(mlc, "links", None))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oceanml.db import SENSOR_COLUMNS
+from core.db import SENSOR_COLUMNS
 from tasks.validate import Readings, Rejection, inspect_image, observation_row, parse_sidecar
 
 NOW = datetime(2026, 11, 20, 12, tzinfo=UTC)

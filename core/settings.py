@@ -138,7 +138,7 @@ class Settings(BaseSettings):
 
     def public_dict(self) -> dict[str, object]:
         """Settings safe to print or log: secrets stay masked, URLs lose their password."""
-        from oceanml.secrets import mask_url
+        from core.secrets import mask_url
 
         return {k: (str(v) if isinstance(v, SecretStr)
                     else mask_url(v) if isinstance(v, str) and "://" in v else v)

@@ -14,7 +14,7 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
-from oceanml.settings import Settings
+from core.settings import Settings
 
 
 @dataclass(frozen=True)

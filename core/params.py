@@ -52,7 +52,7 @@ def run_profile(profile: str | None = None) -> str:
 
     Flows resolve it once and hand the name on (to training deployments too), so a worker
     whose environment names another profile still trains what the flow asked for."""
-    from oceanml.settings import get_settings
+    from core.settings import get_settings
 
     return profile or get_settings().profile or DEFAULT_PROFILE
 
@@ -68,18 +68,6 @@ def model_section(params: dict[str, Any], section: str, model: str) -> dict[str,
     if values is None:
         raise KeyError(f"params.yaml has no {section}.{model} section")
     return dict(values)
-
-
-def fleet(params: dict[str, Any]) -> list[str]:
-    """The models the nightly and monitor flows run: ``fleet`` in ``params.yaml``."""
-    from models.zoo import ZOO
-
-    names = list(params.get("fleet") or ZOO)
-    unknown = [n for n in names if n not in ZOO]
-    if unknown:
-        raise ValueError(f"fleet: unknown model(s) {', '.join(unknown)}; the zoo has "
-                         f"{', '.join(ZOO)}")
-    return names
 
 
 def profile_description(params: dict[str, Any], profile: str | None) -> str:

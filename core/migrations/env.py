@@ -1,10 +1,10 @@
-"""Alembic's environment: migrations run on the connection :func:`oceanml.db.migrate` hands
+"""Alembic's environment: migrations run on the connection :func:`core.db.migrate` hands
 over (no alembic.ini, no URL of its own), against OceanML's metadata. ``render_as_batch`` lets
 SQLite alter tables (it copies them), PostgreSQL alters in place."""
 
 from alembic import context
 
-from oceanml.db import Base
+from core.db import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True,

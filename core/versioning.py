@@ -55,7 +55,7 @@ def dvc(project_dir: Path, *args: str, env: dict[str, str] | None = None,
     (``OCEANML_DVC_TIMEOUT_S``) the command and what it started (a stage's build) are
     stopped and :class:`DvcTimeout` says which command it was."""
     if timeout_s is None:
-        from oceanml.settings import get_settings
+        from core.settings import get_settings
 
         timeout_s = get_settings().dvc_timeout_s
     command = f"dvc {' '.join(args)}"

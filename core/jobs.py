@@ -13,11 +13,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
-from oceanml.champion_history import model_lock
-from oceanml.db import TrainingJob
-from oceanml.lineage import flow_run_id
-from oceanml.secrets import known_secrets, scrub
-from oceanml.settings import get_settings
+from core.champion_history import model_lock
+from core.db import TrainingJob
+from core.lineage import flow_run_id
+from core.secrets import known_secrets, scrub
+from core.settings import get_settings
 
 try:  # a Lightning callback when Lightning is there (it always is where trainings run)
     from lightning.pytorch.callbacks import Callback
@@ -139,7 +139,7 @@ class JobCallback(Callback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if not trainer.is_global_zero:
             return
-        from oceanml.progress import StageProgress
+        from core.progress import StageProgress
 
         start_job(self.sessions, self.job_id, trainer.max_epochs)
         self.progress = StageProgress(f"train-{self.model}", unit="epoch", bar=False).__enter__()

@@ -1,4 +1,4 @@
-"""The metadata database's schema version: Alembic migrations (``oceanml/migrations``).
+"""The metadata database's schema version: Alembic migrations (``core/migrations``).
 
 Every process that opens the database brings it to the head revision first
 (:func:`migrate`): a new database gets every table; one made before migrations existed (its

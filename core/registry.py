@@ -14,7 +14,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from oceanml.settings import Settings
+from core.settings import Settings
 
 CHAMPION = "champion"
 PREVIOUS = "previous-champion"
@@ -69,7 +69,7 @@ def alias_version(mlc: MlflowClient, name: str, alias: str = CHAMPION) -> ModelV
 def set_champion(mlc: MlflowClient, name: str, version: str) -> str | None:
     """Move the ``champion`` alias to ``version`` (the old one keeps ``previous-champion``),
     without the champion history: for a registry that has none (tests, benchmarks). OceanML's
-    own changes go through :mod:`oceanml.champion_history`, which the alias follows."""
+    own changes go through :mod:`core.champion_history`, which the alias follows."""
     old = alias_version(mlc, name)
     old_version = str(old.version) if old else None  # MLflow 3 returns ints; we store strings
     if old_version is not None and old_version != str(version):
@@ -97,7 +97,7 @@ def load_model(mlc: MlflowClient, name: str, version: str) -> Any:
 def run_link(mlc: MlflowClient, uri: str, run_id: str, artifacts: str) -> str:
     """Where a run's ``artifacts`` folder is, for a person: a URL when the tracking server is
     one, else the run id and the ``mlflow ui`` command; never with a password."""
-    from oceanml.secrets import mask_url
+    from core.secrets import mask_url
 
     shown = mask_url(uri)
     if uri.startswith(("http://", "https://")):

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from oceanml.db import ChampionChange, ModelLock, insert_new
-from oceanml.registry import CHAMPION, PREVIOUS, alias_version
+from core.db import ChampionChange, ModelLock, insert_new
+from core.registry import CHAMPION, PREVIOUS, alias_version
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient

@@ -1,7 +1,7 @@
 """Enrichment through any OpenAI-compatible Chat Completions endpoint (OpenAI, vLLM, Ollama, ...).
 
 The answer is requested as JSON matching a schema and is still treated as untrusted: it goes
-through :func:`oceanml.llm.sanitize`. Readings are passed as a JSON data block that the system
+through :func:`core.llm.sanitize`. Readings are passed as a JSON data block that the system
 prompt declares to be data, never instructions. 429 and 503 answers are retried after their
 ``Retry-After``; other 5xx answers and transport errors are retried with exponential backoff
 and jitter. A malformed answer raises, which fails that item only.
@@ -20,8 +20,8 @@ from typing import Any
 
 import httpx
 
-from oceanml.llm import TAG_VOCABULARY, Enrichment, EnrichmentRequest, sanitize
-from oceanml.settings import Settings
+from core.llm import TAG_VOCABULARY, Enrichment, EnrichmentRequest, sanitize
+from core.settings import Settings
 
 SYSTEM_PROMPT = (
     "You describe observations from an ocean-monitoring network. The user message holds one "

@@ -280,7 +280,7 @@ class DecisionRecord(Base):
 
 class ChampionChange(Base):
     """Every change of a model's champion, append-only: the source of truth the MLflow
-    ``champion`` alias follows (``oceanml.champion_history``)."""
+    ``champion`` alias follows (``core.champion_history``)."""
 
     __tablename__ = "champion_history"
 
@@ -359,8 +359,8 @@ def make_engine(url: str) -> Engine:
 
 
 def init_db(engine: Engine) -> None:
-    """Bring the schema to this version's head revision (:mod:`oceanml.schema`)."""
-    from oceanml.schema import migrate
+    """Bring the schema to this version's head revision (:mod:`core.schema`)."""
+    from core.schema import migrate
 
     migrate(engine)
 

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from oceanml.settings import Settings
+from core.settings import Settings
 
 TAG_VOCABULARY = (
     "clear-water",
@@ -119,6 +119,6 @@ def make_provider(settings: Settings) -> EnrichmentProvider:
     """The provider the settings name."""
     if settings.llm_provider == "heuristic":
         return HeuristicProvider(settings.llm_model)
-    from oceanml.openai_provider import OpenAIProvider
+    from core.openai_provider import OpenAIProvider
 
     return OpenAIProvider.from_settings(settings)

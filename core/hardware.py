@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from oceanml.settings import Settings
+from core.settings import Settings
 
 
 @dataclass(frozen=True)

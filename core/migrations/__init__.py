@@ -1,0 +1,1 @@
+"""Alembic migrations of the metadata schema: ``core.db.migrate`` runs them."""

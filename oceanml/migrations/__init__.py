@@ -1,1 +1,0 @@
-"""Alembic migrations of the metadata schema: ``oceanml.db.migrate`` runs them."""
