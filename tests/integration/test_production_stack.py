@@ -71,6 +71,7 @@ class Lifecycle:
     drifted: list[str]
     after_first: dict[str, int]
     after_second: dict[str, int]
+    first_datasets: dict[str, str]  # the dataset version each model trained on first
 
 
 def counts(sessions, settings: Settings) -> dict[str, int]:
@@ -125,6 +126,8 @@ def lifecycle(stack) -> Iterator[Lifecycle]:
         land(settings, days=3, end=today - timedelta(days=2), scenario="normal", seed=1)
         first = run("nightly/nightly", stack)
         after_first = counts(sessions, settings)
+        with sessions() as s:
+            first_datasets = dict(s.execute(select(Dataset.name, Dataset.version)).all())
         second = run("nightly/nightly", stack)
         after_second = counts(sessions, settings)
         land(settings, days=2, end=today, scenario="storm", seed=2)
@@ -135,7 +138,7 @@ def lifecycle(stack) -> Iterator[Lifecycle]:
         drifted = sorted(m for m, v in verdicts.items() if v == "drift")
         retrains = wait_for_final_runs("retrain/retrain", len(drifted), RUN_TIMEOUT_S)
         yield Lifecycle(settings, sessions, scheduled, first, second, monitor, retrains, drifted,
-                        after_first, after_second)
+                        after_first, after_second, first_datasets)
     get_settings.cache_clear()
 
 
@@ -226,9 +229,18 @@ def test_drift_starts_the_retrain_deployment_for_the_models_it_moved(lifecycle) 
     assert sorted(r.parameters["model"] for r in done) == lifecycle.drifted
     assert all(r.state.is_completed() for r in done), [(r.name, r.state.message) for r in done]
     with lifecycle.sessions() as s:
-        retrained = s.scalars(select(TrainingJob.model_name)
-                              .where(TrainingJob.trigger == "retrain")).all()
-    assert sorted(retrained) == lifecycle.drifted
+        retrains = s.scalars(select(TrainingJob).where(TrainingJob.trigger == "retrain")).all()
+        decisions = {d.model_name: d for d in s.scalars(
+            select(DecisionRecord).order_by(DecisionRecord.id))}  # the latest per model
+    assert sorted(j.model_name for j in retrains) == lifecycle.drifted
+    assert all(j.status == "completed" and j.dataset_version for j in retrains)
+    by_run = {str(r.id): r.parameters["model"] for r in done}
+    for job in retrains:  # each retrain decided on the dataset it rebuilt with the storm in it
+        decision = decisions[job.model_name]
+        assert decision.decided_by == f"flow-run:{job.flow_run_id}"
+        assert by_run[job.flow_run_id] == job.model_name
+        assert decision.dataset_version == job.dataset_version
+        assert decision.dataset_version != lifecycle.first_datasets[job.model_name]
 
 
 def doctor(**env: str) -> subprocess.CompletedProcess:
@@ -433,18 +445,16 @@ def nothing_half_written(lifecycle, since: datetime) -> None:
         assert mlc.get_model_version(model, version).status == "READY", (model, version)
 
 
-@pytest.mark.parametrize(("part", "seed"), [("prefect", 3), ("postgres", 4)])
-def test_a_server_restart_under_a_running_nightly(lifecycle, stack, part, seed) -> None:
-    """A new day lands; the nightly starts; while a model trains the Prefect server (or
-    PostgreSQL, which holds OceanML's, Prefect's and MLflow's state) restarts. The run ends in
-    a final state that says what happened (Completed once retries carried it over, else
-    Failed/Crashed with a message); nothing is half-written; and the drift trigger, read back
-    by the server, still starts the retrain deployment."""
-    if part == "postgres" and not stack.pg_data:
-        pytest.skip("the stack did not start PostgreSQL (OCEANML_PG_DATA unset): not ours to "
-                    "restart")
+def test_server_restarts_under_a_running_nightly(lifecycle, stack) -> None:
+    """A new day lands; the nightly starts; while a model trains the Prefect server restarts,
+    and then, with a training running again, PostgreSQL (which holds OceanML's, Prefect's and
+    MLflow's state). One nightly takes both: the run ends in a final state that says what
+    happened (Completed once retries carried it over, else Failed/Crashed with a message);
+    nothing is half-written; and the drift trigger, read back by the server after both, still
+    starts the retrain deployment."""
+    parts = ["prefect"] + (["postgres"] if stack.pg_data else [])  # PostgreSQL: if ours
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    land(lifecycle.settings, days=1, end=today, scenario="normal", seed=seed)
+    land(lifecycle.settings, days=1, end=today, scenario="normal", seed=3)
     flow_run = run_deployment("nightly/nightly", timeout=0)  # its branches are subflows
 
     def training() -> bool:
@@ -452,8 +462,10 @@ def test_a_server_restart_under_a_running_nightly(lifecycle, stack, part, seed) 
             return bool(s.scalar(select(func.count()).select_from(TrainingJob).where(
                 TrainingJob.queued_at >= flow_run.created, TrainingJob.status == "running")))
 
-    wait_until("a training of the nightly running", training, RUN_TIMEOUT_S)
-    restart(stack, part)
+    for part in parts:
+        wait_until(f"a training of the nightly running (before the {part} restart)", training,
+                   RUN_TIMEOUT_S)
+        restart(stack, part)
     state = wait_until("the nightly in a final state",
                        lambda: (s := flow_run_state(flow_run.id)) and s.is_final() and s,
                        RUN_TIMEOUT_S, every_s=3)
@@ -461,9 +473,9 @@ def test_a_server_restart_under_a_running_nightly(lifecycle, stack, part, seed) 
     assert state.is_completed() or state.message, state
     nothing_half_written(lifecycle, flow_run.created)
 
-    reason = f"{part} restarted ({flow_run.id})"
+    reason = f"{' and '.join(parts)} restarted ({flow_run.id})"
     emit_drift(FLEET[0], reason)
-    started = wait_until("a retrain run started by the drift event after the restart",
+    started = wait_until("a retrain run started by the drift event after the restarts",
                          lambda: [r for r in deployment_runs("retrain/retrain")
                                   if r.parameters.get("reason") == reason], 180)
     assert [r.parameters["model"] for r in started] == [FLEET[0]]
