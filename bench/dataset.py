@@ -69,7 +69,7 @@ def main() -> None:
         for name in ("dvc.yaml", "params.yaml", ".dvcignore"):
             shutil.copy(REPO / name, project / name)
         os.environ.update(OCEANML_HOME=str(root / "home"), OCEANML_PROJECT_DIR=str(project))
-        from core.db import session_factory
+        from core.database import session_factory
         from core.settings import get_settings
 
         get_settings.cache_clear()

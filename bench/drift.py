@@ -73,7 +73,7 @@ def oceanml_check(reference: pd.DataFrame, current: pd.DataFrame) -> set[str]:
     from tasks.drift import compute_drift, load_thresholds
     from tasks.shards import reference_stats
 
-    thresholds, _ = load_thresholds(REPO / "params.yaml")
+    thresholds, _ = load_thresholds(REPO)
     ref = reference.assign(llm_tags=reference["llm_tags"].map(",".join))  # as manifests hold
     stats = reference_stats(ref, sample=2000)
     report = compute_drift(stats, current, thresholds)
@@ -126,7 +126,7 @@ def timed(fn, *args) -> tuple[float, object]:
 
 def embedding_check(n: int = 10_000, width: int = 512) -> dict[str, float]:
     """The shipped MMD check on n vs n embeddings (a shifted cloud): seconds and p-value."""
-    from tasks.drift import DriftThresholds
+    from core.params_schema import DriftThresholds
     from tasks.drift_stats import mmd_permutation_test
 
     t = DriftThresholds()

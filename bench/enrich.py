@@ -35,7 +35,7 @@ SEED = 7  # the fault draws: one seed for every concurrency level
 def populate(home: Path, items: int) -> object:
     """A fresh DB holding ``items`` ingested observations waiting for enrichment."""
     os.environ["OCEANML_HOME"] = str(home)
-    from core.db import session_factory
+    from core.database import session_factory
     from core.settings import get_settings
     from core.store import filesystem
     from oceanml.simulator import simulate, write_landing

@@ -112,7 +112,7 @@ def worker(landing: Path, home: Path, db_url: str | None) -> dict:
     os.environ["OCEANML_LANDING_URL"] = landing.as_uri()
     if db_url:
         os.environ["OCEANML_DB_URL"] = db_url
-    from core.db import session_factory
+    from core.database import session_factory
     from core.settings import get_settings
     from tasks.ingest import ingest
 
@@ -214,7 +214,7 @@ def step_costs(landing: Path, home: Path, db_url: str | None) -> dict[str, float
     os.environ["OCEANML_LANDING_URL"] = landing.as_uri()
     if db_url:
         os.environ["OCEANML_DB_URL"] = db_url
-    from core.db import session_factory
+    from core.database import session_factory
     from core.settings import get_settings
     from core.store import content_key, filesystem, put_if_absent, sha256_hex
     from tasks.ingest import iter_new, store_chunk

@@ -103,7 +103,7 @@ def run_prefect(epochs: int | None) -> dict:
 def run_plain(epochs: int | None) -> dict:
     """The same stage bodies, called one after the other as the flow orders them."""
     warm_imports()
-    from core.db import session_factory
+    from core.database import session_factory
     from core.jobs import queue_job
     from core.params import load_params, profile_description
     from core.settings import get_settings

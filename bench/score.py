@@ -96,7 +96,7 @@ def main() -> None:
         import torch
 
         from bench.dataset import land
-        from core.db import session_factory
+        from core.database import session_factory
         from core.hardware import Hardware
         from core.registry import client, set_champion
         from core.settings import get_settings

@@ -1,6 +1,6 @@
 """The training task's Lightning fit against a hand-written PyTorch loop doing the same work.
 
-The Lightning side is the trainer the train task builds (``tasks.train.build_module``,
+The Lightning side is the trainer the train task builds (``tasks.trainer.build_module``,
 ``build_data``, ``build_trainer``): MLflow logger, ``best``/``last`` checkpoints, early
 stopping (patience set past the last epoch, so both sides run every epoch), the per-epoch
 shuffle, validation every epoch. The hand-written loop does the same work each epoch: train
@@ -38,7 +38,7 @@ MODEL = "plastic-detector"
 def make_shards(root: Path, size: int, observations: int) -> Path:
     """Simulated, ingested and sharded observations: the data the training task reads."""
     os.environ["OCEANML_HOME"] = str(root / "home")
-    from core.db import session_factory
+    from core.database import session_factory
     from core.settings import get_settings
     from core.store import filesystem
     from oceanml.simulator import simulate, write_landing
@@ -56,7 +56,7 @@ def make_shards(root: Path, size: int, observations: int) -> Path:
     sessions = session_factory(settings.db_url)
     ingest(settings, sessions, now=end)
     write_manifest(select_manifest(sessions, MODEL).frame, root / "manifest.csv")
-    build(root / "manifest.csv", root / "shards", DatasetParams(MODEL, size), settings)
+    build(root / "manifest.csv", root / "shards", DatasetParams(label_key=MODEL, image_size=size), settings)
     return root / "shards"
 
 
@@ -101,7 +101,8 @@ def setup(shards: Path, args, workdir: Path):
 
     spec = get_spec(MODEL, backbone=args.backbone, input_size=args.size)
     params = TrainParams(backbone=args.backbone, image_size=args.size, max_epochs=args.epochs,
-                         batch_size=args.batch_size, patience=args.epochs + 1)
+                         batch_size=args.batch_size, patience=args.epochs + 1, lr=2e-3,
+                         weight_decay=1e-4, seed=7)
     hardware = Hardware(num_workers=args.workers)
     tracking = f"sqlite:///{workdir / 'mlflow.db'}"
     return spec, params, hardware, tracking
@@ -111,7 +112,7 @@ def run_lightning(shards: Path, args, workdir: Path) -> tuple[float, float]:
     import lightning as L
     from lightning.pytorch.loggers import MLFlowLogger
 
-    from tasks.train import build_data, build_module, build_trainer
+    from tasks.trainer import build_data, build_module, build_trainer
 
     spec, params, hardware, tracking = setup(shards, args, workdir)
     gpu = hardware.gpu  # probed once, not per step
@@ -160,7 +161,7 @@ def run_torch(shards: Path, args, workdir: Path) -> tuple[float, float]:
     from models.backbones import build_backbone
     from models.module import _metrics
     from models.net import OceanNet
-    from tasks.train import LOG_EVERY_N_STEPS, build_data
+    from tasks.trainer import LOG_EVERY_N_STEPS, build_data
 
     spec, params, hardware, tracking = setup(shards, args, workdir)
     gpu = hardware.gpu  # probed once, not per step

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from core.db import ChampionChange, ModelLock, insert_new
+from core.database import insert_new
+from core.records import ChampionChange, ModelLock
 from core.registry import CHAMPION, PREVIOUS, alias_version
 
 if TYPE_CHECKING:

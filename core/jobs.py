@@ -14,8 +14,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
 from core.champion_history import model_lock
-from core.db import TrainingJob
 from core.lineage import flow_run_id
+from core.records import TrainingJob
 from core.secrets import known_secrets, scrub
 from core.settings import get_settings
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import BaseModel, ValidationError
+
+from core.params_schema import ParamsFile
 
 PARAMS_FILE = "params.yaml"
 PROFILE_SECTIONS = ("datasets", "train")
@@ -45,6 +48,58 @@ def apply_profile(params: dict[str, Any], profile: str | None) -> dict[str, Any]
             values.update(chosen.get(section) or {})
             values.update(((chosen.get("models") or {}).get(model) or {}).get(section) or {})
     return out
+
+
+class ParamsError(ValueError):
+    """``params.yaml`` cannot run as written: each bad key or value, with its place."""
+
+
+def where(loc: tuple[Any, ...]) -> str:
+    """A pydantic location as a place in the file: ``datasets.algae-bloom.split``."""
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def refusal(error: ValidationError, file: str, prefix: str = "") -> ParamsError:
+    """One line per problem, each naming its key and place, in words a user can act on."""
+    lines = []
+    for problem in error.errors():
+        place = where((*((prefix,) if prefix else ()), *problem["loc"]))
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{place}: unknown key")
+        elif problem["type"] == "missing":
+            lines.append(f"{place}: missing (params.yaml must set it)")
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            got = problem.get("input")
+            shown = "" if isinstance(got, dict | list | tuple) else f" (got {got!r})"
+            lines.append(f"{place}: {message}{shown}")
+    return ParamsError(f"{file}: " + "; ".join(lines))
+
+
+Model = TypeVar("Model", bound=BaseModel)
+
+
+def validated(cls: type[Model], values: Any, place: str, file: str = "params.yaml") -> Model:
+    """``values`` as ``cls``, or a :class:`ParamsError` naming what is wrong and where."""
+    try:
+        return cls.model_validate(values)
+    except ValidationError as error:
+        raise refusal(error, file, place) from None
+
+
+def load_file(project_dir: Path, profile: str | None = None) -> ParamsFile:
+    """The whole of ``params.yaml``, checked, with ``profile`` applied: what a run reads.
+
+    The file is checked as written first (a typo in a profile is named in the profile), then
+    with the profile laid over it (a profile's key that no section has is named there)."""
+    raw = read_params(project_dir)
+    file = str(project_dir / PARAMS_FILE)
+    validated(ParamsFile, raw, "", file)
+    applied = apply_profile(raw, profile)
+    try:
+        return ParamsFile.model_validate(applied)
+    except ValidationError as error:
+        raise refusal(error, f"{file} (profile {profile})") from None
 
 
 def run_profile(profile: str | None = None) -> str:

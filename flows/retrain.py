@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
-from core.db import session_factory
+from core.database import session_factory
 from core.jobs import finish_job, set_job
 from core.params import run_profile
 from core.settings import get_settings
@@ -21,7 +21,7 @@ from flows.training import train_step
 from tasks.dataset import build_dataset_task
 from tasks.evaluate import evaluate_task
 from tasks.promote import promote_task
-from tasks.train import claim_retrain_task
+from tasks.training_records import claim_retrain_task
 
 
 def champion_profile(model: str) -> str | None:

@@ -14,7 +14,8 @@ from tasks.enrich import enrich_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.promote import promote_task
-from tasks.train import latest_training_task, train_task
+from tasks.train import train_task
+from tasks.training_records import latest_training_task
 
 
 @flow(name="ingest")

@@ -14,11 +14,12 @@ from typing import Any
 from prefect import get_run_logger
 from prefect.deployments import run_deployment
 
-from core.db import session_factory
+from core.database import session_factory
 from core.jobs import finish_job, job_end, queue_job
 from core.lineage import flow_run_id
 from core.settings import get_settings
-from tasks.train import recorded_training_task, resolve, train_task
+from tasks.train import resolve, train_task
+from tasks.training_records import recorded_training_task
 
 LOCAL_TRAINING = threading.Lock()
 

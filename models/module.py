@@ -35,9 +35,9 @@ class OceanModule(L.LightningModule):
         feature_dim: int,
         task: str,
         num_outputs: int,
-        lr: float = 2e-3,
-        weight_decay: float = 1e-4,
-        max_epochs: int = 10,
+        lr: float,  # no defaults: train.<model> of params.yaml says them
+        weight_decay: float,
+        max_epochs: int,
         channels_last: bool = False,
         target_mean: list[float] | None = None,
         target_std: list[float] | None = None,

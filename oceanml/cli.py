@@ -14,13 +14,12 @@ from typing import Annotated
 
 import typer
 
+from oceanml.cli_datasets import app as datasets_app
 from oceanml.cli_labels import app as labels_app
 from oceanml.cli_models import app as models_app
 
 app = typer.Typer(help="OceanML: the ocean-monitoring ML lifecycle as Prefect flows.",
                   no_args_is_help=True)
-datasets_app = typer.Typer(help="Dataset versions (DVC) recorded in the metadata DB.",
-                           no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(labels_app, name="labels")
@@ -190,7 +189,8 @@ def rejects(limit: int = 20) -> None:
     """What ingestion refused, newest first, with the reason."""
     from sqlalchemy import func, select
 
-    from core.db import Reject, session_factory
+    from core.database import session_factory
+    from core.db import Reject
     from core.settings import get_settings
 
     with session_factory(get_settings().db_url)() as session:
@@ -212,7 +212,7 @@ def jobs(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON document.")] = False,
 ) -> None:
     """Training jobs, newest first: status, epoch of total, progress, worker, any error."""
-    from core.db import session_factory
+    from core.database import session_factory
     from core.jobs import list_jobs
     from core.settings import get_settings
 
@@ -268,55 +268,6 @@ def show_settings() -> None:
 
     for key, value in get_settings().public_dict().items():
         typer.echo(f"{key} = {value}")
-
-
-@datasets_app.command("list")
-def datasets_list(model: str | None = None) -> None:
-    """Every recorded dataset version, newest first."""
-    from sqlalchemy import select
-
-    from core.db import Dataset, session_factory
-    from core.settings import get_settings
-
-    with session_factory(get_settings().db_url)() as session:
-        query = select(Dataset).order_by(Dataset.id.desc())
-        rows = session.scalars(query.where(Dataset.name == model) if model else query).all()
-    for row in rows:
-        typer.echo(f"{row.created_at:%Y-%m-%d %H:%M} {row.name:20} {row.version} {row.split_counts}")
-
-
-def _dataset(version: str):
-    """The recorded dataset row of ``version``, or a clear CLI error."""
-    from sqlalchemy import select
-
-    from core.db import Dataset, session_factory
-    from core.settings import get_settings
-
-    with session_factory(get_settings().db_url)() as session:
-        row = session.scalar(select(Dataset).where(Dataset.version == version))
-    if row is None:
-        raise typer.BadParameter(f"no dataset version {version} (see `oceanml datasets list`)")
-    return row
-
-
-@datasets_app.command("show")
-def datasets_show(version: str) -> None:
-    """Counts per split and class of one version."""
-    row = _dataset(version)
-    typer.echo(json.dumps({"name": row.name, "version": row.version, "path": row.path,
-                           "split_counts": row.split_counts, "class_counts": row.class_counts,
-                           "created_at": str(row.created_at), "flow_run_id": row.flow_run_id},
-                          indent=2))
-
-
-@datasets_app.command("checkout")
-def datasets_checkout(version: str) -> None:
-    """Restore a version from the DVC remote into data/versions/, verified by hash."""
-    from core.settings import get_settings
-    from tasks.dataset import local_dataset
-
-    row = _dataset(version)
-    typer.echo(str(local_dataset(get_settings(), row.name, version)))
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ def import_cmd(
     contradicts another row or a stored label is refused with its reason (`oceanml rejects`);
     a stored label is never changed. Then each champion's realized accuracy is computed on
     every window it was estimated on."""
-    from core.db import session_factory
+    from core.database import session_factory
     from core.settings import get_settings
     from tasks.late_labels import import_labels, read_label_file
 

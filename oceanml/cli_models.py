@@ -19,7 +19,7 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.
 
 
 def _context() -> tuple[Any, Any, Any]:
-    from core.db import session_factory
+    from core.database import session_factory
     from core.registry import client
     from core.settings import get_settings
 
@@ -58,9 +58,9 @@ def list_models(as_json: JsonFlag = False) -> None:
     from sqlalchemy import select
 
     from core.champion_history import current_champion, head, sync_alias
-    from core.db import DecisionRecord
+    from core.records import DecisionRecord
     from models.zoo import ZOO
-    from tasks.promote import decision_dict
+    from tasks.champion import decision_dict
 
     _, sessions, mlc = _context()
     out = []
@@ -92,8 +92,8 @@ def show(name: str, as_json: JsonFlag = False) -> None:
     from sqlalchemy import select
 
     from core.champion_history import current_champion
-    from core.db import DecisionRecord, PerformanceEstimate
-    from tasks.promote import decision_dict
+    from core.records import DecisionRecord, PerformanceEstimate
+    from tasks.champion import decision_dict
 
     _, sessions, mlc = _context()
     name = _model(name)
@@ -176,7 +176,7 @@ def promote(
     """Make VERSION champion if it passes the gates (at once with --force, recorded as forced).
 
     The gates compare it with the current champion on the test split of its own dataset."""
-    from tasks.promote import PROMOTED_EVENT
+    from tasks.champion import PROMOTED_EVENT
 
     settings, sessions, mlc = _context()
     name = _model(name)
@@ -207,8 +207,8 @@ def rollback(
     as_json: JsonFlag = False,
 ) -> None:
     """Back to the previous champion, or to --to VERSION if it was champion before."""
-    from tasks.promote import ROLLED_BACK_EVENT
-    from tasks.promote import rollback as do_rollback
+    from tasks.champion import ROLLED_BACK_EVENT
+    from tasks.champion import rollback as do_rollback
 
     _, sessions, mlc = _context()
     name = _model(name)
@@ -229,7 +229,7 @@ def _guarded(action: Any) -> Any:
 
 
 def _force(sessions: Any, mlc: Any, name: str, version: str, reason: str) -> dict[str, Any]:
-    from tasks.promote import force_promote
+    from tasks.champion import force_promote
 
     return force_promote(sessions, mlc, name, version, reason, _who())
 
@@ -252,7 +252,7 @@ def _gated(settings: Any, sessions: Any, mlc: Any, name: str, version: str) -> d
                         lambda: local_dataset(settings, name, dataset), None,
                         champion_version=champion)
 
-    policy = load_policy(settings.project_dir.resolve() / "params.yaml", name)
+    policy = load_policy(settings.project_dir.resolve(), name)
     return gated_promote(sessions, mlc, name, evaluation(), policy, None, reevaluate=evaluation,
                          decided_by=_who())
 
@@ -263,7 +263,7 @@ def _announce(event: str, result: dict[str, Any]) -> None:
 
     if not PREFECT_API_URL.value():
         return
-    from tasks.promote import emit_champion_event
+    from tasks.champion import emit_champion_event
 
     emit_champion_event(event, result["model"], result["version"], result["previous_version"],
                         result["reason"])

@@ -29,7 +29,7 @@ class Check:
 def check_database(settings: Settings) -> Check:
     from sqlalchemy import text
 
-    from core.db import make_engine
+    from core.database import make_engine
     from core.schema import current, head
 
     where = mask_url(settings.db_url)

@@ -8,7 +8,7 @@ output directory; it is pushed to the DVC remote and recorded in ``datasets``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from core import versioning
-from core.db import SENSOR_COLUMNS, Dataset, Observation, session_factory
+from core.database import session_factory
+from core.db import SENSOR_COLUMNS, Dataset, Observation
 from core.lineage import flow_run_id
 from core.params import load_params, model_section
 from core.settings import Settings, get_settings
-from tasks.selection import summarize
+from tasks.selection import Labelling, Selection, summarize
 from tasks.shards import IMAGE_FEATURES, MANIFEST_COLUMNS, DatasetParams, resolved_params_path
 
 _MANIFEST_QUERY_COLUMNS = (
@@ -48,9 +49,10 @@ def select_manifest(sessions: sessionmaker, params: DatasetParams | str,
 
     The time window is applied in SQL (``observed_at`` is indexed); every other filter in
     Python, so the reasons count what each filter left out within the window."""
-    if isinstance(params, str):
-        params = DatasetParams(label_key=params)
-    selection, labelling = params.selection, params.labelling()
+    if isinstance(params, str):  # every annotated image under that label key
+        selection, labelling = Selection(), Labelling(params)
+    else:
+        selection, labelling = params.selection, params.labelling()
     since, until = selection.window(now or datetime.now(UTC))
     query = (select(*(getattr(Observation, c) for c in _MANIFEST_QUERY_COLUMNS))
              .where(Observation.image_key.is_not(None))
@@ -59,7 +61,7 @@ def select_manifest(sessions: sessionmaker, params: DatasetParams | str,
         query = query.where(Observation.observed_at >= since)
     if until is not None:
         query = query.where(Observation.observed_at < until)
-    selection = replace(selection, since=since, until=until, last_days=None)
+    selection = selection.model_copy(update={"since": since, "until": until, "last_days": None})
     records, reasons = [], []
     with sessions() as session:
         for row in session.execute(query).mappings():

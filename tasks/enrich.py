@@ -17,7 +17,8 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import sessionmaker
 
 from core.batches import slices
-from core.db import SENSOR_COLUMNS, EnrichmentCache, Observation, session_factory
+from core.database import session_factory
+from core.db import SENSOR_COLUMNS, EnrichmentCache, Observation
 from core.llm import (
     PROMPT_VERSION,
     Enrichment,

@@ -1,14 +1,10 @@
-"""Evaluate: challenger and champion scored on the same test split.
+"""Evaluate: challenger and champion scored on the same test split, beside the trivial
+predictors fit on its train split.
 
-:func:`score` and :func:`regression_score` are pure (labels in, report out: ``overall``,
-``per_class`` or ``per_target``, ``slices``, and ``confusion`` for classification);
-:func:`evaluate_versions` loads models from the registry, predicts, scores and logs a
-confusion-matrix plot and the report to the challenger's MLflow run; :func:`evaluate` is the
+:func:`evaluate_versions` loads models from the registry, predicts, scores (the pure
+metrics of :mod:`tasks.metrics`) and logs the figures and the report
+(:mod:`tasks.evaluation_report`) to the challenger's MLflow run; :func:`evaluate` is the
 stage's logic (reuse or score, then record), which :func:`evaluate_task` wraps.
-
-The metrics are torchmetrics' functional ones (the same library the training loop logs
-with), so evaluation and training agree on what precision, F1 or R2 mean. One definition is
-ours on purpose: macro-F1, see :func:`classification_metrics`.
 """
 
 from __future__ import annotations
@@ -26,165 +22,22 @@ from sqlalchemy.orm import sessionmaker
 
 from core import lineage
 from core.champion_history import current_champion
-from core.db import Evaluation, session_factory
+from core.database import session_factory
 from core.logs import stage_logger
+from core.records import Evaluation
 from core.registry import client as mlflow_client
 from core.registry import load_model, run_link, tracking_uri
 from core.settings import get_settings
 from models.zoo import ModelSpec, get_spec
 from tasks.baselines import split_targets, trivial_predictions
 from tasks.dataset import local_dataset
+from tasks.evaluation_report import confusion_figure, evaluation_markdown, regression_figures
+from tasks.metrics import classification_report, regression_report
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-MIN_SLICE = 5
 CURRENT = object()  # evaluate against whatever is champion now
-
-
-def _class_table(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> dict[str, np.ndarray]:
-    """Confusion matrix (rows true, columns predicted), accuracy and per-class precision,
-    recall and F1, by torchmetrics.
-
-    A class never predicted has precision 0, one never true recall 0 (torchmetrics'
-    ``zero_division=0``): an undefined ratio must not read as a good one. An empty input
-    (torchmetrics refuses it) gives zeros everywhere, accuracy included, so an empty split
-    scores below any floor instead of failing the stage.
-    """
-    if len(y_true) == 0:
-        return {"confusion": np.zeros((n, n), dtype=np.int64), "accuracy": np.float32(0.0),
-                **{k: np.zeros(n, dtype=np.float32) for k in ("precision", "recall", "f1")}}
-    import torch
-    from torchmetrics.functional import classification as tmc
-
-    preds = torch.as_tensor(np.asarray(y_pred, dtype=np.int64))
-    target = torch.as_tensor(np.asarray(y_true, dtype=np.int64))
-    per_class = {"num_classes": n, "average": "none"}
-    return {
-        "confusion": tmc.multiclass_confusion_matrix(preds, target, num_classes=n).numpy(),
-        "accuracy": tmc.multiclass_accuracy(preds, target, num_classes=n, average="micro").numpy(),
-        "precision": tmc.multiclass_precision(preds, target, **per_class).numpy(),
-        "recall": tmc.multiclass_recall(preds, target, **per_class).numpy(),
-        "f1": tmc.multiclass_f1_score(preds, target, **per_class).numpy(),
-    }
-
-
-def _overall(table: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Accuracy, macro-F1 over the classes present in the labels, n and the confusion matrix."""
-    confusion = table["confusion"]
-    present = confusion.sum(axis=1) > 0
-    return {
-        "accuracy": float(table["accuracy"]),
-        "macro_f1": float(table["f1"][present].mean()) if present.any() else 0.0,
-        "n": int(confusion.sum()),
-        "confusion": confusion,
-    }
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, n: int) -> dict[str, Any]:
-    """Accuracy and macro-F1 over the classes present in ``y_true``, and the confusion matrix.
-
-    Macro-F1 is the mean per-class F1 of the classes that occur in the labels, not
-    torchmetrics' ``average="macro"``, which also averages in a class that is only predicted
-    (with F1 0). The promotion gate compares challenger and champion on the same split and
-    slices, so the classes averaged must depend on the data alone: under torchmetrics' macro,
-    one spurious prediction of a class absent from a small slice adds a zero to that model's
-    average only (a third off a two-class slice, past ``max_slice_drop``), and the two models
-    end up averaged over different classes. The wrong prediction is still paid for, once, in
-    the recall of the true class. (Training's ``val/macro_f1`` uses torchmetrics' macro: it
-    only ranks epochs of one model.)
-    """
-    return _overall(_class_table(y_true, y_pred, n))
-
-
-def slice_members(slices: dict[str, Sequence[Any]] | None) -> dict[str, list[int]]:
-    """``family=value`` -> the indices of the items in it, sorted by name; an item whose value
-    is a list (several tags) belongs to several slices."""
-    members: dict[str, list[int]] = {}
-    for family, values in (slices or {}).items():
-        for index, value in enumerate(values):
-            for v in value if isinstance(value, list | tuple) else [value]:
-                members.setdefault(f"{family}={v}", []).append(index)
-    return dict(sorted(members.items()))
-
-
-def score(
-    y_true: Sequence[int],
-    y_pred: Sequence[int],
-    classes: Sequence[str],
-    slices: dict[str, Sequence[Any]] | None = None,
-) -> dict[str, Any]:
-    """Overall, per-class and per-slice metrics; slices smaller than ``MIN_SLICE`` are skipped.
-
-    ``slices`` maps a slice family (``device_type``, ``tag``) to one value per item; a value
-    may be a list (an item with several tags belongs to several slices).
-    """
-    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    table = _class_table(y_true, y_pred, len(classes))
-    overall = _overall(table)
-    confusion = overall.pop("confusion")
-    per_class = {
-        name: {"precision": float(table["precision"][i]), "recall": float(table["recall"][i]),
-               "f1": float(table["f1"][i]), "support": int(confusion[i].sum())}
-        for i, name in enumerate(classes)
-    }
-    by_slice: dict[str, dict[str, float]] = {}
-    small: dict[str, int] = {}  # slices too small to score, with their size
-    for name, idx in slice_members(slices).items():
-        if len(idx) >= MIN_SLICE:
-            m = classification_metrics(y_true[idx], y_pred[idx], len(classes))
-            by_slice[name] = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "n": m["n"]}
-        else:
-            small[name] = len(idx)
-    return {"overall": overall, "per_class": per_class, "slices": by_slice,
-            "small_slices": small, "confusion": confusion.tolist(), "classes": list(classes)}
-
-
-def regression_score(y_true: np.ndarray, y_pred: np.ndarray, targets: Sequence[str],
-                     slices: dict[str, Sequence[Any]] | None = None) -> dict:
-    """MAE, RMSE and R2 per target and overall.
-
-    Overall MAE and RMSE pool every (row, target) error, so they are the errors of one
-    prediction on the common [0, 1] scale of the indices; overall R2 is the mean of the
-    per-target R2 (torchmetrics' ``uniform_average``), since R2 of the pooled values would
-    credit the model for the differences between the targets' means. A target with no
-    variance in the split gets R2 0 (1 when predicted exactly), torchmetrics' convention, so
-    the report stays finite. R2 needs two rows: fewer raise ``ValueError`` (a split that
-    small cannot judge a model, and a NaN would pass every gate comparison).
-    """
-    import torch
-    from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
-
-    k = len(targets)
-    target = torch.as_tensor(np.asarray(y_true, dtype=np.float64)).reshape(-1, k)
-    preds = torch.as_tensor(np.asarray(y_pred, dtype=np.float64)).reshape(-1, k)
-    n = int(target.shape[0])
-    if n < 2:
-        raise ValueError(f"regression needs at least 2 test rows to score, got {n}")
-    mae = mean_absolute_error(preds, target, num_outputs=k).reshape(-1)
-    rmse = mean_squared_error(preds, target, squared=False, num_outputs=k).reshape(-1)
-    r2 = r2_score(preds, target, multioutput="raw_values").reshape(-1)
-    overall = {
-        "mae": float(mean_absolute_error(preds.reshape(-1), target.reshape(-1))),
-        "rmse": float(mean_squared_error(preds.reshape(-1), target.reshape(-1), squared=False)),
-        "r2": float(r2.mean()),
-        "n": n,
-    }
-    by_slice, small = {}, {}
-    for name, idx in slice_members(slices).items():
-        if len(idx) < MIN_SLICE:
-            small[name] = len(idx)
-            continue
-        err = (preds[idx] - target[idx]).reshape(-1)
-        by_slice[name] = {"mae": float(err.abs().mean()),
-                          "rmse": float(err.pow(2).mean().sqrt()), "n": len(idx)}
-    return {
-        "overall": overall,
-        "per_target": {t: {"mae": float(mae[i]), "rmse": float(rmse[i]), "r2": float(r2[i])}
-                       for i, t in enumerate(targets)},
-        "slices": by_slice,
-        "small_slices": small,
-    }
 
 
 def test_slices(dataset_dir: Path) -> dict[str, list]:
@@ -222,9 +75,9 @@ def scored_report(spec: ModelSpec, truth: np.ndarray, preds: np.ndarray,
     """The report of ``preds`` against ``truth``, with its per-example ``examples`` (labels
     and predictions in shard order), which the promotion gate pairs across two models."""
     if spec.task == "classification":
-        report = score(truth, preds, spec.outputs, slices)
+        report = classification_report(truth, preds, spec.outputs, slices)
     else:
-        report = regression_score(truth, preds, spec.outputs, slices)
+        report = regression_report(truth, preds, spec.outputs, slices)
     report["examples"] = {"y_true": np.asarray(truth).tolist(),
                           "y_pred": np.asarray(preds).tolist()}
     return report
@@ -257,55 +110,6 @@ def trivial_reports(spec: ModelSpec, dataset_dir: Path, truth: np.ndarray,
     train = split_targets(spec, dataset_dir)
     return {name: scored_report(spec, truth, preds, slices)
             for name, preds in trivial_predictions(spec, train, len(truth)).items()}
-
-
-def confusion_figure(report: dict[str, Any], title: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    matrix = np.asarray(report["confusion"])
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(len(report["classes"])), report["classes"], rotation=30)
-    ax.set_yticks(range(len(report["classes"])), report["classes"])
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for (i, j), v in np.ndenumerate(matrix):
-        ax.text(j, i, str(v), ha="center", va="center",
-                color="white" if v > matrix.max() / 2 else "black")
-    fig.tight_layout()
-    return fig
-
-
-def regression_figures(report: dict[str, Any], spec: ModelSpec, version: str) -> dict[str, Any]:
-    """Predicted against true (one panel per target, the diagonal drawn) and the residuals'
-    histogram per target, from the report's per-example ``examples``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    truth = np.asarray(report["examples"]["y_true"], dtype=float).reshape(-1, spec.num_outputs)
-    preds = np.asarray(report["examples"]["y_pred"], dtype=float).reshape(-1, spec.num_outputs)
-    k = spec.num_outputs
-    scatter, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
-    residual, raxes = plt.subplots(1, k, figsize=(3.2 * k, 2.8), squeeze=False)
-    for i, target in enumerate(spec.outputs):
-        ax = axes[0][i]
-        ax.scatter(truth[:, i], preds[:, i], s=8, alpha=0.6)
-        ax.plot([0, 1], [0, 1], color="grey", linewidth=1)
-        ax.set_title(target, fontsize=9)
-        ax.set_xlabel("true")
-        ax.set_ylabel("predicted")
-        raxes[0][i].hist(preds[:, i] - truth[:, i], bins=20)
-        raxes[0][i].set_title(f"{target}: predicted - true", fontsize=9)
-    scatter.suptitle(f"{spec.name} v{version} (test)")
-    for fig in (scatter, residual):
-        fig.tight_layout()
-    return {"predicted_vs_true": scatter, "residuals": residual}
 
 
 @dataclass
@@ -427,79 +231,6 @@ def with_trivial(report: dict[str, Any], spec: ModelSpec, dataset_dir: Callable[
     directory = dataset_dir()
     truth = np.asarray(report["examples"]["y_true"])
     return {**report, "trivial": trivial_reports(spec, directory, truth, test_slices(directory))}
-
-
-def _fmt(value: Any) -> str:
-    return f"{value:.3f}" if isinstance(value, float) else str(value)
-
-
-def _cells(values: Sequence[Any]) -> str:
-    """``challenger / champion / trivial...`` for a table cell; ``-`` for what a report lacks."""
-    return " / ".join(_fmt(v) if v is not None else "-" for v in values)
-
-
-def evaluation_markdown(model: str, outcome: dict[str, Any], link: str = "") -> str:
-    """The evaluation report, challenger, champion and the trivial predictors side by side:
-    overall (with the difference to the champion), per class or per target, every scored
-    slice with its size, the slices too small to score, and where the plots are (``link``:
-    the challenger's MLflow run)."""
-    challenger, champion = outcome["challenger"], outcome.get("champion") or {}
-    trivial = challenger.get("trivial") or {}
-    reports = [challenger, champion, *trivial.values()]
-    names = ["challenger", "champion", *trivial]
-    champ_v = outcome.get("champion_version")
-    lines = [f"# Evaluation of `{model}` v{outcome['model_version']}",
-             f"Test split of dataset `{outcome['dataset_version']}`; champion: "
-             + (f"v{champ_v}" if champ_v else "none")
-             + (f"; trivial predictors fit on its train split: {', '.join(trivial)}"
-                if trivial else "")
-             + f". Cells read {' / '.join(names)}.", "",
-             "| metric | challenger | champion | difference | " + " | ".join(trivial)
-             + (" |" if trivial else "|"), "|---|---|---|---|" + "---|" * len(trivial)]
-    for name, value in challenger["overall"].items():
-        other = champion.get("overall", {}).get(name)
-        diff = value - other if isinstance(value, float) and other is not None else None
-        extra = "".join(f" {_fmt(r['overall'].get(name))} |" for r in trivial.values())
-        lines.append(f"| {name} | {_fmt(value)} | {_fmt(other) if other is not None else '-'} "
-                     f"| {f'{diff:+.3f}' if diff is not None else '-'} |{extra}")
-    for section, label, keys in (("per_class", "class", ("precision", "recall", "f1")),
-                                 ("per_target", "target", ("mae", "rmse", "r2"))):
-        if section not in challenger:
-            continue
-        extra = " support |" if section == "per_class" else ""
-        lines += ["", f"| {label} |{extra} " + " | ".join(keys) + " |",
-                  "|---|" + "---|" * (len(keys) + bool(extra))]
-        for name, m in challenger[section].items():
-            rows = [r.get(section, {}).get(name, {}) for r in reports]
-            cells = [_cells([row.get(k) for row in rows]) for k in keys]
-            support = f" {m['support']} |" if extra else ""
-            lines.append(f"| {name} |{support} " + " | ".join(cells) + " |")
-    mine = challenger.get("slices", {})
-    regression = any("mae" in m for m in mine.values())
-    keys = ("mae", "rmse") if regression else ("accuracy", "macro_f1")
-    ordered = sorted(mine.items(), key=lambda kv: -kv[1]["mae"] if regression
-                     else kv[1]["macro_f1"])
-    if ordered:
-        lines += ["", "Slices, weakest first:", "", f"| slice | n | {' | '.join(keys)} |",
-                  "|---|---|---|---|"]
-        lines += [f"| {name} | {m['n']} | " + " | ".join(
-                      _cells([r.get("slices", {}).get(name, {}).get(k) for r in reports])
-                      for k in keys) + " |"
-                  for name, m in ordered]
-    cal = challenger.get("calibration")
-    if cal:
-        lines += ["", f"Calibration on the test split ({cal['n']} examples, {cal['bins']} bins): "
-                  f"temperature {cal['temperature']:.3f} (fit on the validation split), "
-                  f"ECE {cal['ece_before']:.3f} before scaling, {cal['ece_after']:.3f} after"
-                  + (f"; NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}"
-                     if "nll_before" in cal else "")]
-    small = challenger.get("small_slices") or {}
-    if small:
-        lines += ["", f"Too few examples to score (under {MIN_SLICE}): "
-                  + ", ".join(f"{name} ({n})" for name, n in sorted(small.items()))]
-    if link:
-        lines += ["", f"Plots and the full report: {link}"]
-    return "\n".join(lines)
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=10, timeout_seconds=2 * 3600)

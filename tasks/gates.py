@@ -22,20 +22,7 @@ from typing import Any
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class PromotionPolicy:
-    metric: str = "macro_f1"
-    higher_is_better: bool = True
-    floor: float = 0.5  # for a lower-is-better metric, the worst value allowed
-    margin: float = 0.01
-    max_slice_drop: float = 0.10
-    confidence: float = 0.9  # the gain must clear the margin at this one-sided confidence
-    bootstrap_samples: int = 2000
-
-    def gain(self, new: float, old: float) -> float:
-        """How much better ``new`` is than ``old`` (negative when worse), in either direction."""
-        return new - old if self.higher_is_better else old - new
+from core.params_schema import PromotionPolicy
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ from sqlalchemy import JSON, delete, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.batches import slices
-from core.db import IngestedFile, Observation, Reject, session_factory, to_json
+from core.database import session_factory, to_json
+from core.db import IngestedFile, Observation, Reject
 from core.lineage import flow_run_id
 from core.logs import stage_logger
 from core.progress import StageProgress

@@ -7,14 +7,11 @@ to validate it is CPU-bound, and threads would serialise on the GIL.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import os
 import posixpath
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import PurePosixPath
 from typing import Any
@@ -22,6 +19,7 @@ from typing import Any
 from core.batches import slices
 from core.settings import Settings
 from core.store import Location, content_key, filesystem, put_if_absent, sha256_hex
+from tasks.device_tables import read_table, row_document
 from tasks.validate import (
     Limits,
     Rejection,
@@ -35,7 +33,6 @@ from tasks.validate import (
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SIDECAR_SUFFIX = ".json"
 TABLE_SUFFIXES = (".csv", ".parquet")
-TABLE_COLUMNS = ("device_id", "device_type", "observed_at", "lat", "lon")
 
 
 @dataclass(frozen=True)
@@ -163,41 +160,6 @@ def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
         return prepared
     put_if_absent(lake, prepared.image_key, image)
     return prepared
-
-
-def _number(value: Any) -> Any:
-    """CSV cells are text: numbers become floats ('nan'/'inf' too, so ranges refuse them)."""
-    if not isinstance(value, str):
-        return value
-    if value.strip() == "":
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        return value
-
-
-def read_table(data: bytes, suffix: str) -> list[dict[str, Any]]:
-    """Rows of a CSV (UTF-8, header row) or Parquet file as dicts."""
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(io.BytesIO(data)).to_pylist()
-    text = data.decode("utf-8")
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-def row_document(row: dict[str, Any]) -> dict[str, Any]:
-    """A table row in the sidecar's shape: the known columns, every other column a reading."""
-    doc = {k: row.get(k) for k in TABLE_COLUMNS if row.get(k) not in (None, "")}
-    for k in ("lat", "lon"):
-        if k in doc:
-            doc[k] = _number(doc[k])
-    if isinstance(doc.get("observed_at"), datetime) and doc["observed_at"].tzinfo is None:
-        doc["observed_at"] = doc["observed_at"].replace(tzinfo=UTC)
-    doc["readings"] = {k: _number(v) for k, v in row.items()
-                       if k not in TABLE_COLUMNS and v not in (None, "")}
-    return doc
 
 
 def prepare_table(candidate: Candidate, landing: Location, settings: Settings,

@@ -26,7 +26,8 @@ import pandas as pd
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
-from core.db import Observation, PerformanceEstimate, Prediction, Reject
+from core.db import Observation, Prediction, Reject
+from core.records import PerformanceEstimate
 from models.zoo import ZOO, ModelSpec, get_spec
 from tasks.performance import realized
 

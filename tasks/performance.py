@@ -17,24 +17,12 @@ figures next to it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from core.params_schema import PerformancePolicy
 from tasks.gates import sample_metric
 
 METRICS = ("accuracy", "macro_f1")
-
-
-@dataclass(frozen=True)
-class PerformancePolicy:
-    """``drift.performance`` of ``params.yaml``: how far below its test figure a champion's
-    estimate may fall before the window counts as performance drift."""
-
-    metric: str = "accuracy"
-    drop: float = 0.1
-    confidence: float = 0.9
-    bootstrap_samples: int = 500
 
 
 def expected_confusion(probabilities: np.ndarray) -> np.ndarray:

@@ -24,7 +24,8 @@ from sqlalchemy import exists, select
 from sqlalchemy.orm import sessionmaker
 
 from core import lineage
-from core.db import Observation, Prediction, insert_new, session_factory
+from core.database import insert_new, session_factory
+from core.db import Observation, Prediction
 from core.logs import stage_logger
 from core.progress import StageProgress
 from core.registry import alias_version

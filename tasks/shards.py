@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from core.db import SENSOR_COLUMNS
-from core.params import load_params, model_section
+from core.params import load_file, load_params, model_section, validated
+from core.params_schema import DatasetSection
 from core.settings import Settings, get_settings
 from core.store import filesystem
 from models.preprocess import shard_jpeg
 from tasks.drift_stats import numeric_reference
-from tasks.selection import Labelling, Selection, WeakLabels
+from tasks.selection import Labelling, Selection
 
 IMAGE_FEATURES = ("brightness", "contrast", "green_ratio", "saturation")
 DRIFT_FEATURES = SENSOR_COLUMNS + tuple(f"image_{f}" for f in IMAGE_FEATURES)
@@ -40,43 +40,27 @@ MANIFEST_COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class DatasetParams:
-    """The dataset section of ``params.yaml`` for one model."""
+class DatasetParams(DatasetSection):
+    """The dataset section of ``params.yaml`` for one model, its selection as applied."""
 
-    label_key: str
-    image_size: int = 64
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    shard_rows: int = 512
-    reference_sample: int = 2000
-    label_source: str = "annotated"
-    weak_labels: WeakLabels = field(default_factory=WeakLabels)
-    selection: Selection = field(default_factory=Selection)
+    selection: Selection = Selection()
 
     @classmethod
     def load(cls, project_dir: Path, model: str, profile: str | None = None) -> DatasetParams:
-        """``datasets.<model>`` of the project's ``params.yaml`` under ``profile``."""
+        """``datasets.<model>`` of the project's ``params.yaml`` under ``profile``, the whole
+        file checked first."""
+        load_file(project_dir, profile)
         section = model_section(load_params(project_dir, profile), "datasets", model)
         return cls.from_dict(section, f"datasets.{model}")
 
     @classmethod
     def from_dict(cls, section: dict[str, Any], where: str = "datasets") -> DatasetParams:
-        values = dict(section)
-        unknown = sorted(set(values) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}")
-        values["split"] = tuple(values.get("split", cls.split))
-        if len(values["split"]) != 3 or abs(sum(values["split"]) - 1.0) > 1e-6:
-            raise ValueError(f"{where}.split: three ratios summing to 1, got {values['split']}")
-        values["weak_labels"] = WeakLabels.from_dict(values.get("weak_labels"),
-                                                     f"{where}.weak_labels")
-        values["selection"] = Selection.from_dict(values.get("selection"), f"{where}.selection")
-        params = cls(**values)
-        params.labelling()  # validates label_source against weak_labels now, not mid-build
-        return params
+        """A section as written (the resolved file the DVC stage reads, too), refused by key
+        and place."""
+        return validated(cls, section, where)
 
     def labelling(self) -> Labelling:
-        return Labelling(self.label_key, self.label_source, self.weak_labels)  # type: ignore[arg-type]
+        return Labelling(self.label_key, self.label_source, self.weak_labels)
 
 
 def split_of(content_hash: str, ratios: tuple[float, float, float]) -> str:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
-from datetime import timedelta
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +19,10 @@ from filelock import FileLock
 from prefect import task
 from sqlalchemy import select
 
-from core.db import TrainingRun, session_factory
+from core.database import session_factory
 from core.hardware import Hardware
 from core.jobs import (
     JobCallback,
-    claim_retrain,
     finish_job,
     job_end,
     queue_job,
@@ -33,7 +31,9 @@ from core.jobs import (
 )
 from core.lineage import flow_run_id, git_commit
 from core.logs import stage_logger
-from core.params import DEFAULT_PROFILE, load_params, model_section
+from core.params import DEFAULT_PROFILE, load_file, load_params, model_section, validated
+from core.params_schema import TrainSection
+from core.records import TrainingRun
 from core.registry import client as mlflow_client
 from core.registry import (
     ensure_experiment,
@@ -44,42 +44,29 @@ from core.registry import (
 from core.settings import Settings, get_settings
 from core.store import sha256_hex
 from models.zoo import ModelSpec, get_spec
-from tasks.baselines import split_targets
 from tasks.dataset import local_dataset
+from tasks.trainer import build_data, build_module, build_trainer
 
 
-@dataclass(frozen=True)
-class TrainParams:
+class TrainParams(TrainSection):
     """The ``train.<model>`` section of ``params.yaml`` plus run-time overrides."""
-
-    backbone: str | None = None
-    image_size: int = 64
-    max_epochs: int = 4
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 7
-    patience: int = 3
-    weights: str | None = None
 
     @classmethod
     def load(cls, project_dir: Path, model: str, profile: str | None = None,
              **overrides: Any) -> TrainParams:
-        """``train.<model>`` of ``params.yaml`` under ``profile``, then run-time overrides."""
+        """``train.<model>`` of ``params.yaml`` under ``profile``, then run-time overrides; the
+        whole file checked first, an override refused by name like a key of the file."""
+        load_file(project_dir, profile)
         section = model_section(load_params(project_dir, profile), "train", model)
         section.update({k: v for k, v in overrides.items() if v is not None})
-        unknown = sorted(set(section) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"train.{model}: unknown key(s) {', '.join(unknown)}")
-        return cls(**section)
+        return validated(cls, section, f"train.{model}")
 
     def training_key(self, spec: ModelSpec, dataset_version: str) -> str:
         """What makes two trainings the same: spec, data and the params that change the result."""
-        doc = json.dumps([spec.to_dict(), dataset_version, asdict(self)], sort_keys=True)
+        doc = json.dumps([spec.to_dict(), dataset_version, self.model_dump()], sort_keys=True)
         return sha256_hex(doc.encode())[:32]
 
 
-LOG_EVERY_N_STEPS = 5  # train/loss points per epoch in MLflow, not one per step
 
 
 @dataclass
@@ -186,7 +173,7 @@ def _fit_and_register(
     calibrated = calibrate(mlc, run_id, net, spec, dataset_dir)
     metrics.update(calibrated)
     _log_model(mlc, run_id, net, params.image_size)
-    mlc.log_dict(run_id, {"spec": spec.to_dict(), "params": asdict(params)}, "spec.json")
+    mlc.log_dict(run_id, {"spec": spec.to_dict(), "params": params.model_dump()}, "spec.json")
     run = mlc.get_run(run_id)
     version = mlc.create_model_version(
         spec.name, source=f"{run.info.artifact_uri}/model", run_id=run_id, tags=tags,
@@ -228,70 +215,6 @@ def calibrate(mlc: Any, run_id: str, net: Any, spec: ModelSpec, dataset_dir: Pat
     mlc.log_figure(run_id, fig, "calibration/reliability_val.png")
     plt.close(fig)
     return figures
-
-
-def build_module(spec: ModelSpec, params: TrainParams, hardware: Hardware, dataset_dir: Path
-                 ) -> Any:
-    """The LightningModule of ``spec``: its backbone (local weights if given) and head, and
-    for a regressor the train split's target statistics it standardises with."""
-    from models.backbones import build_backbone
-    from models.module import OceanModule
-
-    backbone, feature_dim = build_backbone(spec.backbone, params.weights)
-    return OceanModule(backbone, feature_dim, spec.task, spec.num_outputs, lr=params.lr,
-                       weight_decay=params.weight_decay, max_epochs=params.max_epochs,
-                       channels_last=hardware.gpu, **target_stats(spec, dataset_dir))
-
-
-def target_stats(spec: ModelSpec, dataset_dir: Path) -> dict[str, list[float]]:
-    """Each regression target's train-split mean and standard deviation (nothing for a
-    classifier): one loss over targets of very different spread would learn the widest only."""
-    if spec.task != "regression":
-        return {}
-    values = split_targets(spec, dataset_dir)
-    if len(values) == 0:
-        raise ValueError(f"{spec.name}: the train split of {dataset_dir} is empty")
-    return {"target_mean": values.mean(axis=0).tolist(), "target_std": values.std(axis=0).tolist()}
-
-
-def build_data(spec: ModelSpec, params: TrainParams, hardware: Hardware, dataset_dir: Path
-               ) -> Any:
-    """The data module over a dataset version's shards, decoded by the loader workers."""
-    from models.datamodule import ShardDataModule
-
-    return ShardDataModule(dataset_dir, spec, params.batch_size, hardware.loader_workers(),
-                           params.seed)
-
-
-def build_trainer(spec: ModelSpec, params: TrainParams, hardware: Hardware, ckpt_dir: Path,
-                  logger: Any, *, progress_bar: bool = False,
-                  callbacks: list[Any] | None = None) -> tuple[Any, Any]:
-    """The ``Trainer`` a training runs under, and its checkpoint callback.
-
-    Validation every epoch, ``best`` and ``last`` checkpoints in ``ckpt_dir``, early stopping
-    on the spec's monitored metric (the one the promotion gate reads too), the epoch handed to
-    the shard stream, and ``logger`` (MLflow in the task). ``bench/train.py`` times exactly this.
-    """
-    import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-
-    from models.datamodule import ShuffleEachEpoch
-
-    monitor, mode = spec.monitor
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
-                                 save_last=True)
-    trainer = L.Trainer(
-        max_epochs=params.max_epochs,
-        **hardware.trainer_kwargs(),
-        logger=logger,
-        callbacks=[checkpoint, EarlyStopping(monitor=monitor, mode=mode, patience=params.patience),
-                   ShuffleEachEpoch(), *(callbacks or [])],
-        default_root_dir=ckpt_dir,
-        enable_progress_bar=progress_bar,
-        enable_model_summary=False,
-        log_every_n_steps=LOG_EVERY_N_STEPS,
-    )
-    return trainer, checkpoint
 
 
 def resolve(settings: Settings, model: str, max_epochs: int | None = None,
@@ -355,47 +278,3 @@ def _train_recorded(settings: Settings, sessions: Any, spec: ModelSpec, params: 
                 flow_run_id=flow_run_id()))
             session.commit()
     return outcome
-
-
-@task(name="recorded-training", retries=2, retry_delay_seconds=5, timeout_seconds=300)
-def recorded_training_task(model: str, dataset_version: str, max_epochs: int | None = None,
-                           backbone: str | None = None, by_flow_run: str | None = None,
-                           profile: str | None = None) -> dict[str, Any]:
-    """The training a train deployment run recorded, found by its training key in the DB
-    (shared by every worker), so no result storage has to be shared with GPU workers."""
-    settings = get_settings()
-    spec, params = resolve(settings, model, max_epochs, backbone, profile)
-    key = params.training_key(spec, dataset_version)
-    with session_factory(settings.db_url)() as session:
-        row = session.scalar(select(TrainingRun).where(TrainingRun.training_key == key))
-    if row is None:
-        raise LookupError(f"no training of {model} on {dataset_version} with key {key} was "
-                          "recorded: does the worker use the same params.yaml and database?")
-    return {"model_version": row.model_version, "run_id": row.mlflow_run_id,
-            "training_key": key, "metrics": row.metrics, "artifacts": {},
-            "reused": by_flow_run is None or row.flow_run_id != by_flow_run}
-
-
-@task(name="latest-training", retries=2, retry_delay_seconds=5, timeout_seconds=300)
-def latest_training_task(model: str) -> dict[str, str]:
-    """The newest recorded training of ``model``: its version and dataset."""
-    settings = get_settings()
-    with session_factory(settings.db_url)() as session:
-        row = session.scalar(select(TrainingRun).where(TrainingRun.model_name == model)
-                             .order_by(TrainingRun.id.desc()).limit(1))
-    if row is None:
-        raise ValueError(f"no training of {model!r} yet: run `oceanml run train` first")
-    return {"model_version": row.model_version, "dataset_version": row.dataset_version}
-
-
-@task(name="claim-retrain", retries=2, retry_delay_seconds=5, timeout_seconds=600)
-def claim_retrain_task(model: str, cooldown_hours: float) -> dict[str, Any]:
-    """Queue this retrain's training job, unless a retrain of ``model`` was queued within the
-    cool-down: ``{"job_id": id}``, or ``{"job_id": None, "recent": ...}`` naming that one."""
-    sessions = session_factory(get_settings().db_url)
-    job_id, recent = claim_retrain(sessions, model, timedelta(hours=max(cooldown_hours, 0)))
-    if job_id is not None:
-        return {"job_id": job_id, "recent": None}
-    return {"job_id": None, "recent": {"job_id": recent.id, "status": recent.status,
-                                       "queued_at": recent.queued_at.isoformat(),
-                                       "model_version": recent.model_version}}

@@ -17,7 +17,7 @@ import yaml
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
-from core.db import session_factory  # noqa: E402
+from core.database import session_factory  # noqa: E402
 from core.settings import Settings, get_settings  # noqa: E402
 from core.store import filesystem  # noqa: E402
 from oceanml.simulator import simulate, write_landing  # noqa: E402
@@ -28,6 +28,14 @@ from tests.postgres import throwaway_database  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET_END = datetime(2026, 11, 20, tzinfo=UTC)
+
+
+def train_params(**values: object):
+    """What a test trains with: the values it names, the rest from the shipped params.yaml's
+    cpu-small profile (batch 32, lr 0.002, weight decay 0.0001, seed 7, patience 3)."""
+    from tasks.train import TrainParams  # Lightning and MLflow: only for tests that train
+
+    return TrainParams.load(REPO, "plastic-detector", "cpu-small", **values)
 
 
 def make_project(root: Path, params_overrides: dict | None = None) -> Path:
@@ -91,7 +99,7 @@ def simulated_dataset(settings: Settings, sessions, model: str, out: Path, *, si
     ingest(settings, sessions, now=end)
     manifest = out.with_suffix(".csv")
     write_manifest(select_manifest(sessions, model).frame, manifest)
-    build(manifest, out, DatasetParams(model, size), settings)
+    build(manifest, out, DatasetParams(label_key=model, image_size=size), settings)
     return out
 
 

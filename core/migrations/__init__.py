@@ -1,1 +1,1 @@
-"""Alembic migrations of the metadata schema: ``core.db.migrate`` runs them."""
+"""Alembic migrations of the metadata schema: ``core.schema.migrate`` runs them."""

@@ -1,4 +1,4 @@
-"""Alembic's environment: migrations run on the connection :func:`core.db.migrate` hands
+"""Alembic's environment: migrations run on the connection :func:`core.schema.migrate` hands
 over (no alembic.ini, no URL of its own), against OceanML's metadata. ``render_as_batch`` lets
 SQLite alter tables (it copies them), PostgreSQL alters in place."""
 

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from core.db import session_factory
+from core.database import session_factory
 from core.settings import Settings
 from models.predictor import Predictor, answers
 from oceanml.serving.batcher import Batcher

@@ -30,7 +30,7 @@ async def _listen(champions: Champions) -> None:
     from prefect.events.clients import get_events_subscriber
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
-    from tasks.promote import PROMOTED_EVENT
+    from tasks.champion import PROMOTED_EVENT
 
     wanted = EventFilter(event=EventNameFilter(name=[PROMOTED_EVENT]),
                          resource=EventResourceFilter(id_prefix=[RESOURCE_PREFIX]))

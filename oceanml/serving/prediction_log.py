@@ -15,7 +15,8 @@ from typing import Any
 
 from sqlalchemy.orm import sessionmaker
 
-from core.db import Prediction, insert_new
+from core.database import insert_new
+from core.db import Prediction
 
 log = logging.getLogger("oceanml.serve")
 

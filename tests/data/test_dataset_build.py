@@ -110,7 +110,7 @@ def test_every_model_of_the_zoo_gets_a_dataset_with_valid_labels(settings, sessi
     params = DatasetParams.load(Path(__file__).resolve().parents[2], model, "cpu-small")
     manifest = tmp_path / "m.csv"
     write_manifest(select_manifest(sessions, params).frame, manifest)
-    card = build(manifest, tmp_path / "ds", DatasetParams(params.label_key, 32, shard_rows=8),
+    card = build(manifest, tmp_path / "ds", DatasetParams(label_key=params.label_key, image_size=32, shard_rows=8),
                  settings)
     spec = get_spec(model)
     labels = [label for counts in card["class_counts"].values() for label in counts]

@@ -31,7 +31,7 @@ def landed(settings, sessions):
 
 
 def params(**section) -> DatasetParams:
-    return DatasetParams.from_dict({"label_key": "plastic-detector", **section})
+    return DatasetParams.from_dict({"label_key": "plastic-detector", "image_size": 32, **section})
 
 
 def manifest(sessions, now=END, **section) -> pd.DataFrame:
@@ -96,7 +96,7 @@ WEAK = {"rules": [{"tags": ["algae-bloom"], "label": "high"}, {"tags": ["green-w
 
 def test_weak_labels_fill_in_where_there_is_no_annotation(landed) -> None:
     enrich(landed, HeuristicProvider())
-    spec = {"label_key": "algae-bloom", "weak_labels": WEAK}
+    spec = {"label_key": "algae-bloom", "image_size": 32, "weak_labels": WEAK}
     annotated = select_manifest(landed, DatasetParams.from_dict(spec), now=END).frame
     both = select_manifest(landed, DatasetParams.from_dict(
         {**spec, "label_source": "annotated_then_weak"}), now=END).frame
@@ -116,7 +116,7 @@ def test_weak_labels_fill_in_where_there_is_no_annotation(landed) -> None:
 def test_water_quality_is_labelled_from_the_readings_of_every_observation(landed) -> None:
     """Every observation with readings gets the indices its readings give, annotated or not;
     a stored annotation of the older five indices is read without salinity balance."""
-    spec = {"label_key": "water-quality"}
+    spec = {"label_key": "water-quality", "image_size": 32}
     annotated = select_manifest(landed, DatasetParams.from_dict(spec), now=END).frame
     readings = select_manifest(landed, DatasetParams.from_dict(
         {**spec, "label_source": "readings_then_annotated"}), now=END).frame
@@ -134,14 +134,14 @@ def test_water_quality_is_labelled_from_the_readings_of_every_observation(landed
 
 
 @pytest.mark.parametrize(("section", "message"), [
-    ({"selection": {"devise": ["buoy-*"]}}, "unknown key.*devise"),
+    ({"selection": {"devise": ["buoy-*"]}}, r"datasets\.selection\.devise: unknown key"),
     ({"selection": {"require_tags": ["plastic"]}}, "not in the vocabulary"),
     ({"selection": {"brightness": [0.9, 0.1]}}, "brightness"),
     ({"selection": {"device_types": ["buoy", "underwater_camera"]}},
      "device_types: underwater_camera not among the known types"),
     ({"split": [0.8, 0.3, 0.1]}, "summing to 1"),
     ({"label_source": "weak"}, "needs weak_labels"),
-    ({"label_source": "guess"}, "expected one of"),
+    ({"label_source": "guess"}, r"label_source: Input should be 'annotated'.*\(got 'guess'\)"),
     ({"weak_labels": {"rules": [{"tags": ["nope"], "label": "x"}]}}, "not in the vocabulary"),
 ])
 def test_a_bad_spec_is_refused_by_name(section, message) -> None:
@@ -150,7 +150,8 @@ def test_a_bad_spec_is_refused_by_name(section, message) -> None:
 
 
 def test_weak_labels_must_be_classes_of_the_model() -> None:
-    spec = DatasetParams.from_dict({"label_key": "algae-bloom", "label_source": "weak",
+    spec = DatasetParams.from_dict({"label_key": "algae-bloom", "image_size": 32,
+                                    "label_source": "weak",
                                     "weak_labels": {"rules": [{"tags": ["algae-bloom"],
                                                                "label": "severe"}]}})
     with pytest.raises(ValueError, match="severe not among the classes"):

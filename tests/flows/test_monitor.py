@@ -8,7 +8,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from core.db import Prediction, session_factory
+from core.database import session_factory
+from core.db import Prediction
 from core.registry import client, ensure_registered_model, set_champion
 from core.store import filesystem
 from oceanml.simulator import simulate, write_landing

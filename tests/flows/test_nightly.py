@@ -16,19 +16,14 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from core.db import (
-    Dataset,
-    Observation,
-    Promotion,
-    Reject,
-    TrainingJob,
-    TrainingRun,
-    session_factory,
-)
+from core.database import session_factory
+from core.db import Dataset, Observation, Reject
+from core.records import Promotion, TrainingJob, TrainingRun
 from core.registry import CHAMPION, alias_version
 from core.registry import client as mlflow_client
 from core.settings import get_settings
 from core.store import filesystem
+from models.zoo import get_spec
 from oceanml.simulator import simulate, write_landing
 from tests.conftest import make_project
 
@@ -265,7 +260,9 @@ def test_the_regression_model_ran_end_to_end_beside_the_classifier(runs) -> None
     assert out["dataset"]["version"] != runs.first["dataset"]["version"]
     overall = out["evaluate"]["challenger"]["overall"]
     assert 0 <= overall["mae"] <= 1 and "per_target" in out["evaluate"]["challenger"]
-    assert f"mae {overall['mae']:.3f}" in out["promote"]["reason"]  # judged on MAE
+    checks = {c["name"]: c for c in out["promote"]["decision"]["checks"]}
+    assert checks["floor"]["detail"].startswith(f"mae {overall['mae']:.3f}")  # judged on MAE
+    assert {f"r2 {t}" for t in get_spec(REGRESSION).outputs} <= set(checks)  # every target
     versions = mlflow_client(runs.settings).search_model_versions(f"name = '{REGRESSION}'")
     assert len(versions) == 1
 

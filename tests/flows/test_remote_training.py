@@ -13,7 +13,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from sqlalchemy import select
 
-from core.db import TrainingRun
+from core.records import TrainingRun
 from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
 from tasks.ingest import ingest
@@ -32,7 +32,7 @@ def worker_env(prefect_harness, settings, monkeypatch) -> dict[str, str]:
     write_landing(filesystem(settings.landing_url),
                   simulate(days=1, devices=4, per_day=30, end=end, annotated_fraction=0.9),
                   faults=False)
-    from core.db import session_factory
+    from core.database import session_factory
 
     ingest(settings, session_factory(settings.db_url), now=end + timedelta(hours=1))
     env = deploy_on_pool("train-gpu", POOL)
@@ -63,7 +63,7 @@ def test_retrain_trains_through_the_train_deployment_on_the_work_pool(worker_env
     assert len(runs) == 1 and runs[0].state.is_completed()
     assert runs[0].parameters["dataset_version"] == result["dataset"]["version"]
     assert runs[0].parent_task_run_id is not None  # shown as a subflow of the retrain run
-    from core.db import session_factory
+    from core.database import session_factory
 
     with session_factory(settings.db_url)() as session:
         row = session.scalar(select(TrainingRun))

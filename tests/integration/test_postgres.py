@@ -5,7 +5,8 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import func, select
 
-from core.db import Observation, Reject, session_factory
+from core.database import session_factory
+from core.db import Observation, Reject
 from core.llm import HeuristicProvider
 from core.store import filesystem
 from oceanml.simulator import simulate, write_landing

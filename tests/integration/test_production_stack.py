@@ -22,21 +22,17 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from sqlalchemy import func, select
 
-from core.db import (
-    Dataset,
+from core.database import session_factory
+from core.db import Dataset, EnrichmentCache, Observation, Prediction, Reject
+from core.params import read_params
+from core.records import (
     DecisionRecord,
     DriftRecord,
-    EnrichmentCache,
     Evaluation,
-    Observation,
-    Prediction,
     Promotion,
-    Reject,
     TrainingJob,
     TrainingRun,
-    session_factory,
 )
-from core.params import read_params
 from core.registry import CHAMPION, alias_version
 from core.registry import client as mlflow_client
 from core.settings import Settings, get_settings

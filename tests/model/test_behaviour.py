@@ -11,18 +11,20 @@ import pytest
 import torch
 from PIL import Image
 
-from core.db import session_factory
+from core.database import session_factory
 from core.registry import client as mlflow_client
 from core.registry import load_model
 from core.settings import get_settings
 from core.store import filesystem
 from models.zoo import get_spec
-from oceanml.simulator import SCENARIOS, render_image, simulate, write_landing
+from oceanml.scene import SCENARIOS, render_image
+from oceanml.simulator import simulate, write_landing
 from tasks.dataset import select_manifest, write_manifest
 from tasks.evaluate import report_for
 from tasks.ingest import ingest
 from tasks.shards import DatasetParams, build
-from tasks.train import TrainParams, train_model
+from tasks.train import train_model
+from tests.conftest import train_params
 
 pytestmark = pytest.mark.slow
 END = datetime(2026, 11, 20, tzinfo=UTC)
@@ -42,9 +44,9 @@ def trained(tmp_path_factory):
                       faults=False)
         ingest(settings, sessions, now=END)
         write_manifest(select_manifest(sessions, "plastic-detector").frame, root / "m.csv")
-        build(root / "m.csv", root / "ds", DatasetParams("plastic-detector", SIZE), settings)
+        build(root / "m.csv", root / "ds", DatasetParams(label_key="plastic-detector", image_size=SIZE), settings)
         spec = get_spec("plastic-detector", backbone="resnet18", input_size=SIZE)
-        params = TrainParams(backbone="resnet18", image_size=SIZE, max_epochs=6, patience=6)
+        params = train_params(backbone="resnet18", image_size=SIZE, max_epochs=6, patience=6)
         outcome = train_model(spec, root / "ds", "behaviour-v1", params, settings,
                               {"git_commit": "test"})
         net = load_model(mlflow_client(settings), spec.name, outcome.model_version)

@@ -54,7 +54,7 @@ TRAINER = textwrap.dedent('''
     if __name__ == "__main__":  # ddp_spawn re-imports this file in its children
         spec = get_spec("plastic-detector", backbone="resnet18", input_size=32)
         params = TrainParams(backbone="resnet18", image_size=32, max_epochs=EPOCHS,
-                             patience=10, batch_size=BATCH)
+                             patience=10, batch_size=BATCH, lr=2e-3, weight_decay=1e-4, seed=7)
         out = train_model(spec, Path(sys.argv[1]), "ddp-v1", params, get_settings(),
                           {"git_commit": "test"}, callbacks=[Report()])
         print(json.dumps({"event": "done", "version": out.model_version,

@@ -18,20 +18,22 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from core.db import Dataset, PerformanceEstimate, session_factory
+from core.database import session_factory
+from core.db import Dataset
+from core.params_schema import DriftThresholds, PerformancePolicy
+from core.records import PerformanceEstimate
 from core.registry import client, set_champion
 from core.settings import get_settings
 from core.store import filesystem
 from models.zoo import get_spec
 from oceanml.simulator import simulate, write_landing
-from tasks.drift import DriftThresholds, detect_drift
+from tasks.drift import detect_drift
 from tasks.evaluate import evaluate
 from tasks.ingest import ingest
 from tasks.late_labels import import_labels
-from tasks.performance import PerformancePolicy
 from tasks.score import Window, score_model
-from tasks.train import TrainParams, train_model
-from tests.conftest import simulated_dataset
+from tasks.train import train_model
+from tests.conftest import simulated_dataset, train_params
 
 pytestmark = pytest.mark.slow
 SIZE = 64
@@ -75,7 +77,7 @@ def test_the_estimate_follows_the_realized_accuracy_and_a_worse_storm_is_flagged
                       reference_stats=json.loads((data / "reference_stats.json").read_text())))
         s.commit()
     spec = get_spec(model, backbone="resnet18", input_size=SIZE)
-    version = train_model(spec, data, "ds-perf", TrainParams(
+    version = train_model(spec, data, "ds-perf", train_params(
         backbone="resnet18", image_size=SIZE, max_epochs=5, patience=5, lr=2e-3), settings,
         {"git_commit": "perf"}).model_version
     set_champion(mlc, model, version)

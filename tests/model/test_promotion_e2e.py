@@ -16,17 +16,18 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from core.db import session_factory
+from core.database import session_factory
+from core.params_schema import PromotionPolicy
 from core.registry import client
 from core.settings import get_settings
 from models.datamodule import read_split
 from models.zoo import get_spec
 from oceanml.cli import app
+from tasks.champion import rollback
 from tasks.evaluate import evaluate
-from tasks.gates import PromotionPolicy
-from tasks.promote import promote, rollback
-from tasks.train import TrainParams, train_model
-from tests.conftest import simulated_dataset
+from tasks.promote import promote
+from tasks.train import train_model
+from tests.conftest import simulated_dataset, train_params
 
 pytestmark = pytest.mark.slow
 END = datetime(2026, 11, 20, tzinfo=UTC)
@@ -64,8 +65,8 @@ def test_refused_promoted_rolled_back_and_the_history_says_so(tmp_path, monkeypa
     spec = get_spec("plastic-detector", backbone="resnet18", input_size=SIZE)
 
     def train(key: str, epochs: int, lr: float, where=data) -> str:
-        params = TrainParams(backbone="resnet18", image_size=SIZE, max_epochs=epochs,
-                             patience=epochs, lr=lr)
+        params = train_params(backbone="resnet18", image_size=SIZE, max_epochs=epochs,
+                              patience=epochs, lr=lr)
         return train_model(spec, where, key, params, settings, {"git_commit": "e2e"}).model_version
 
     def gate(version: str, policy: PromotionPolicy = POLICY) -> dict:

@@ -36,7 +36,7 @@ TRAINER = textwrap.dedent('''
 
     spec = get_spec("plastic-detector", backbone="resnet18", input_size=32)
     params = TrainParams(backbone="resnet18", image_size=32, max_epochs=MAX_EPOCHS, patience=10,
-                         batch_size=16)
+                         batch_size=16, lr=2e-3, weight_decay=1e-4, seed=7)
     out = train_model(spec, Path(sys.argv[1]), "resume-v1", params, get_settings(),
                       {"git_commit": "test"}, callbacks=[Report()])
     print(json.dumps({"event": "done", "version": out.model_version, "run_id": out.run_id,

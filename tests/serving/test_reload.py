@@ -83,7 +83,7 @@ def test_promotion_under_load_fails_nothing_and_swaps_once(settings, served) -> 
 
 def test_the_endpoint_follows_a_rollback_like_a_promotion(settings, sessions, served) -> None:
     """v2 forced in, then rolled back: the served version follows the history both ways."""
-    from tasks.promote import force_promote, rollback
+    from tasks.champion import force_promote, rollback
 
     body = {"image": base64.b64encode(jpeg()).decode()}
     mlc = client(settings)

@@ -38,7 +38,7 @@ def test_the_embedded_default_is_all_reachable(settings, monkeypatch) -> None:
 
 def test_unreachable_backends_fail_naming_the_setting_and_never_the_secret(
         settings, monkeypatch) -> None:
-    from core.db import session_factory
+    from core.database import session_factory
     from core.settings import get_settings
 
     session_factory(settings.db_url)  # the SQLite default, migrated

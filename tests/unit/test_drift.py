@@ -3,8 +3,9 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
+from core.params_schema import DriftThresholds
 from oceanml.simulator import simulate
-from tasks.drift import DriftThresholds, compute_drift
+from tasks.drift import compute_drift
 from tasks.drift_stats import psi
 from tasks.shards import reference_stats
 

@@ -14,12 +14,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from core.db import Dataset, DriftRecord, Observation
+from core.db import Dataset, Observation
+from core.params_schema import DriftThresholds
+from core.records import DriftRecord
 from core.registry import client, ensure_registered_model, set_champion
 from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
 from tasks.dataset import select_manifest, write_manifest
-from tasks.drift import DriftThresholds, detect_drift
+from tasks.drift import detect_drift
 from tasks.ingest import ingest
 from tasks.shards import DatasetParams, build
 
@@ -48,7 +50,7 @@ def reference(settings, sessions, tmp_path) -> dict[str, Any]:
                   faults=False)
     ingest(settings, sessions, now=END)
     write_manifest(select_manifest(sessions, MODEL).frame, tmp_path / "m.csv")
-    build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams(MODEL, 32), settings)
+    build(tmp_path / "m.csv", tmp_path / "ds", DatasetParams(label_key=MODEL, image_size=32), settings)
     stats = json.loads((tmp_path / "ds" / "reference_stats.json").read_text())
     with sessions() as s:
         for version, ref in (("ds-1", stats), ("ds-shifted", shifted(stats))):

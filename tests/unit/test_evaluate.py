@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.evaluate import evaluation_markdown, regression_score, score
+from tasks.evaluation_report import evaluation_markdown
+from tasks.metrics import classification_report, regression_report
 
 CLASSES = ("none", "light", "severe")
 
@@ -15,7 +16,7 @@ CLASSES = ("none", "light", "severe")
 def test_overall_and_per_class_metrics_match_a_hand_count() -> None:
     y_true = [0, 0, 1, 1, 2, 2]
     y_pred = [0, 1, 1, 1, 2, 0]
-    r = score(y_true, y_pred, CLASSES)
+    r = classification_report(y_true, y_pred, CLASSES)
     assert r["overall"]["accuracy"] == pytest.approx(4 / 6)
     # none: p=1/2 r=1/2; light: p=2/3 r=1; severe: p=1 r=1/2
     f1 = [0.5, 0.8, 2 / 3]
@@ -26,12 +27,12 @@ def test_overall_and_per_class_metrics_match_a_hand_count() -> None:
 
 
 def test_slices_group_items_and_multi_valued_tags(monkeypatch) -> None:
-    monkeypatch.setattr("tasks.evaluate.MIN_SLICE", 2)
+    monkeypatch.setattr("tasks.metrics.MIN_SLICE", 2)
     y_true = [0, 1, 2, 0, 1]
     y_pred = [0, 1, 0, 0, 2]
     slices = {"device_type": ["buoy", "buoy", "drone", "drone", "drone"],
               "tag": [["calm-sea"], ["calm-sea", "glare"], [], ["glare"], ["glare"]]}
-    r = score(y_true, y_pred, CLASSES, slices)
+    r = classification_report(y_true, y_pred, CLASSES, slices)
     assert r["slices"]["device_type=buoy"]["accuracy"] == 1.0
     assert r["slices"]["device_type=drone"]["accuracy"] == pytest.approx(1 / 3)
     assert r["slices"]["tag=glare"]["n"] == 3
@@ -39,7 +40,7 @@ def test_slices_group_items_and_multi_valued_tags(monkeypatch) -> None:
 
 
 def test_small_slices_are_left_out() -> None:
-    r = score([0, 1], [0, 1], CLASSES, {"device_type": ["buoy", "drone"]})
+    r = classification_report([0, 1], [0, 1], CLASSES, {"device_type": ["buoy", "drone"]})
     assert r["slices"] == {}
 
 
@@ -53,7 +54,7 @@ def test_macro_f1_averages_the_classes_in_the_labels_not_a_class_only_predicted(
     from torchmetrics.functional.classification import multiclass_f1_score
 
     y_true, y_pred = [0, 0, 1, 1], [0, 2, 1, 1]
-    r = score(y_true, y_pred, CLASSES)
+    r = classification_report(y_true, y_pred, CLASSES)
     assert r["overall"]["macro_f1"] == pytest.approx(5 / 6)
     assert r["overall"]["accuracy"] == pytest.approx(3 / 4)
     assert r["per_class"]["severe"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
@@ -67,15 +68,15 @@ def test_macro_f1_averages_the_classes_in_the_labels_not_a_class_only_predicted(
 def test_a_spurious_prediction_in_a_slice_costs_its_recall_only(monkeypatch) -> None:
     """Slice macro-F1 depends on the slice's labels: one stray ``severe`` on a two-class
     slice costs 1/2 recall of ``none`` (F1 1 -> 2/3), not a third of the average."""
-    monkeypatch.setattr("tasks.evaluate.MIN_SLICE", 2)
+    monkeypatch.setattr("tasks.metrics.MIN_SLICE", 2)
     y_true, y_pred = [0, 0, 1, 1], [0, 2, 1, 1]
-    r = score(y_true, y_pred, CLASSES, {"device_type": ["buoy"] * 4})
+    r = classification_report(y_true, y_pred, CLASSES, {"device_type": ["buoy"] * 4})
     assert r["slices"]["device_type=buoy"] == {"accuracy": pytest.approx(3 / 4),
                                                "macro_f1": pytest.approx(5 / 6), "n": 4}
 
 
 def test_no_items_score_zero_rather_than_fail() -> None:
-    r = score([], [], CLASSES)
+    r = classification_report([], [], CLASSES)
     assert r["overall"] == {"accuracy": 0.0, "macro_f1": 0.0, "n": 0}
     assert r["confusion"] == [[0] * 3] * 3 and r["per_class"]["none"]["support"] == 0
 
@@ -86,7 +87,7 @@ REG_PRED = [[0.5, 1.0], [1.0, 1.0], [2.0, 3.0]]
 
 def test_regression_metrics_match_a_hand_count() -> None:
     """Errors a: -0.5, 0, 0; b: 0, 1, -1. Means a 1, b 5/3; total sums of squares a 2, b 2/3."""
-    r = regression_score(np.array(REG_TRUE), np.array(REG_PRED), ("a", "b"))
+    r = regression_report(np.array(REG_TRUE), np.array(REG_PRED), ("a", "b"))
     assert set(r) == {"overall", "per_target", "slices", "small_slices"} and r["slices"] == {}
     a, b = r["per_target"]["a"], r["per_target"]["b"]
     assert a == {"mae": pytest.approx(0.5 / 3), "rmse": pytest.approx(math.sqrt(0.25 / 3)),
@@ -103,9 +104,9 @@ def test_a_target_without_variance_gets_a_finite_r2() -> None:
     """Constant truth: R2 is 0/0 or x/0; 1 when predicted exactly, else 0 (never NaN or -inf,
     which JSON cannot hold and a gate comparison would let through)."""
     y = np.array([[0.5, 0.1], [0.5, 0.2], [0.5, 0.3]])
-    exact = regression_score(y, y, ("const", "varying"))
+    exact = regression_report(y, y, ("const", "varying"))
     assert exact["per_target"]["const"]["r2"] == 1.0
-    off = regression_score(y, y + [[0.2, 0.0]], ("const", "varying"))
+    off = regression_report(y, y + [[0.2, 0.0]], ("const", "varying"))
     assert off["per_target"]["const"]["r2"] == 0.0
     assert off["per_target"]["const"]["mae"] == pytest.approx(0.2)
     assert off["overall"]["r2"] == pytest.approx(0.5)  # mean of 0 and the exact target's 1
@@ -113,11 +114,11 @@ def test_a_target_without_variance_gets_a_finite_r2() -> None:
 
 def test_regression_needs_two_rows() -> None:
     with pytest.raises(ValueError, match="at least 2"):
-        regression_score(np.array([[0.1, 0.2]]), np.array([[0.1, 0.2]]), ("a", "b"))
+        regression_report(np.array([[0.1, 0.2]]), np.array([[0.1, 0.2]]), ("a", "b"))
 
 
 def test_the_markdown_shows_every_target_and_older_reports_without_rmse() -> None:
-    report = regression_score(np.array(REG_TRUE), np.array(REG_PRED), ("a", "b"))
+    report = regression_report(np.array(REG_TRUE), np.array(REG_PRED), ("a", "b"))
     older = {"overall": {"mae": 0.2, "mse": 0.1, "n": 3},
              "per_target": {"a": {"mae": 0.1}, "b": {"mae": 0.3}}, "slices": {}}
     text = evaluation_markdown("water-quality", {
@@ -136,8 +137,8 @@ def test_the_markdown_sets_classes_and_slices_side_by_side_and_lists_small_slice
     classes = ("none", "light", "severe")
     truth = [0] * 6 + [1] * 6 + [2] * 2
     slices = {"device_type": ["buoy"] * 7 + ["drone"] * 5 + ["camera"] * 2}
-    challenger = score(truth, truth, classes, slices)
-    champion = score(truth, [0] * 14, classes, slices)
+    challenger = classification_report(truth, truth, classes, slices)
+    champion = classification_report(truth, [0] * 14, classes, slices)
     text = evaluation_markdown("plastic-detector", {
         "model_version": "3", "champion_version": "2", "dataset_version": "d",
         "challenger": challenger, "champion": champion}, link="MLflow run `r1`")
@@ -151,7 +152,7 @@ def test_the_markdown_sets_classes_and_slices_side_by_side_and_lists_small_slice
 
 def test_regression_plots_show_every_target() -> None:
     from models.zoo import get_spec
-    from tasks.evaluate import regression_figures
+    from tasks.evaluation_report import regression_figures
 
     spec = get_spec("water-quality")
     rng = np.random.default_rng(0)
@@ -169,7 +170,7 @@ def test_regression_is_sliced_like_classification() -> None:
     preds = truth.copy()
     preds[6:12] += 0.3  # the drones are off by 0.3 on both targets
     slices = {"device_type": ["buoy"] * 6 + ["drone"] * 6 + ["camera"] * 2}
-    report = regression_score(truth, preds, ("a", "b"), slices)
+    report = regression_report(truth, preds, ("a", "b"), slices)
     assert report["slices"]["device_type=buoy"] == {"mae": 0.0, "rmse": 0.0, "n": 6}
     assert report["slices"]["device_type=drone"]["mae"] == pytest.approx(0.3)
     assert report["small_slices"] == {"device_type=camera": 2}
@@ -181,7 +182,8 @@ def test_regression_is_sliced_like_classification() -> None:
 
 
 def test_the_slice_gate_holds_for_a_regression_model() -> None:
-    from tasks.gates import PromotionPolicy, decide_promotion
+    from core.params_schema import PromotionPolicy
+    from tasks.gates import decide_promotion
 
     policy = PromotionPolicy(metric="mae", higher_is_better=False, floor=1.0, margin=0.001,
                              max_slice_drop=0.05)

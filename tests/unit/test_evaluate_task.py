@@ -17,14 +17,15 @@ import torch
 from sqlalchemy import select
 from torch import nn
 
-from core.db import Evaluation
+from core.records import Evaluation
 from core.registry import client, set_champion
 from models.calibration import calibration_summary
 from models.datamodule import read_split
 from models.net import OceanNet
 from models.zoo import get_spec
 from tasks.baselines import trivial_predictions
-from tasks.evaluate import evaluate, score
+from tasks.evaluate import evaluate
+from tasks.metrics import classification_report
 from tests.mlflow_recording import Recording
 from tests.registered import register as register_version
 
@@ -55,7 +56,7 @@ def expected(dataset: Path, label: str, challenger: bool = True) -> dict[str, An
               "tag": [t.split(",") if t else [] for t in test["llm_tags"]]}
     preds = [SPEC.outputs.index(label)] * len(truth)
     logits = torch.eye(SPEC.num_outputs)[preds] * 5  # what ``always`` answers, at T = 1
-    report = {**score(truth, preds, SPEC.outputs, slices),
+    report = {**classification_report(truth, preds, SPEC.outputs, slices),
               "examples": {"y_true": truth, "y_pred": preds},  # in shard order, for pairing
               "calibration": calibration_summary(logits, np.asarray(truth), 1.0)}
     # one confidence for every answer: the ECE is its gap to the accuracy
@@ -67,7 +68,7 @@ def expected(dataset: Path, label: str, challenger: bool = True) -> dict[str, An
     train = [SPEC.outputs.index(x) for x in read_split(dataset, "train", ["label"])["label"]]
     majority = max(set(train), key=train.count)
     prior = trivial_predictions(SPEC, np.asarray(train), len(truth))["prior"].tolist()
-    report["trivial"] = {name: {**score(truth, p, SPEC.outputs, slices),
+    report["trivial"] = {name: {**classification_report(truth, p, SPEC.outputs, slices),
                                 "examples": {"y_true": truth, "y_pred": p}}
                          for name, p in (("majority", [majority] * len(truth)),
                                          ("prior", prior))}

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from core.params_schema import PromotionPolicy
 from models.zoo import get_spec
 from tasks.baselines import trivial_predictions
 from tasks.evaluate import scored_report
-from tasks.gates import PromotionPolicy, decide_promotion, floor_check
+from tasks.gates import decide_promotion, floor_check
 
 CLS = get_spec("plastic-detector")  # none / light / severe
 REG = get_spec("water-quality")  # five targets

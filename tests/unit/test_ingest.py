@@ -9,7 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import func, insert, select
 
-from core.db import Observation, Reject, session_factory
+from core.database import session_factory
+from core.db import Observation, Reject
 from core.store import filesystem
 from oceanml.simulator import observation_keys, simulate, write_landing
 from tasks.ingest import ingest, lookup

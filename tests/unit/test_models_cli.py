@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from core.champion_history import record_change
-from core.db import Evaluation
+from core.records import Evaluation
 from core.registry import CHAMPION, PREVIOUS, alias_version, client, ensure_registered_model
 from models.zoo import ZOO, get_spec
 from oceanml.cli import app
@@ -142,7 +142,7 @@ def test_show_lists_each_versions_estimates_with_the_realized_figures(settings, 
                                                                      mlc) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from core.db import PerformanceEstimate
+    from core.records import PerformanceEstimate
 
     until = datetime(2026, 11, 21, tzinfo=UTC)
     estimated = {"accuracy": {"estimate": 0.88, "low": 0.86, "high": 0.9},

@@ -52,5 +52,61 @@ def test_bad_profiles_and_fleets_are_refused_by_name() -> None:
         apply_profile({"profiles": {"p": {"trian": {}}}}, "p")
     with pytest.raises(ValueError, match="unknown model.* kraken-detector"):
         fleet({"fleet": ["plastic-detector", "kraken-detector"]})
-    with pytest.raises(ValueError, match=r"train.plastic-detector: unknown key\(s\) epochs"):
-        TrainParams(**{}).load(REPO, "plastic-detector", epochs=3)
+    with pytest.raises(ValueError, match=r"train\.plastic-detector\.epochs: unknown key"):
+        TrainParams.load(REPO, "plastic-detector", epochs=3)
+
+
+def write(tmp_path: Path, change) -> Path:
+    """The shipped params.yaml with one change, in a project of its own."""
+    import yaml
+
+    doc = yaml.safe_load((REPO / "params.yaml").read_text())
+    change(doc)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))
+    return tmp_path
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["train"]["algae-bloom"].update(lr="fast"),
+     r"train\.algae-bloom\.lr: Input should be a valid number.*\(got 'fast'\)"),
+    (lambda d: d["train"]["algae-bloom"].pop("max_epochs"),
+     r"train\.algae-bloom\.max_epochs: missing \(params.yaml must set it\)"),
+    (lambda d: d["datasets"]["debris-classifier"].update(split=[0.5, 0.5, 0.5]),
+     r"datasets\.debris-classifier\.split: three ratios summing to 1"),
+    (lambda d: d["datasets"]["algae-bloom"]["selection"].update(min_image_sid=32),
+     r"datasets\.algae-bloom\.selection\.min_image_sid: unknown key"),
+    (lambda d: d["drift"].update(share_treshold=0.3),
+     r"drift\.share_treshold: unknown key"),
+    (lambda d: d["drift"]["performance"].update(metric="auc"),
+     r"drift\.performance\.metric: Input should be 'accuracy' or 'macro_f1'"),
+    (lambda d: d["promote"]["per_model"]["water-quality"].update(confidence=1.5),
+     r"promote\.per_model\.water-quality\.confidence: Input should be less than 1"),
+    (lambda d: d["profiles"]["cpu-small"]["models"]["debris-classifier"].update(trian={}),
+     r"profiles\.cpu-small\.models\.debris-classifier\.trian: unknown key"),
+    (lambda d: d.update(promotion={}), r"params\.yaml: promotion: unknown key"),
+])
+def test_every_section_refuses_a_bad_key_or_value_by_its_place(tmp_path, change,
+                                                                 message) -> None:
+    """Whatever stage reads the file first refuses it, naming the key and its place: the
+    dataset stage for a typo in the drift section as much as the drift stage."""
+    from core.params import ParamsError
+    from tasks.drift import load_thresholds
+    from tasks.promote import load_policy
+
+    project = write(tmp_path, change)
+    for read in (lambda: DatasetParams.load(project, "plastic-detector"),
+                 lambda: TrainParams.load(project, "plastic-detector"),
+                 lambda: load_policy(project, "plastic-detector"),
+                 lambda: load_thresholds(project)):
+        with pytest.raises(ParamsError, match=message):
+            read()
+
+
+def test_a_profile_key_no_section_has_is_named_with_the_profile(tmp_path) -> None:
+    from core.params import ParamsError
+
+    project = write(tmp_path, lambda d: d["profiles"]["cpu-small"]["train"].update(epochs=3))
+    TrainParams.load(project, "plastic-detector")  # the file as written is fine
+    with pytest.raises(ParamsError, match=r"\(profile cpu-small\): .*"
+                                          r"train\.plastic-detector\.epochs: unknown key"):
+        TrainParams.load(project, "plastic-detector", "cpu-small")

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.gates import PromotionPolicy, decide_promotion
+from core.params_schema import PromotionPolicy
+from tasks.gates import decide_promotion
 from tasks.promote import load_policy
 
 POLICY = PromotionPolicy(metric="macro_f1", floor=0.5, margin=0.02, max_slice_drop=0.1)
@@ -60,10 +61,10 @@ def test_a_lower_is_better_metric_is_gated_the_other_way() -> None:
 
 
 def write_params(tmp_path: Path, promote: dict) -> Path:
-    """A params.yaml with this ``promote`` section: the real file's layout, our values."""
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump({"datasets": {}, "promote": promote}))
-    return path
+    """A project whose params.yaml has this ``promote`` section: the real file's layout, our
+    values."""
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"datasets": {}, "promote": promote}))
+    return tmp_path
 
 
 # shared defaults that differ from the dataclass's, so a loader ignoring the file shows
@@ -115,8 +116,9 @@ def test_an_unknown_per_model_key_is_refused_naming_the_key_and_the_model(
     operator did not mean is worse than not promoting."""
     params = write_params(tmp_path, {**DEFAULTS, "per_model": {
         "water-quality": {"metric": "mae", "flor": 0.9, "max_slice_dorp": 0.2}}})
-    with pytest.raises(ValueError, match=r"promote\.per_model\.water-quality: unknown key\(s\) "
-                                         r"flor, max_slice_dorp \(known: "):
+    with pytest.raises(ValueError, match=r"promote\.per_model\.water-quality\.flor: unknown key; "
+                                         r"promote\.per_model\.water-quality\.max_slice_dorp: "
+                                         r"unknown key"):
         load_policy(params, model)
 
 
@@ -124,21 +126,23 @@ def test_an_unknown_shared_key_or_a_malformed_entry_is_refused(tmp_path: Path) -
     """The shared gates apply to every model, so a typo there is refused too; an entry that
     is not a mapping says so instead of failing inside the dataclass."""
     params = write_params(tmp_path, {**DEFAULTS, "margn": 0.2})
-    with pytest.raises(ValueError, match=r"promote: unknown key\(s\) margn"):
+    with pytest.raises(ValueError, match=r"promote\.margn: unknown key"):
         load_policy(params, "algae-bloom")
     params = write_params(tmp_path, {**DEFAULTS, "per_model": {"water-quality": 0.15}})
-    with pytest.raises(ValueError, match=r"promote\.per_model\.water-quality must be a mapping"):
+    with pytest.raises(ValueError, match=r"promote\.per_model\.water-quality: Input should be a "
+                                         r"valid dictionary.*\(got 0\.15\)"):
         load_policy(params, "water-quality")
     params = write_params(tmp_path, {**DEFAULTS, "per_model": ["water-quality"]})
-    with pytest.raises(ValueError, match=r"promote\.per_model must map model names"):
+    with pytest.raises(ValueError, match=r"promote\.per_model: Input should be a valid "
+                                         r"dictionary"):
         load_policy(params, "water-quality")
 
 
 def test_the_repository_params_yaml_loads_for_every_model() -> None:
     """The shipped file: water-quality is gated on MAE (lower is better), the others on the
     shared section as written."""
-    params = Path(__file__).resolve().parents[2] / "params.yaml"
-    doc = yaml.safe_load(params.read_text())
+    params = Path(__file__).resolve().parents[2]
+    doc = yaml.safe_load((params / "params.yaml").read_text())
     defaults = PromotionPolicy(**{k: v for k, v in doc["promote"].items() if k != "per_model"})
     others = sorted(set(doc["datasets"]) - {"water-quality"})
     assert "plastic-detector" in others

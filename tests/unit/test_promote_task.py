@@ -14,7 +14,8 @@ import pytest
 from sqlalchemy import select
 
 from core.champion_history import current_champion, history, record_change, sync_alias
-from core.db import Promotion
+from core.params_schema import PromotionPolicy
+from core.records import Promotion
 from core.registry import (
     CHAMPION,
     PREVIOUS,
@@ -24,7 +25,6 @@ from core.registry import (
     set_champion,
 )
 from models.zoo import get_spec
-from tasks.gates import PromotionPolicy
 from tasks.promote import promote
 from tests.mlflow_recording import Recording
 

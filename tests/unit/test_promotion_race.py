@@ -14,12 +14,13 @@ import pytest
 from sqlalchemy import select
 
 from core.champion_history import history
-from core.db import Evaluation, Promotion, session_factory
+from core.database import session_factory
+from core.params_schema import PromotionPolicy
+from core.records import Evaluation, Promotion
 from core.registry import alias_version, client
 from models.zoo import get_spec
+from tasks.champion import force_promote
 from tasks.evaluate import evaluate
-from tasks.gates import PromotionPolicy
-from tasks.promote import force_promote
 from tests.registered import SPEC, conv_net, register
 
 pytestmark = pytest.mark.slow
@@ -29,12 +30,12 @@ POLICY = PromotionPolicy(metric="macro_f1", floor=0.0, margin=0.0, max_slice_dro
 CHILD = """
 import json, sys
 from pathlib import Path
-from core.db import session_factory
+from core.database import session_factory
 from core.registry import client
 from core.settings import get_settings
 from models.zoo import get_spec
 from tasks.evaluate import evaluate
-from tasks.gates import PromotionPolicy
+from core.params_schema import PromotionPolicy
 from tasks.promote import promote
 
 db_url, dataset, version, evaluation = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]

@@ -12,7 +12,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from core.db import Base, make_engine
+from core.database import make_engine
+from core.db import Base
 from core.schema import BASELINE, current, head, migrate
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
@@ -61,7 +62,7 @@ def test_a_database_made_before_migrations_is_stamped_then_upgraded_keeping_its_
 
 
 def _open(url: str) -> str:
-    from core.db import session_factory
+    from core.database import session_factory
 
     session_factory(url)
     with make_engine(url).connect() as connection:
