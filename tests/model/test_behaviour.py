@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
@@ -46,7 +46,7 @@ def trained(tmp_path_factory):
         write_manifest(select_manifest(sessions, "plastic-detector").frame, root / "m.csv")
         build(root / "m.csv", root / "ds", DatasetParams(label_key="plastic-detector", image_size=SIZE), settings)
         spec = get_spec("plastic-detector", backbone="resnet18", input_size=SIZE)
-        params = train_params(backbone="resnet18", image_size=SIZE, max_epochs=6, patience=6)
+        params = train_params(backbone="resnet18", image_size=SIZE, max_epochs=10, patience=10)
         outcome = train_model(spec, root / "ds", "behaviour-v1", params, settings,
                               {"git_commit": "test"})
         net = load_model(mlflow_client(settings), spec.name, outcome.model_version)
@@ -62,7 +62,14 @@ def tensor(jpeg: bytes) -> torch.Tensor:
 def test_it_learns_far_above_chance_on_held_out_data(trained) -> None:
     report = report_for(trained.net, trained.root / "ds", trained.spec)
     assert report["overall"]["accuracy"] > 0.7, report["overall"]
-    assert report["per_class"]["severe"]["recall"] > 0.7
+    # severe scenes on a day of their own: the test split holds only a handful of them, so
+    # its recall moves by 0.1 or more with one image
+    severe = [o for o in simulate(days=1, devices=6, per_day=60, end=END + timedelta(days=1),
+                                  seed=11) if o.labels["plastic-detector"] == "severe"]
+    with torch.no_grad():
+        answers = trained.net(torch.stack([tensor(o.image) for o in severe])).argmax(dim=1)
+    recall = (answers == trained.spec.outputs.index("severe")).float().mean().item()
+    assert len(severe) >= 40 and recall > 0.7, (len(severe), recall)
 
 
 def test_more_debris_means_a_higher_severe_score(trained) -> None:

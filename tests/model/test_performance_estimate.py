@@ -4,10 +4,10 @@ accuracy from its probabilities; then the withheld labels are imported and the r
 accuracy is computed next to the estimate. Two normal days and a storm.
 
 On normal days the estimate is within 0.05 of the realized accuracy. A storm is a shift the
-champions never saw: coastal-pollution grows unsure and its estimate falls past the drop
-(performance drift), while plastic-detector stays confidently wrong on some storm images,
-which no confidence-based estimate can see; its window drifts on the inputs and the model's
-embeddings instead. Either way a champion that got worse is flagged."""
+champions never saw: both grow unsure and their estimates fall past the drop (performance
+drift), though the estimate under-reports the fall (plastic-detector: 0.88 estimated, 0.78
+realized; a confidence-based estimate cannot see what the model is confidently wrong
+about). The window also drifts on its inputs and the model's embeddings."""
 
 from __future__ import annotations
 
@@ -61,10 +61,9 @@ def label_file(sessions, simulated, path, model: str) -> None:
                    "value": sim.labels[model]} for sim in simulated]).to_csv(path, index=False)
 
 
-@pytest.mark.parametrize(("model", "estimate_sees_the_storm"),
-                         [("coastal-pollution", True), ("plastic-detector", False)])
+@pytest.mark.parametrize("model", ["coastal-pollution", "plastic-detector"])
 def test_the_estimate_follows_the_realized_accuracy_and_a_worse_storm_is_flagged(
-        tmp_path, monkeypatch, model, estimate_sees_the_storm) -> None:
+        tmp_path, monkeypatch, model) -> None:
     monkeypatch.setenv("OCEANML_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("OCEANML_PROJECT_DIR", str(tmp_path))
     get_settings.cache_clear()
@@ -111,4 +110,4 @@ def test_the_estimate_follows_the_realized_accuracy_and_a_worse_storm_is_flagged
     real = storm.realized["accuracy"]
     assert real < test - POLICY.drop  # the storm really hurt it, past the drop
     assert report.verdict == "drift"  # and the window says so
-    assert storm.drifted is estimate_sees_the_storm
+    assert storm.drifted  # by the estimate itself, for both models
