@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -81,16 +80,17 @@ def test_refused_promoted_rolled_back_and_the_history_says_so(tmp_path, monkeypa
 
     noise = train("shuffled", 2, 2e-3, shuffled_copy(data, tmp_path / "shuffled"))
     # no champion yet, and no floor to speak of: only the trivial predictors refuse it
-    first = gate(noise, replace(POLICY, floor=0.0))
+    first = gate(noise, POLICY.model_copy(update={"floor": 0.0}))
     checks = {c["name"]: c for c in first["decision"]["checks"]}
     assert checks["floor"]["passed"] and not checks["trivial"]["passed"]
     assert not first["promoted"] and first["reason"] == checks["trivial"]["detail"]
     assert "does not beat the" in first["reason"]
-    weak = train("weak", 2, 5e-4)
-    assert gate(weak)["promoted"]  # the first champion: floor and the trivial predictors
+    weak = train("weak", 2, 1e-3)
+    first_champion = gate(weak)
+    assert first_champion["promoted"], first_champion["reason"]  # floor and trivial predictors
     refused = gate(noise)
     assert not refused["promoted"] and refused["champion_version"] == weak, refused["reason"]
-    strong = train("strong", 4, 2e-3)
+    strong = train("strong", 8, 2e-3)
     promoted = gate(strong)
     assert promoted["promoted"] and "lower bound" in promoted["reason"], promoted["reason"]
     assert promoted["decision"]["interval"]["lower_bound"] > POLICY.margin
