@@ -62,8 +62,6 @@ def db_url(request, settings) -> str:
 
 
 def test_twenty_racing_promotions_leave_one_consistent_chain(settings, dataset, db_url) -> None:
-    from dataclasses import asdict
-
     sessions, mlc = session_factory(db_url), client(settings)
     spec = get_spec(SPEC.name, input_size=32)
     versions = [register(mlc, settings, conv_net(seed), f"racer-{seed}")
@@ -76,7 +74,7 @@ def test_twenty_racing_promotions_leave_one_consistent_chain(settings, dataset, 
     env = {**os.environ, "PREFECT_API_URL": ""}
     racers = [subprocess.Popen(
         [sys.executable, "-c", CHILD, db_url, str(dataset), v, json.dumps(evaluations[v]),
-         json.dumps(asdict(POLICY))], env=env, stdout=subprocess.PIPE,
+         POLICY.model_dump_json()], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for v in versions[1:]]
     results = {}
     for v, racer in zip(versions[1:], racers, strict=True):
