@@ -7,6 +7,7 @@ tasks concurrently; every call here names its run, model and version.
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -35,7 +36,13 @@ def tracking_uri(settings: Settings) -> str:
 
 
 def client(settings: Settings) -> MlflowClient:
-    uri = tracking_uri(settings)
+    """The process's client for the settings' tracking URI (one per URI, shared by the
+    stages: it holds no run state, every call here names its run)."""
+    return _client_for(tracking_uri(settings))
+
+
+@lru_cache(maxsize=8)
+def _client_for(uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
