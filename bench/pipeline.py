@@ -97,7 +97,7 @@ def run_prefect(epochs: int | None) -> dict:
     stages = {r.name.rsplit("-", 1)[0]: (r.end_time - r.start_time).total_seconds()
               for r in runs if r.end_time}  # task run names are "<task>-<suffix>"
     return {"total": total, "stages": stages,
-            "promoted": results["models"][MODEL]["promote"]["promoted"]}
+            "promoted": results.models[MODEL].promote.promoted}
 
 
 def run_plain(epochs: int | None) -> dict:
@@ -113,6 +113,7 @@ def run_plain(epochs: int | None) -> dict:
     from tasks.evaluate import evaluate_task
     from tasks.ingest import ingest_task
     from tasks.promote import promote_task
+    from tasks.results import BranchResult, FleetResult
     from tasks.score import distribution_task, score_task
     from tasks.summary import summary_task
     from tasks.train import train_task
@@ -126,25 +127,24 @@ def run_plain(epochs: int | None) -> dict:
         return out
 
     start = time.perf_counter()
-    shared = {"ingest": timed("ingest", ingest_task), "enrich": timed("enrich", enrich_task)}
-    branch = {"dataset": timed("build-dataset", build_dataset_task, MODEL, profile=PROFILE)}
-    version = branch["dataset"]["version"]
-    job_id = queue_job(session_factory(get_settings().db_url), MODEL, version, "nightly",
-                       epochs)
-    branch["train"] = timed("train", train_task, MODEL, version, max_epochs=epochs,
-                            backbone=BACKBONE, profile=PROFILE, job_id=job_id)
-    branch["evaluate"] = timed("evaluate", evaluate_task, MODEL, version,
-                               branch["train"]["model_version"])
-    branch["promote"] = timed("promote", promote_task, MODEL, branch["evaluate"])
-    branch["score"] = timed("score", score_task, MODEL)
-    branch["drift"] = timed("drift", drift_task, MODEL, version)
-    if branch["score"].get("version"):
-        distribution_task.fn({MODEL: branch["score"]["version"]})
-    print(summary_task.fn({"profile": profile_description(load_params(
-        get_settings().project_dir.resolve(), PROFILE), PROFILE), **shared,
-        "models": {MODEL: branch}}))
+    ingest, enrich = timed("ingest", ingest_task), timed("enrich", enrich_task)
+    dataset = timed("build-dataset", build_dataset_task, MODEL, profile=PROFILE)
+    job_id = queue_job(session_factory(get_settings().db_url), MODEL, dataset.version,
+                       "nightly", epochs)
+    train = timed("train", train_task, MODEL, dataset.version, max_epochs=epochs,
+                  backbone=BACKBONE, profile=PROFILE, job_id=job_id)
+    evaluation = timed("evaluate", evaluate_task, MODEL, dataset.version, train.model_version)
+    promotion = timed("promote", promote_task, MODEL, evaluation)
+    scored = timed("score", score_task, MODEL)
+    drift = timed("drift", drift_task, MODEL, dataset.version)
+    if scored.version:
+        distribution_task.fn({MODEL: scored.version})
+    profile = profile_description(load_params(get_settings().project_dir.resolve(), PROFILE),
+                                  PROFILE)
+    branch = BranchResult(dataset, train, evaluation, promotion, scored, drift)
+    print(summary_task.fn(FleetResult(ingest, enrich, {MODEL: branch}, profile)))
     return {"total": time.perf_counter() - start, "stages": stages,
-            "promoted": branch["promote"]["promoted"]}
+            "promoted": promotion.promoted}
 
 
 def api_startup() -> dict:

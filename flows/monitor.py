@@ -7,8 +7,6 @@ events to one retrain.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
@@ -20,18 +18,19 @@ from models.zoo import fleet
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task
 from tasks.ingest import ingest_task
+from tasks.results import BranchFailure, FleetResult, WatchResult
 from tasks.score import distribution_task
 from tasks.summary import drift_outcome, shared_rows
 
 
 @flow(name="monitor-model", flow_run_name="{model}", log_prints=True)
-def monitor_model(model: str) -> dict[str, Any]:
+def monitor_model(model: str) -> WatchResult:
     """One model's hour: its champion scores what arrived, then drift of the window."""
-    return {"score": score_step(model), "drift": drift_task(model)}
+    return WatchResult(score_step(model), drift_task(model))
 
 
 @flow(name="monitor", log_prints=True)
-def monitor(models: list[str] | None = None) -> dict[str, Any]:
+def monitor(models: list[str] | None = None) -> FleetResult:
     """Ingest, enrich, score with the champions and check drift for ``models`` (default: the
     fleet in params.yaml), one ``monitor-model`` subflow per model, one at a time (scoring
     uses every core); a model that fails stops no other, and the monitor then ends Failed
@@ -42,26 +41,26 @@ def monitor(models: list[str] | None = None) -> dict[str, Any]:
     outcomes = {m: branch_outcome(s) for m, s in run_branches(names, 1, monitor_model).items()}
     if versions := scored_versions(outcomes):
         distribution_task(versions)
-    results = {"ingest": ingest, "enrich": enrich, "models": outcomes}
+    results = FleetResult(ingest, enrich, outcomes)
     text = monitor_summary(results)
     create_markdown_artifact(text, key="monitor-summary",
                              description=f"monitor run of {', '.join(names)}")
     print(text)
-    raise_if_failed(outcomes, "models")
+    raise_if_failed(results, "models")
     return results
 
 
-def monitor_summary(results: dict[str, Any]) -> str:
+def monitor_summary(results: FleetResult) -> str:
     """Markdown: what arrived, then per model its champion, what it scored and the verdict."""
     lines = ["# OceanML monitor", "", "| stage | outcome |", "|---|---|"]
     lines += [f"| {stage} | {text} |" for stage, text in shared_rows(results)]
     lines += ["", "| model | champion | scored | drift |", "|---|---|---|---|"]
-    for model, outcome in results["models"].items():
-        if "error" in outcome:
-            lines.append(f"| {model} | - | - | FAILED: {outcome['error']} |")
+    for model, outcome in results.models.items():
+        if isinstance(outcome, BranchFailure):
+            lines.append(f"| {model} | - | - | FAILED: {outcome.error} |")
             continue
-        score, drift = outcome["score"], outcome["drift"]
-        version = score.get("version")
+        version = outcome.score.version
         lines.append(f"| {model} | {'v' + version if version else 'none'} | "
-                     f"{score.get('scored', 0) if version else '-'} | {drift_outcome(drift)} |")
+                     f"{outcome.score.scored if version else '-'} | "
+                     f"{drift_outcome(outcome.drift)} |")
     return "\n".join(lines)

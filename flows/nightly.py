@@ -29,25 +29,25 @@ from tasks.enrich import enrich_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.promote import promote_task
+from tasks.results import BranchFailure, BranchResult, FleetResult, WatchResult
 from tasks.score import distribution_task
 from tasks.summary import summary_task
 
 
 @flow(name="model-branch", flow_run_name="{model}", log_prints=True)
 def model_branch(model: str, profile: str, max_epochs: int | None = None,
-                 backbone: str | None = None) -> dict[str, Any]:
+                 backbone: str | None = None) -> BranchResult:
     """One model's night: its dataset, a training, the evaluation against its champion, the
     promotion decision, scoring by the champion it ends with, and drift of the recent window
     against that champion's training data."""
     dataset = build_dataset_task(model, profile=profile)
-    train = train_step(model, dataset["version"], max_epochs=max_epochs, backbone=backbone,
+    train = train_step(model, dataset.version, max_epochs=max_epochs, backbone=backbone,
                        profile=profile)
-    evaluation = evaluate_task(model, dataset["version"], train["model_version"])
+    evaluation = evaluate_task(model, dataset.version, train.model_version)
     promote = promote_task(model, evaluation)
     scored = score_step(model)
-    drift = drift_task(model, dataset["version"])
-    return {"dataset": dataset, "train": train, "evaluate": evaluation, "promote": promote,
-            "score": scored, "drift": drift}
+    drift = drift_task(model, dataset.version)
+    return BranchResult(dataset, train, evaluation, promote, scored, drift)
 
 
 def run_branches(models: list[str], concurrency: int, branch: Flow = model_branch,
@@ -68,7 +68,10 @@ class FleetFailed(RuntimeError):
     """Some model branches failed; the others ran to the end (see the nightly summary)."""
 
 
-def branch_outcome(state: State) -> dict[str, Any]:
+Outcome = BranchResult | WatchResult | BranchFailure
+
+
+def branch_outcome(state: State) -> Outcome:
     """A branch's results, or its error when it failed: its first line, cut, without a
     credential (an MLflow error quotes the tracking URL) and fit for a markdown table."""
     if state.is_completed():
@@ -76,26 +79,25 @@ def branch_outcome(state: State) -> dict[str, Any]:
     message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
     line = scrub(message.strip().splitlines()[0] if message.strip() else state.name,
                  known_secrets(get_settings()))
-    return {"error": line[:MAX_ERROR].replace("|", "/")}  # one table cell of the summary
+    return BranchFailure(line[:MAX_ERROR].replace("|", "/"))  # one table cell of the summary
 
 
-def scored_versions(outcomes: dict[str, dict[str, Any]]) -> dict[str, str]:
+def scored_versions(outcomes: dict[str, Outcome]) -> dict[str, str]:
     """The champion version each model scored with, for the models that had one."""
-    return {m: o["score"]["version"] for m, o in outcomes.items()
-            if o.get("score", {}).get("version")}
+    return {m: o.score.version for m, o in outcomes.items()
+            if not isinstance(o, BranchFailure) and o.score.version}
 
 
-def raise_if_failed(outcomes: dict[str, dict[str, Any]], what: str) -> None:
+def raise_if_failed(results: FleetResult, what: str) -> None:
     """:class:`FleetFailed` naming every model whose outcome is an error, if any is."""
-    failed = [m for m, o in outcomes.items() if "error" in o]
-    if failed:
-        raise FleetFailed(f"{len(failed)} of {len(outcomes)} {what} failed: "
-                          + "; ".join(f"{m}: {outcomes[m]['error']}" for m in failed))
+    if failed := results.failed():
+        raise FleetFailed(f"{len(failed)} of {len(results.models)} {what} failed: "
+                          + "; ".join(f"{m}: {results.models[m].error}" for m in failed))
 
 
 @flow(name="nightly", log_prints=True)
 def nightly(models: list[str] | None = None, profile: str | None = None,
-            max_epochs: int | None = None, backbone: str | None = None) -> dict[str, Any]:
+            max_epochs: int | None = None, backbone: str | None = None) -> FleetResult:
     """Run the night for ``models`` (default: ``fleet`` in params.yaml) under ``profile``
     (default: ``OCEANML_PROFILE``, else the zoo's defaults). Every stage is idempotent, so a
     re-run adds nothing."""
@@ -110,10 +112,9 @@ def nightly(models: list[str] | None = None, profile: str | None = None,
     branches = {m: branch_outcome(s) for m, s in states.items()}
     if champions := scored_versions(branches):
         distribution_task(champions)
-    results = {"profile": profile_description(params, profile), "ingest": ingest,
-               "enrich": enrich, "models": branches}
+    results = FleetResult(ingest, enrich, branches, profile_description(params, profile))
     print(summary_task(results))
-    raise_if_failed(branches, "model branches")  # after the summary: it shows the others
+    raise_if_failed(results, "model branches")  # after the summary: it shows the others
     return results
 
 

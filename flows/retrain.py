@@ -9,8 +9,6 @@ Every stage is idempotent.
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow, get_run_logger
 
 from core.database import session_factory
@@ -21,6 +19,7 @@ from flows.training import train_step
 from tasks.dataset import build_dataset_task
 from tasks.evaluate import evaluate_task
 from tasks.promote import promote_task
+from tasks.results import RetrainResult
 from tasks.training_records import claim_retrain_task
 
 
@@ -41,19 +40,19 @@ def retrain(
     max_epochs: int | None = None,
     backbone: str | None = None,
     profile: str | None = None,
-) -> dict[str, Any]:
+) -> RetrainResult:
     """Retrain ``model`` because of ``reason`` unless it was retrained within the cool-down.
 
     The profile: the one given, else ``OCEANML_PROFILE``, else the champion's, else the
     defaults."""
     claim = claim_retrain_task(model, cooldown_hours)
-    if claim["job_id"] is None:
-        recent = claim["recent"]
+    if claim.job_id is None:
+        recent = claim.recent
         get_run_logger().info("retrain of %s skipped: retrain job %s was queued at %s, within "
-                              "the %.1f h cool-down", model, recent["job_id"],
-                              recent["queued_at"], cooldown_hours)
-        return {"skipped": True, "recent": recent, "reason": reason}
-    job_id, profile = claim["job_id"], run_profile(profile or get_settings().profile
+                              "the %.1f h cool-down", model, recent.job_id, recent.queued_at,
+                              cooldown_hours)
+        return RetrainResult(skipped=True, reason=reason, recent=recent)
+    job_id, profile = claim.job_id, run_profile(profile or get_settings().profile
                                                     or champion_profile(model))
     sessions = session_factory(get_settings().db_url)
     try:
@@ -61,16 +60,16 @@ def retrain(
     except Exception as exc:
         finish_job(sessions, job_id, "failed", error=exc)
         raise
-    set_job(sessions, job_id, dataset_version=dataset["version"])
-    train = train_step(model, dataset["version"], max_epochs=max_epochs, backbone=backbone,
+    set_job(sessions, job_id, dataset_version=dataset.version)
+    train = train_step(model, dataset.version, max_epochs=max_epochs, backbone=backbone,
                        profile=profile, trigger="retrain", job_id=job_id)
-    evaluation = evaluate_task(model, dataset["version"], train["model_version"])
+    evaluation = evaluate_task(model, dataset.version, train.model_version)
     promote = promote_task(model, evaluation)
-    print(f"retrain of {model} ({reason or 'manual'}): dataset {dataset['version']}, "
-          f"v{train['model_version']}, {'promoted' if promote['promoted'] else 'not promoted'}: "
-          f"{promote['reason']}")
-    return {"skipped": False, "reason": reason, "job_id": job_id, "dataset": dataset,
-            "train": train, "evaluate": evaluation, "promote": promote}
+    print(f"retrain of {model} ({reason or 'manual'}): dataset {dataset.version}, "
+          f"v{train.model_version}, {'promoted' if promote.promoted else 'not promoted'}: "
+          f"{promote.reason}")
+    return RetrainResult(False, reason, job_id, dataset=dataset, train=train,
+                         evaluate=evaluation, promote=promote)
 
 
 if __name__ == "__main__":

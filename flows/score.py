@@ -17,49 +17,55 @@ from prefect.deployments import run_deployment
 
 from core.settings import get_settings
 from models.zoo import ZOO
-from tasks.score import distribution_task, partitions_task, score_task, scored_by_task
+from tasks.score import (
+    ScoreResult,
+    distribution_task,
+    partitions_task,
+    score_task,
+    scored_by_task,
+)
 
 POLL_S = 2.0
 
 
 @flow(name="score", log_prints=True)
 def score(model: str | None = None, version: str | None = None, day: str | None = None,
-          last_days: float | None = None) -> dict[str, Any]:
+          last_days: float | None = None) -> dict[str, ScoreResult]:
     """Score every champion's unscored observations (``model`` alone if given), within one
     UTC ``day`` (``YYYY-MM-DD``) or the ``last_days`` when given. ``version`` pins a version
     other than the champion (the fan-out pins its children to the champion it saw)."""
     results = {name: score_step(name, version=version, day=day, last_days=last_days)
                for name in ([model] if model else list(ZOO))}
-    versions = {name: r["version"] for name, r in results.items() if r.get("version")}
+    versions = {name: r.version for name, r in results.items() if r.version}
     distribution_task(versions)
     for name, r in results.items():
-        print(f"score {name}: v{r.get('version') or '-'}: {r.get('scored', 0)} scored"
-              f"{', ' + r['reason'] if r.get('reason') else ''}")
+        print(f"score {name}: v{r.version or '-'}: {r.scored} scored"
+              f"{', ' + r.reason if r.reason else ''}")
     return results
 
 
 def score_step(model: str, *, version: str | None = None, day: str | None = None,
-               last_days: float | None = None) -> dict[str, Any]:
+               last_days: float | None = None) -> ScoreResult:
     """Score ``model`` in this process, or fan its days out when a score work pool is set."""
     settings = get_settings()
     if not settings.score_work_pool or day is not None:
         return score_task(model, version=version, day=day, last_days=last_days)
     plan = partitions_task(model, last_days=last_days)
-    if plan["version"] is None or not plan["days"]:
-        return {"model": model, "version": plan["version"], "scored": 0, "days": {},
-                "reason": "no champion yet" if plan["version"] is None else "nothing to score"}
-    get_run_logger().info("score %s v%s: %d days to %s on pool %s", model, plan["version"],
-                          len(plan["days"]), settings.score_deployment, settings.score_work_pool)
+    if plan.version is None or not plan.days:
+        return ScoreResult(model, plan.version, reason="no champion yet" if plan.version is None
+                           else "nothing to score")
+    get_run_logger().info("score %s v%s: %d days to %s on pool %s", model, plan.version,
+                          len(plan.days), settings.score_deployment, settings.score_work_pool)
     runs = [run_deployment(settings.score_deployment, timeout=0,
-                           parameters={"model": model, "version": plan["version"], "day": d})
-            for d in plan["days"]]
+                           parameters={"model": model, "version": plan.version, "day": d})
+            for d in plan.days]
     states = wait_for_runs([run.id for run in runs])
     failed = [f"{run.name} ({states[run.id]})" for run in runs if states[run.id] != "COMPLETED"]
     if failed:
         raise RuntimeError(f"score runs did not complete: {', '.join(failed)}: see their logs")
     run_ids = [str(run.id) for run in runs]
-    return {"model": model, "version": plan["version"], "scored": scored_by_task(model, run_ids),
-            "days": plan["days"], "runs": run_ids}
+    return ScoreResult(model, plan.version, scored=scored_by_task(model, run_ids),
+                       days=plan.days, runs=run_ids)
 
 
 def wait_for_runs(ids: list[Any], poll_s: float = POLL_S) -> dict[Any, str]:

@@ -2,34 +2,40 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prefect import flow
 
 from core.params import run_profile
 from flows.score import score
-from tasks.dataset import build_dataset_task, latest_dataset_task
+from tasks.dataset import DatasetVersion, build_dataset_task, latest_dataset_task
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task
 from tasks.evaluate import evaluate_task
-from tasks.ingest import ingest_task
+from tasks.ingest import IngestResult, ingest_task
 from tasks.promote import promote_task
+from tasks.results import (
+    DriftOutcome,
+    EnrichSummary,
+    EvaluationResult,
+    PromotionResult,
+    TrainingResult,
+)
 from tasks.train import train_task
 from tasks.training_records import latest_training_task
 
 
 @flow(name="ingest")
-def ingest_flow() -> dict[str, Any]:
+def ingest_flow() -> IngestResult:
     return ingest_task()
 
 
 @flow(name="enrich")
-def enrich_flow() -> dict[str, Any]:
+def enrich_flow() -> EnrichSummary:
     return enrich_task()
 
 
 @flow(name="dataset")
-def dataset_flow(model: str = "plastic-detector", profile: str | None = None) -> dict[str, Any]:
+def dataset_flow(model: str = "plastic-detector", profile: str | None = None
+                 ) -> DatasetVersion:
     return build_dataset_task(model, profile=run_profile(profile))
 
 
@@ -38,7 +44,7 @@ def train_flow(
     model: str = "plastic-detector", dataset_version: str | None = None,
     max_epochs: int | None = None, backbone: str | None = None, profile: str | None = None,
     job_id: int | None = None,
-) -> dict[str, Any]:
+) -> TrainingResult:
     """Train ``model``; the train deployment runs this with the job its caller queued."""
     version = dataset_version or latest_dataset_task(model)
     return train_task(model, version, max_epochs=max_epochs, backbone=backbone,
@@ -46,20 +52,20 @@ def train_flow(
 
 
 @flow(name="evaluate")
-def evaluate_flow(model: str = "plastic-detector") -> dict[str, Any]:
+def evaluate_flow(model: str = "plastic-detector") -> EvaluationResult:
     latest = latest_training_task(model)
-    return evaluate_task(model, latest["dataset_version"], latest["model_version"])
+    return evaluate_task(model, latest.dataset_version, latest.model_version)
 
 
 @flow(name="drift")
-def drift_flow(model: str = "plastic-detector") -> dict[str, Any]:
+def drift_flow(model: str = "plastic-detector") -> DriftOutcome:
     return drift_task(model, latest_dataset_task(model))
 
 
 @flow(name="promote")
-def promote_flow(model: str = "plastic-detector") -> dict[str, Any]:
+def promote_flow(model: str = "plastic-detector") -> PromotionResult:
     latest = latest_training_task(model)
-    evaluation = evaluate_task(model, latest["dataset_version"], latest["model_version"])
+    evaluation = evaluate_task(model, latest.dataset_version, latest.model_version)
     return promote_task(model, evaluation)
 
 

@@ -9,7 +9,7 @@ subflow in the UI. Without it, the step trains in the flow's own process.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from dataclasses import replace
 
 from prefect import get_run_logger
 from prefect.deployments import run_deployment
@@ -18,6 +18,7 @@ from core.database import session_factory
 from core.jobs import finish_job, job_end, queue_job
 from core.lineage import flow_run_id
 from core.settings import get_settings
+from tasks.results import TrainingResult
 from tasks.train import resolve, train_task
 from tasks.training_records import recorded_training_task
 
@@ -26,7 +27,7 @@ LOCAL_TRAINING = threading.Lock()
 
 def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
                backbone: str | None = None, profile: str | None = None,
-               trigger: str = "nightly", job_id: int | None = None) -> dict[str, Any]:
+               trigger: str = "nightly", job_id: int | None = None) -> TrainingResult:
     """Train ``model`` on ``dataset_version`` where the settings say; returns the training.
 
     The training job (``oceanml jobs``) is queued here, before it waits for a training slot
@@ -60,9 +61,9 @@ def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
                    else "failed", error=f"train deployment run {run.name} ended {state}")
         raise RuntimeError(f"train deployment run {run.name} ({run.id}) ended {state}: see its "
                            "logs in the Prefect UI")
-    return {**recorded_training_task(model, dataset_version, max_epochs, backbone,
-                                     by_flow_run=str(run.id), profile=profile),
-            "job_id": job_id}
+    recorded = recorded_training_task(model, dataset_version, max_epochs, backbone,
+                                      by_flow_run=str(run.id), profile=profile)
+    return replace(recorded, job_id=job_id)
 
 
 def check_deployment(name: str, pool: str) -> None:

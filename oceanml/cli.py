@@ -97,6 +97,7 @@ def run(
             raise typer.Exit(1)
         return
     from flows.stages import STAGE_FLOWS
+    from tasks.results import as_document
 
     kwargs: dict = {}
     if name == "score":
@@ -108,7 +109,7 @@ def run(
     if name == "train":
         kwargs.update(max_epochs=max_epochs, backbone=backbone)
     result = STAGE_FLOWS[name](**kwargs)
-    typer.echo(json.dumps(result, indent=2, default=str))
+    typer.echo(json.dumps(as_document(result), indent=2, default=str))
 
 
 SERVE_HELP = """Serve the champion of every model (or those named) over HTTP.

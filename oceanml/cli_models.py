@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import getpass
 import json
-from typing import Annotated, Any
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from tasks.results import EvaluationResult, PromotionResult
 
 app = typer.Typer(help="Champions, versions and decisions; promote by hand and roll back.",
                   no_args_is_help=True)
@@ -188,14 +192,14 @@ def promote(
         _emit(result, as_json, [f"{name} v{version} is champion (forced): {reason}"])
         return
     result = _guarded(lambda: _gated(settings, sessions, mlc, name, version))
-    if result["promoted"] and result["decided_now"]:
+    if result.promoted and result.decided_now:
         _announce(PROMOTED_EVENT, {"model": name, "version": version,
-                                   "previous_version": result["previous_version"],
-                                   "reason": result["reason"]})
-    _emit({"model": name, "version": version, **result}, as_json,
-          [f"{name} v{version}: {'PROMOTED' if result['promoted'] else 'refused'} - "
-           f"{result['reason']}"])
-    if not result["promoted"]:
+                                   "previous_version": result.previous_version,
+                                   "reason": result.reason})
+    _emit({"model": name, "version": version, **asdict(result)}, as_json,
+          [f"{name} v{version}: {'PROMOTED' if result.promoted else 'refused'} - "
+           f"{result.reason}"])
+    if not result.promoted:
         raise typer.Exit(1)
 
 
@@ -234,7 +238,8 @@ def _force(sessions: Any, mlc: Any, name: str, version: str, reason: str) -> dic
     return force_promote(sessions, mlc, name, version, reason, _who())
 
 
-def _gated(settings: Any, sessions: Any, mlc: Any, name: str, version: str) -> dict[str, Any]:
+def _gated(settings: Any, sessions: Any, mlc: Any, name: str, version: str
+           ) -> PromotionResult:
     """Evaluate VERSION against the champion on its dataset's test split, then the gates."""
     from models.zoo import get_spec
     from tasks.dataset import local_dataset
@@ -247,7 +252,7 @@ def _gated(settings: Any, sessions: Any, mlc: Any, name: str, version: str) -> d
         raise ValueError(f"{name} v{version} has no dataset_version tag: nothing to evaluate "
                          "it on (use --force with a --reason)")
 
-    def evaluation(champion: Any = CURRENT) -> dict[str, Any]:
+    def evaluation(champion: Any = CURRENT) -> EvaluationResult:
         return evaluate(sessions, mlc, get_spec(name), dataset, version,
                         lambda: local_dataset(settings, name, dataset), None,
                         champion_version=champion)

@@ -216,13 +216,13 @@ def dataset_card(ds: DatasetVersion) -> str:
 
 
 @task(name="build-dataset", retries=1, retry_delay_seconds=10, timeout_seconds=3 * 3600)
-def build_dataset_task(model: str, profile: str | None = None) -> dict[str, Any]:
+def build_dataset_task(model: str, profile: str | None = None) -> DatasetVersion:
     """Build (or reuse) the dataset version of ``model`` and publish its card."""
     settings = get_settings()
     ds = build_dataset(settings, session_factory(settings.db_url), model, flow_run_id(),
                        profile=profile)
     create_markdown_artifact(dataset_card(ds), key=f"dataset-{model}", description="dataset card")
-    return ds.__dict__
+    return ds
 
 
 def local_dataset(settings: Settings, model: str, version: str) -> Path:

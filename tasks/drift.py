@@ -16,7 +16,7 @@ gather the window, compare, record); :func:`drift_task` wraps it with what needs
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,6 +45,7 @@ from tasks.drift_stats import (
     numeric_drift,
     share_drift,
 )
+from tasks.results import DriftOutcome
 from tasks.shards import IMAGE_FEATURES
 
 if TYPE_CHECKING:
@@ -66,9 +67,6 @@ class DriftReport:
     reference_dataset_version: str | None = None  # None: there was nothing to compare with
     verdict: Verdict = "none"
     mlflow_run_id: str | None = None  # the check's run in MLflow (table and picture)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass
@@ -218,7 +216,7 @@ def detect_drift(
 
 @task(name="drift", retries=1, retry_delay_seconds=10, timeout_seconds=3600)
 def drift_task(model: str, fallback_dataset_version: str | None = None,
-               now: datetime | None = None) -> dict[str, Any]:
+               now: datetime | None = None) -> DriftOutcome:
     """Compare recent observations with the reference; emit ``oceanml.drift.detected``.
 
     :func:`detect_drift` does the work; this wrapper adds what needs a Prefect run: the
@@ -233,8 +231,7 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
                           settings=settings, until=now, performance=performance)
     reference = report.reference_dataset_version
     if reference is None:
-        return {"drifted": False, "verdict": "no_reference", "reason": report.reason,
-                "n_current": 0}
+        return DriftOutcome(False, "no_reference", report.reason)
     if report.features:
         pictures = (run_link(mlc, tracking_uri(settings), report.mlflow_run_id, "drift")
                     if report.mlflow_run_id else "none")
@@ -250,7 +247,5 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
                      "share_drifted": report.share_drifted},
         )
     stage_logger("drift").info("drift of %s: %s (%s)", model, report.verdict, report.reason)
-    return {"drifted": report.drifted, "verdict": report.verdict, "reason": report.reason,
-            "n_current": report.n_current, "reference_dataset_version": reference,
-            "share_drifted": report.share_drifted,
-            "performance": report.features.get("performance")}
+    return DriftOutcome(report.drifted, report.verdict, report.reason, report.n_current,
+                        reference, report.share_drifted, report.features.get("performance"))

@@ -30,6 +30,7 @@ from core.logs import stage_logger
 from core.progress import StageProgress
 from core.settings import Settings, get_settings
 from core.store import Location, filesystem, sha256_hex
+from tasks.results import EnrichSummary
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ def estimated_cost(result: EnrichResult, settings: Settings) -> float:
 
 
 @task(name="enrich", retries=2, retry_delay_seconds=[10, 60], timeout_seconds=6 * 3600)
-def enrich_task() -> dict[str, Any]:
+def enrich_task() -> EnrichSummary:
     """Enrich every un-enriched observation with the configured provider, within the budget."""
     settings = get_settings()
     provider = make_provider(settings)
@@ -267,6 +268,13 @@ def enrich_task() -> dict[str, Any]:
     )
     for content_hash, error in list(result.errors.items())[:10]:
         logger.warning("enrich failed for %s: %s", content_hash[:12], error)
-    summary = {k: v for k, v in asdict(result).items() if k != "errors"}
-    return {"provider": provider.name, "model": provider.model, **summary,
-            "errors": len(result.errors), "cost": round(estimated_cost(result, settings), 4)}
+    return summarize(result, provider, settings)
+
+
+def summarize(result: EnrichResult, provider: EnrichmentProvider, settings: Settings
+              ) -> EnrichSummary:
+    """What the run log and the summaries show of a run: the counts, the provider and the
+    estimated cost; the errors by count (each is in the run log)."""
+    counts = {k: v for k, v in asdict(result).items() if k != "errors"}
+    return EnrichSummary(provider.name, provider.model, **counts, errors=len(result.errors),
+                         cost=round(estimated_cost(result, settings), 4))

@@ -33,6 +33,7 @@ from tasks.baselines import split_targets, trivial_predictions
 from tasks.dataset import local_dataset
 from tasks.evaluation_report import confusion_figure, evaluation_markdown, regression_figures
 from tasks.metrics import classification_report, regression_report
+from tasks.results import EvaluationResult
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -176,7 +177,7 @@ def evaluate(
     flow_run_id: str | None,
     *,
     champion_version: str | None | object = CURRENT,
-) -> dict[str, Any]:
+) -> EvaluationResult:
     """The evaluation of ``model_version`` against the current champion: recorded, or made.
 
     An evaluation is identified by (model, version, champion version, dataset version): when
@@ -189,9 +190,7 @@ def evaluate(
     the current one (``core.champion_history``) unless ``champion_version`` names one (the
     promotion re-evaluates against a champion that changed meanwhile); None means none.
 
-    Returns:
-        ``model_version``, ``champion_version`` (None before any champion),
-        ``dataset_version``, the ``challenger`` and ``champion`` reports, and ``reused``.
+    ``champion_version`` of the result is None before any champion.
     """
     if champion_version is CURRENT:
         champion_version = current_champion(sessions, mlc, spec.name)
@@ -215,10 +214,8 @@ def evaluate(
             session.add(row)
             session.commit()
     challenger = with_trivial(row.challenger_metrics, spec, dataset_dir)
-    return {"model_version": model_version, "champion_version": champ_v or None,
-            "dataset_version": dataset_version, "challenger": challenger,
-            "champion": challenger if itself else row.champion_metrics,
-            "reused": reused}
+    return EvaluationResult(model_version, champ_v or None, dataset_version, challenger,
+                            challenger if itself else row.champion_metrics, reused)
 
 
 def with_trivial(report: dict[str, Any], spec: ModelSpec, dataset_dir: Callable[[], Path]
@@ -234,7 +231,7 @@ def with_trivial(report: dict[str, Any], spec: ModelSpec, dataset_dir: Callable[
 
 
 @task(name="evaluate", retries=1, retry_delay_seconds=10, timeout_seconds=2 * 3600)
-def evaluate_task(model: str, dataset_version: str, model_version: str) -> dict[str, Any]:
+def evaluate_task(model: str, dataset_version: str, model_version: str) -> EvaluationResult:
     """Score ``model_version`` and the current champion on the dataset's test split.
 
     :func:`evaluate` decides and records; this wrapper adds what needs a Prefect run: the
@@ -252,6 +249,6 @@ def evaluate_task(model: str, dataset_version: str, model_version: str) -> dict[
                              description="challenger vs champion on the test split")
     stage_logger("evaluate").info(
         "evaluate: %s v%s against champion %s on %s%s: %s", model, model_version,
-        result["champion_version"] or "none", dataset_version,
-        " (recorded earlier)" if result["reused"] else "", result["challenger"]["overall"])
+        result.champion_version or "none", dataset_version,
+        " (recorded earlier)" if result.reused else "", result.challenger["overall"])
     return result

@@ -10,6 +10,7 @@ import numpy as np
 
 from models.zoo import ModelSpec
 from tasks.metrics import MIN_SLICE
+from tasks.results import EvaluationResult
 
 
 def confusion_figure(report: dict[str, Any], title: str) -> Any:
@@ -70,18 +71,18 @@ def _cells(values: Sequence[Any]) -> str:
     return " / ".join(_fmt(v) if v is not None else "-" for v in values)
 
 
-def evaluation_markdown(model: str, outcome: dict[str, Any], link: str = "") -> str:
+def evaluation_markdown(model: str, outcome: EvaluationResult, link: str = "") -> str:
     """The evaluation report, challenger, champion and the trivial predictors side by side:
     overall (with the difference to the champion), per class or per target, every scored
     slice with its size, the slices too small to score, and where the plots are (``link``:
     the challenger's MLflow run)."""
-    challenger, champion = outcome["challenger"], outcome.get("champion") or {}
+    challenger, champion = outcome.challenger, outcome.champion or {}
     trivial = challenger.get("trivial") or {}
     reports = [challenger, champion, *trivial.values()]
     names = ["challenger", "champion", *trivial]
-    champ_v = outcome.get("champion_version")
-    lines = [f"# Evaluation of `{model}` v{outcome['model_version']}",
-             f"Test split of dataset `{outcome['dataset_version']}`; champion: "
+    champ_v = outcome.champion_version
+    lines = [f"# Evaluation of `{model}` v{outcome.model_version}",
+             f"Test split of dataset `{outcome.dataset_version}`; champion: "
              + (f"v{champ_v}" if champ_v else "none")
              + (f"; trivial predictors fit on its train split: {', '.join(trivial)}"
                 if trivial else "")

@@ -260,7 +260,7 @@ def ingest(
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=[5, 30], timeout_seconds=3600)
-def ingest_task() -> dict[str, Any]:
+def ingest_task() -> IngestResult:
     """Ingest what is new under the landing URL; the summary goes to the flow."""
     settings = get_settings()
     with StageProgress("ingest", unit="file") as progress:
@@ -270,5 +270,4 @@ def ingest_task() -> dict[str, Any]:
         "ingest: %d new, %d rejected %s, %d already known",
         result.ingested, result.rejected, dict(result.reasons), result.already_known,
     )
-    return {"ingested": result.ingested, "rejected": result.rejected,
-            "already_known": result.already_known, "reasons": dict(result.reasons)}
+    return result

@@ -29,6 +29,7 @@ from core.params import load_file
 from core.records import Promotion
 from core.registry import client as mlflow_client
 from core.settings import get_settings
+from models.zoo import get_spec
 from tasks.champion import (
     PROMOTED_EVENT,
     decision_dict,
@@ -36,7 +37,10 @@ from tasks.champion import (
     record_decision,
     tag_decision,
 )
+from tasks.dataset import local_dataset
+from tasks.evaluate import evaluate
 from tasks.gates import PromotionPolicy, decide_promotion
+from tasks.results import EvaluationResult, PromotionResult
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
@@ -53,13 +57,13 @@ def promote(
     sessions: sessionmaker,
     mlc: MlflowClient,
     model: str,
-    evaluation: dict[str, Any],
+    evaluation: EvaluationResult,
     policy: PromotionPolicy,
     flow_run_id: str | None,
     *,
-    reevaluate: Callable[[str | None], dict[str, Any]] | None = None,
+    reevaluate: Callable[[str | None], EvaluationResult] | None = None,
     decided_by: str | None = None,
-) -> dict[str, Any]:
+) -> PromotionResult:
     """Decide on ``evaluation`` (an :func:`tasks.evaluate.evaluate` result) once, and record it.
 
     Everything happens under the model's lock (:func:`core.champion_history.model_lock`),
@@ -78,21 +82,17 @@ def promote(
     ``promotion_reason``, and the MLflow aliases follow the history
     (:func:`core.champion_history.sync_alias`: ``champion`` moves to it, the old one keeps
     ``previous-champion``).
-
-    Returns:
-        ``promoted``, ``reason``, ``decided_now``, ``champion_version`` (the champion after the
-        decision; "" before any) and ``previous_version`` (the champion it was decided against).
     """
-    challenger_v = evaluation["model_version"]
+    challenger_v = evaluation.model_version
     with model_lock(sessions, model):
         sync_alias(mlc, sessions, model)  # repairs a change whose alias move was cut short
         champ_v = current_champion(sessions, mlc, model) or ""
-        asked = evaluation.get("champion_version") or ""
+        asked = evaluation.champion_version or ""
         recorded = recorded_decision(sessions, model, challenger_v, asked)
         if recorded is None and champ_v == challenger_v:
-            return {"promoted": False, "reason": f"v{challenger_v} is already the champion",
-                    "decided_now": False, "champion_version": champ_v,
-                    "previous_version": champ_v}
+            return PromotionResult(False, f"v{challenger_v} is already the champion",
+                                   decided_now=False, champion_version=champ_v,
+                                   previous_version=champ_v)
         if recorded is None and champ_v != asked:
             if reevaluate is None:
                 raise RuntimeError(f"{model}: the champion is v{champ_v or ' none'}, but the "
@@ -100,17 +100,16 @@ def promote(
             evaluation, asked = reevaluate(champ_v or None), champ_v
             recorded = recorded_decision(sessions, model, challenger_v, asked)
         if recorded is not None:
-            return {"promoted": recorded.promoted, "reason": recorded.reason,
-                    "decided_now": False, "champion_version": champ_v,
-                    "previous_version": asked}
-        decision = decide_promotion(evaluation["challenger"], evaluation.get("champion"), policy)
+            return PromotionResult(recorded.promoted, recorded.reason, decided_now=False,
+                                   champion_version=champ_v, previous_version=asked)
+        decision = decide_promotion(evaluation.challenger, evaluation.champion, policy)
         who = decided_by or f"flow-run:{flow_run_id or '-'}"
         with sessions() as session:
             session.add(Promotion(model_name=model, challenger_version=challenger_v,
                                   champion_version=champ_v, promoted=decision.promote,
                                   reason=decision.reason, flow_run_id=flow_run_id))
             record = record_decision(session, model, challenger_v, champ_v or None,
-                                     evaluation.get("dataset_version"), "gate",
+                                     evaluation.dataset_version, "gate",
                                      decision.promote, decision.reason, who,
                                      checks=decision.checks, interval=decision.interval)
             if decision.promote:
@@ -119,9 +118,9 @@ def promote(
             session.commit()
         tag_decision(mlc, record, "promoted" if decision.promote else "rejected")
         sync_alias(mlc, sessions, model)
-    return {"promoted": decision.promote, "reason": decision.reason, "decided_now": True,
-            "champion_version": challenger_v if decision.promote else champ_v,
-            "previous_version": champ_v, "decision": decision_dict(record)}
+    return PromotionResult(decision.promote, decision.reason, decided_now=True,
+                           champion_version=challenger_v if decision.promote else champ_v,
+                           previous_version=champ_v, decision=decision_dict(record))
 
 
 def decision_markdown(decision: dict[str, Any]) -> str:
@@ -173,35 +172,31 @@ def recorded_decision(sessions: sessionmaker, model: str, challenger: str, champ
 
 
 @task(name="promote", retries=1, retry_delay_seconds=10, timeout_seconds=2 * 3600)
-def promote_task(model: str, evaluation: dict[str, Any]) -> dict[str, Any]:
+def promote_task(model: str, evaluation: EvaluationResult) -> PromotionResult:
     """Decide on the evaluation, move ``champion`` if the gates pass, record the decision.
 
     :func:`promote` does the work; this wrapper reads the policy from ``params.yaml`` and
     emits ``oceanml.model.promoted`` when the alias moved in this call (a reused decision
     emits nothing: its event went out when it was made).
     """
-    from models.zoo import get_spec
-    from tasks.dataset import local_dataset
-    from tasks.evaluate import evaluate
-
     settings = get_settings()
     sessions, mlc = session_factory(settings.db_url), mlflow_client(settings)
     policy = load_policy(settings.project_dir.resolve(), model)
-    dataset = evaluation["dataset_version"]
+    dataset = evaluation.dataset_version
 
-    def reevaluate(champion: str | None) -> dict[str, Any]:
-        return evaluate(sessions, mlc, get_spec(model), dataset, evaluation["model_version"],
+    def reevaluate(champion: str | None) -> EvaluationResult:
+        return evaluate(sessions, mlc, get_spec(model), dataset, evaluation.model_version,
                         lambda: local_dataset(settings, model, dataset), lineage.flow_run_id(),
                         champion_version=champion)
 
     result = promote(sessions, mlc, model, evaluation, policy, lineage.flow_run_id(),
                      reevaluate=reevaluate)
-    if result["decided_now"] and result["promoted"]:
-        emit_champion_event(PROMOTED_EVENT, model, evaluation["model_version"],
-                            result["previous_version"], result["reason"])
-    if result.get("decision"):
-        create_markdown_artifact(decision_markdown(result["decision"]), key=f"decision-{model}",
+    if result.decided_now and result.promoted:
+        emit_champion_event(PROMOTED_EVENT, model, evaluation.model_version,
+                            result.previous_version, result.reason)
+    if result.decision:
+        create_markdown_artifact(decision_markdown(result.decision), key=f"decision-{model}",
                                  description="the promotion decision and every check")
-    stage_logger("promote").info("promote: %s (%s)%s", result["promoted"], result["reason"],
-                                 "" if result["decided_now"] else " (no new decision)")
+    stage_logger("promote").info("promote: %s (%s)%s", result.promoted, result.reason,
+                                 "" if result.decided_now else " (no new decision)")
     return result

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from core.registry import alias_version
 from core.registry import client as mlflow_client
 from core.settings import Settings, get_settings
 from core.store import Location, filesystem
+from tasks.results import ScorePlan
 
 if TYPE_CHECKING:
     import torch
@@ -131,11 +132,7 @@ class ScoreResult:
     failed: dict[int, str] = field(default_factory=dict)
     days: dict[str, int] = field(default_factory=dict)
     reason: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["failed"] = {str(k): v for k, v in self.failed.items()}
-        return doc
+    runs: list[str] = field(default_factory=list)  # the fan-out's child flow runs, if any
 
 
 def prediction_rows(predictor: Predictor, ids: list[int | None], answered: list[dict[str, Any]],
@@ -231,7 +228,7 @@ def scored_by(sessions: sessionmaker, model: str, flow_run_ids: list[str]) -> in
 
 @task(name="score", retries=1, retry_delay_seconds=10, timeout_seconds=6 * 3600)
 def score_task(model: str, version: str | None = None, day: str | None = None,
-               last_days: float | None = None) -> dict[str, Any]:
+               last_days: float | None = None) -> ScoreResult:
     """Score ``model``'s unscored observations (one ``day`` or the ``last_days``, else all),
     with a progress bar and a progress artifact."""
     settings = get_settings()
@@ -246,20 +243,20 @@ def score_task(model: str, version: str | None = None, day: str | None = None,
              f" ({result.reason})" if result.reason else "")
     for obs, reason in list(result.failed.items())[:10]:
         log.warning("score: observation %s not scored: %s", obs, reason)
-    return result.to_dict()
+    return result
 
 
 @task(name="score-partitions", retries=2, retry_delay_seconds=5, timeout_seconds=600)
-def partitions_task(model: str, last_days: float | None = None) -> dict[str, Any]:
+def partitions_task(model: str, last_days: float | None = None) -> ScorePlan:
     """The champion version of ``model`` and its pending observations per day."""
     settings = get_settings()
     champion = alias_version(mlflow_client(settings), model)
     if champion is None:
-        return {"version": None, "days": {}}
+        return ScorePlan(None)
     version = str(champion.version)
     rows = pending(session_factory(settings.db_url), model, version,
                    Window.of(last_days=last_days))
-    return {"version": version, "days": partitions(rows)}
+    return ScorePlan(version, partitions(rows))
 
 
 @task(name="scored-by-runs", retries=2, retry_delay_seconds=5, timeout_seconds=300)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from core.settings import Settings, get_settings
 from core.store import sha256_hex
 from models.zoo import ModelSpec, get_spec
 from tasks.dataset import local_dataset
+from tasks.results import TrainingResult
 from tasks.trainer import build_data, build_module, build_trainer
 
 
@@ -232,7 +233,7 @@ def resolve(settings: Settings, model: str, max_epochs: int | None = None,
 def train_task(
     model: str, dataset_version: str, max_epochs: int | None = None, backbone: str | None = None,
     profile: str | None = None, job_id: int | None = None,
-) -> dict[str, Any]:
+) -> TrainingResult:
     """Train (or reuse) a version of ``model`` on ``dataset_version`` and record it; the
     training job ``job_id`` (a new manual one when None) follows it."""
     settings = get_settings()
@@ -254,7 +255,8 @@ def train_task(
                reused=outcome.reused)
     stage_logger("train").info("train: %s v%s (%s), metrics %s", model, outcome.model_version,
                                "reused" if outcome.reused else "new", outcome.metrics)
-    return {**asdict(outcome), "job_id": job_id}
+    return TrainingResult(outcome.model_version, outcome.run_id, outcome.training_key,
+                          outcome.metrics, outcome.reused, job_id, outcome.artifacts)
 
 
 def _train_recorded(settings: Settings, sessions: Any, spec: ModelSpec, params: TrainParams,

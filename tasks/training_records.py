@@ -5,7 +5,6 @@ on its training job under the cool-down."""
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from prefect import task
 from sqlalchemy import select
@@ -14,13 +13,14 @@ from core.database import session_factory
 from core.jobs import claim_retrain
 from core.records import TrainingRun
 from core.settings import get_settings
+from tasks.results import LatestTraining, RecentRetrain, RetrainClaim, TrainingResult
 from tasks.train import resolve
 
 
 @task(name="recorded-training", retries=2, retry_delay_seconds=5, timeout_seconds=300)
 def recorded_training_task(model: str, dataset_version: str, max_epochs: int | None = None,
                            backbone: str | None = None, by_flow_run: str | None = None,
-                           profile: str | None = None) -> dict[str, Any]:
+                           profile: str | None = None) -> TrainingResult:
     """The training a train deployment run recorded, found by its training key in the DB
     (shared by every worker), so no result storage has to be shared with GPU workers."""
     settings = get_settings()
@@ -31,13 +31,12 @@ def recorded_training_task(model: str, dataset_version: str, max_epochs: int | N
     if row is None:
         raise LookupError(f"no training of {model} on {dataset_version} with key {key} was "
                           "recorded: does the worker use the same params.yaml and database?")
-    return {"model_version": row.model_version, "run_id": row.mlflow_run_id,
-            "training_key": key, "metrics": row.metrics, "artifacts": {},
-            "reused": by_flow_run is None or row.flow_run_id != by_flow_run}
+    return TrainingResult(row.model_version, row.mlflow_run_id, key, row.metrics,
+                          reused=by_flow_run is None or row.flow_run_id != by_flow_run)
 
 
 @task(name="latest-training", retries=2, retry_delay_seconds=5, timeout_seconds=300)
-def latest_training_task(model: str) -> dict[str, str]:
+def latest_training_task(model: str) -> LatestTraining:
     """The newest recorded training of ``model``: its version and dataset."""
     settings = get_settings()
     with session_factory(settings.db_url)() as session:
@@ -45,17 +44,16 @@ def latest_training_task(model: str) -> dict[str, str]:
                              .order_by(TrainingRun.id.desc()).limit(1))
     if row is None:
         raise ValueError(f"no training of {model!r} yet: run `oceanml run train` first")
-    return {"model_version": row.model_version, "dataset_version": row.dataset_version}
+    return LatestTraining(row.model_version, row.dataset_version)
 
 
 @task(name="claim-retrain", retries=2, retry_delay_seconds=5, timeout_seconds=600)
-def claim_retrain_task(model: str, cooldown_hours: float) -> dict[str, Any]:
+def claim_retrain_task(model: str, cooldown_hours: float) -> RetrainClaim:
     """Queue this retrain's training job, unless a retrain of ``model`` was queued within the
-    cool-down: ``{"job_id": id}``, or ``{"job_id": None, "recent": ...}`` naming that one."""
+    cool-down: the claim names the job queued now, or (``job_id`` None) that recent one."""
     sessions = session_factory(get_settings().db_url)
     job_id, recent = claim_retrain(sessions, model, timedelta(hours=max(cooldown_hours, 0)))
     if job_id is not None:
-        return {"job_id": job_id, "recent": None}
-    return {"job_id": None, "recent": {"job_id": recent.id, "status": recent.status,
-                                       "queued_at": recent.queued_at.isoformat(),
-                                       "model_version": recent.model_version}}
+        return RetrainClaim(job_id)
+    return RetrainClaim(None, RecentRetrain(recent.id, recent.status,
+                                            recent.queued_at.isoformat(), recent.model_version))

@@ -59,9 +59,9 @@ def runs(prefect_harness, tmp_path_factory):
         first = first_state.result()
         second = nightly(models=FLEET, profile="cpu-small", max_epochs=5)
         flow_run_id = str(first_state.state_details.flow_run_id)
-        yield SimpleNamespace(settings=settings, first=first["models"][MODEL],
-                              second=second["models"][MODEL], shared=(first, second),
-                              fleet=first["models"], flow_run_id=flow_run_id,
+        yield SimpleNamespace(settings=settings, first=first.models[MODEL],
+                              second=second.models[MODEL], shared=(first, second),
+                              fleet=first.models, flow_run_id=flow_run_id,
                               branch_run_id=branch_runs(flow_run_id)[MODEL],
                               sessions=session_factory(settings.db_url), project=root / "project")
     get_settings.cache_clear()
@@ -82,9 +82,9 @@ def branch_runs(nightly_run_id: str) -> dict[str, str]:
 
 def test_each_model_ran_as_its_own_branch_of_the_nightly(runs) -> None:
     assert set(branch_runs(runs.flow_run_id)) == set(FLEET)
-    assert set(runs.fleet) == set(FLEET) and not any("error" in b for b in runs.fleet.values())
+    assert set(runs.fleet) == set(FLEET) and not runs.shared[0].failed()
     first, _ = runs.shared
-    assert first["profile"].startswith("cpu-small (")
+    assert first.profile.startswith("cpu-small (")
 
 
 def test_the_db_holds_the_observations_and_the_rejects_with_reasons(runs) -> None:
@@ -96,16 +96,16 @@ def test_the_db_holds_the_observations_and_the_rejects_with_reasons(runs) -> Non
     assert dict(reasons) == FAULT_REASONS
     assert enriched == 2 * 4 * 60
     first, _ = runs.shared
-    assert first["ingest"]["ingested"] == 480 and first["ingest"]["rejected"] == 6
+    assert first.ingest.ingested == 480 and first.ingest.rejected == 6
 
 
 def test_the_registry_holds_a_champion_with_lineage_tags(runs) -> None:
     champion = alias_version(mlflow_client(runs.settings), MODEL, CHAMPION)
     assert champion is not None
-    assert str(champion.version) == runs.first["train"]["model_version"]
+    assert str(champion.version) == runs.first.train.model_version
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=runs.project, capture_output=True,
                           text=True, check=True).stdout.strip()
-    assert champion.tags["dataset_version"] == runs.first["dataset"]["version"]
+    assert champion.tags["dataset_version"] == runs.first.dataset.version
     assert champion.tags["git_commit"] == head
     assert champion.tags["profile"] == "cpu-small"
     assert champion.tags["prefect_flow_run_id"] == runs.branch_run_id
@@ -121,7 +121,7 @@ def test_the_registry_holds_a_champion_with_lineage_tags(runs) -> None:
 def test_dvc_restores_the_dataset_version_from_its_remote(runs) -> None:
     from tasks.dataset import dataset_dir, local_dataset
 
-    version = runs.first["dataset"]["version"]
+    version = runs.first.dataset.version
     workspace = dataset_dir(runs.settings, MODEL)
     before = digests(workspace)
     shutil.rmtree(workspace)
@@ -133,13 +133,13 @@ def test_dvc_restores_the_dataset_version_from_its_remote(runs) -> None:
 def test_a_second_run_adds_nothing(runs) -> None:
     second = runs.second
     _, shared = runs.shared
-    assert shared["ingest"]["ingested"] == 0 and shared["ingest"]["rejected"] == 0
-    assert shared["enrich"]["enriched"] == 0 and shared["enrich"]["requests"] == 0
-    assert not second["dataset"]["created"]
-    assert second["dataset"]["version"] == runs.first["dataset"]["version"]
-    assert second["train"]["reused"]
-    assert second["train"]["model_version"] == runs.first["train"]["model_version"]
-    assert not second["promote"]["decided_now"]
+    assert shared.ingest.ingested == 0 and shared.ingest.rejected == 0
+    assert shared.enrich.enriched == 0 and shared.enrich.requests == 0
+    assert not second.dataset.created
+    assert second.dataset.version == runs.first.dataset.version
+    assert second.train.reused
+    assert second.train.model_version == runs.first.train.model_version
+    assert not second.promote.decided_now
     versions = mlflow_client(runs.settings).search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 1
     with runs.sessions() as s:
@@ -187,11 +187,11 @@ def test_the_summary_tells_each_stages_outcome(runs) -> None:
     for model, branch in runs.fleet.items():
         assert "| " + " | ".join(fleet_row(model, branch)) + " |" in text
     assert "Profile: cpu-small (" in text
-    version = runs.first["train"]["model_version"]
+    version = runs.first.train.model_version
     reasons = ", ".join(f"{k}: 1" for k in sorted(FAULT_REASONS))
     assert shared_first["ingest"].startswith(f"480 new observations, 6 rejected ({reasons})")
     assert shared_first["enrich"].startswith("480 enriched by heuristic/")
-    assert first["dataset"].startswith(f"`{runs.first['dataset']['version']}` new version")
+    assert first["dataset"].startswith(f"`{runs.first.dataset.version}` new version")
     assert first["train"] == f"{MODEL} v{version} (new)"
     assert first["evaluate"].startswith("test accuracy ")
     assert first["evaluate"].endswith("; champion none")
@@ -219,7 +219,7 @@ def test_the_summary_tells_each_stages_outcome(runs) -> None:
 def test_the_champion_scored_every_observation_once(runs) -> None:
     from core.db import Prediction
 
-    version = runs.first["train"]["model_version"]
+    version = runs.first.train.model_version
     with runs.sessions() as s:
         rows = s.execute(select(Prediction.model_version, Prediction.flow_run_id,
                                 func.count()).where(Prediction.model_name == MODEL)
@@ -242,13 +242,13 @@ def test_a_retrain_reuses_what_the_night_made_and_its_cooldown_counts_from_it(ru
     from flows.retrain import retrain
 
     first = retrain(model=MODEL, reason="drift", cooldown_hours=6, max_epochs=5)
-    assert not first["skipped"]  # a nightly training is no retrain: nothing to cool down from
+    assert not first.skipped  # a nightly training is no retrain: nothing to cool down from
     # no profile given: the champion's (its tag), so the same training key, reused
-    assert first["dataset"]["version"] == runs.first["dataset"]["version"]
-    assert first["train"]["reused"] and not first["promote"]["decided_now"]
+    assert first.dataset.version == runs.first.dataset.version
+    assert first.train.reused and not first.promote.decided_now
     storm = retrain(model=MODEL, reason="drift again", cooldown_hours=6)
-    assert storm["skipped"] and storm["recent"]["job_id"] == first["job_id"]
-    assert storm["recent"]["model_version"] == runs.first["train"]["model_version"]
+    assert storm.skipped and storm.recent.job_id == first.job_id
+    assert storm.recent.model_version == runs.first.train.model_version
     versions = mlflow_client(runs.settings).search_model_versions(f"name = '{MODEL}'")
     assert len(versions) == 1
 
@@ -256,11 +256,11 @@ def test_a_retrain_reuses_what_the_night_made_and_its_cooldown_counts_from_it(ru
 def test_the_regression_model_ran_end_to_end_beside_the_classifier(runs) -> None:
     """water-quality: four indices in [0, 1], judged on MAE, lower is better."""
     out = runs.fleet[REGRESSION]
-    assert out["dataset"]["created"] and not out["train"]["reused"]
-    assert out["dataset"]["version"] != runs.first["dataset"]["version"]
-    overall = out["evaluate"]["challenger"]["overall"]
-    assert 0 <= overall["mae"] <= 1 and "per_target" in out["evaluate"]["challenger"]
-    checks = {c["name"]: c for c in out["promote"]["decision"]["checks"]}
+    assert out.dataset.created and not out.train.reused
+    assert out.dataset.version != runs.first.dataset.version
+    overall = out.evaluate.challenger["overall"]
+    assert 0 <= overall["mae"] <= 1 and "per_target" in out.evaluate.challenger
+    checks = {c["name"]: c for c in out.promote.decision["checks"]}
     assert checks["floor"]["detail"].startswith(f"mae {overall['mae']:.3f}")  # judged on MAE
     assert {f"r2 {t}" for t in get_spec(REGRESSION).outputs} <= set(checks)  # every target
     versions = mlflow_client(runs.settings).search_model_versions(f"name = '{REGRESSION}'")
@@ -289,4 +289,4 @@ def test_a_broken_model_fails_its_branch_alone_and_the_night_by_name(runs) -> No
     text = printed_summary(str(state.state_details.flow_run_id))
     assert "# OceanML nightly: 2 models, 1 FAILED (debris-classifier)" in text
     assert "| debris-classifier | FAILED: ValueError: no observation selected" in text
-    assert f"| {MODEL} | completed | `{runs.first['dataset']['version'][:8]}` unchanged |" in text
+    assert f"| {MODEL} | completed | `{runs.first.dataset.version[:8]}` unchanged |" in text

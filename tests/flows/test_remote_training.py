@@ -55,21 +55,21 @@ def test_retrain_trains_through_the_train_deployment_on_the_work_pool(worker_env
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         log = worker.communicate(timeout=60)[0]
-    assert result["train"]["model_version"] == "1", log[-3000:]
+    assert result.train.model_version == "1", log[-3000:]
     with get_client(sync_client=True) as client:
         deployment = client.read_deployment_by_name("train/train-gpu")
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
             id=DeploymentFilterId(any_=[deployment.id])))
     assert len(runs) == 1 and runs[0].state.is_completed()
-    assert runs[0].parameters["dataset_version"] == result["dataset"]["version"]
+    assert runs[0].parameters["dataset_version"] == result.dataset.version
     assert runs[0].parent_task_run_id is not None  # shown as a subflow of the retrain run
     from core.database import session_factory
 
     with session_factory(settings.db_url)() as session:
         row = session.scalar(select(TrainingRun))
     assert row.flow_run_id == str(runs[0].id)  # trained in the worker's run, not in-process
-    assert not result["train"]["reused"]
-    assert result["evaluate"]["model_version"] == "1"
+    assert not result.train.reused
+    assert result.evaluate.model_version == "1"
 
 
 def test_a_missing_train_deployment_is_refused_by_name(prefect_harness, settings, monkeypatch):

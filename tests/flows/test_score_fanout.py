@@ -84,19 +84,19 @@ def test_two_workers_score_the_days_at_once(pool_env, settings, sessions) -> Non
             os.killpg(worker.pid, signal.SIGTERM)
             logs.append(worker.communicate(timeout=60)[0])
     outcome = result[SPEC.name]
-    assert outcome["version"] == "1" and len(outcome["days"]) == 3, logs[0][-2000:]
+    assert outcome.version == "1" and len(outcome.days) == 3, logs[0][-2000:]
     with sessions() as s:
         observations = s.scalar(select(func.count()).where(Observation.image_key.is_not(None)))
         by_run = dict(s.execute(select(Prediction.flow_run_id, func.count())
                                 .group_by(Prediction.flow_run_id)).all())
-    assert outcome["scored"] == observations == sum(by_run.values())
+    assert outcome.scored == observations == sum(by_run.values())
     with get_client(sync_client=True) as prefect_client:
         deployment = prefect_client.read_deployment_by_name("score/score")
         runs = [r for r in prefect_client.read_flow_runs(deployment_filter=DeploymentFilter(
             id=DeploymentFilterId(any_=[deployment.id]))) if r.parameters.get("day")]
     assert len(runs) == 3 and all(r.state.is_completed() for r in runs)
     assert set(by_run) == {str(r.id) for r in runs}  # each day scored in its own run
-    assert sorted(r.parameters["day"] for r in runs) == sorted(outcome["days"])
+    assert sorted(r.parameters["day"] for r in runs) == sorted(outcome.days)
     assert all(r.parameters["version"] == "1" for r in runs)
     assert all(r.parent_task_run_id is not None for r in runs)  # subflows in the UI
     # both workers took runs, and two runs were in flight at the same time

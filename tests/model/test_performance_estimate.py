@@ -81,7 +81,7 @@ def test_the_estimate_follows_the_realized_accuracy_and_a_worse_storm_is_flagged
         {"git_commit": "perf"}).model_version
     set_champion(mlc, model, version)
     test = evaluate(sessions, mlc, spec, "ds-perf", version, lambda: data, None,
-                    champion_version=None)["challenger"]["overall"]["accuracy"]
+                    champion_version=None).challenger["overall"]["accuracy"]
 
     results = {}
     for scenario, day, seed in (("normal", 1, 11), ("normal", 2, 12), ("storm", 3, 13)):

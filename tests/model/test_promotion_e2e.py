@@ -25,6 +25,7 @@ from oceanml.cli import app
 from tasks.champion import rollback
 from tasks.evaluate import evaluate
 from tasks.promote import promote
+from tasks.results import PromotionResult
 from tasks.train import train_model
 from tests.conftest import simulated_dataset, train_params
 
@@ -68,7 +69,7 @@ def test_refused_promoted_rolled_back_and_the_history_says_so(tmp_path, monkeypa
                               patience=epochs, lr=lr)
         return train_model(spec, where, key, params, settings, {"git_commit": "e2e"}).model_version
 
-    def gate(version: str, policy: PromotionPolicy = POLICY) -> dict:
+    def gate(version: str, policy: PromotionPolicy = POLICY) -> PromotionResult:
         def judged(champion=None, current=True):
             from tasks.evaluate import CURRENT
 
@@ -81,19 +82,19 @@ def test_refused_promoted_rolled_back_and_the_history_says_so(tmp_path, monkeypa
     noise = train("shuffled", 2, 2e-3, shuffled_copy(data, tmp_path / "shuffled"))
     # no champion yet, and no floor to speak of: only the trivial predictors refuse it
     first = gate(noise, POLICY.model_copy(update={"floor": 0.0}))
-    checks = {c["name"]: c for c in first["decision"]["checks"]}
+    checks = {c["name"]: c for c in first.decision["checks"]}
     assert checks["floor"]["passed"] and not checks["trivial"]["passed"]
-    assert not first["promoted"] and first["reason"] == checks["trivial"]["detail"]
-    assert "does not beat the" in first["reason"]
+    assert not first.promoted and first.reason == checks["trivial"]["detail"]
+    assert "does not beat the" in first.reason
     weak = train("weak", 2, 1e-3)
     first_champion = gate(weak)
-    assert first_champion["promoted"], first_champion["reason"]  # floor and trivial predictors
+    assert first_champion.promoted, first_champion.reason  # floor and trivial predictors
     refused = gate(noise)
-    assert not refused["promoted"] and refused["champion_version"] == weak, refused["reason"]
+    assert not refused.promoted and refused.champion_version == weak, refused.reason
     strong = train("strong", 8, 2e-3)
     promoted = gate(strong)
-    assert promoted["promoted"] and "lower bound" in promoted["reason"], promoted["reason"]
-    assert promoted["decision"]["interval"]["lower_bound"] > POLICY.margin
+    assert promoted.promoted and "lower bound" in promoted.reason, promoted.reason
+    assert promoted.decision["interval"]["lower_bound"] > POLICY.margin
 
     back = rollback(sessions, mlc, spec.name, None, "strong misfires on drones", "cli:test")
     assert (back["version"], back["previous_version"]) == (weak, strong)

@@ -9,6 +9,7 @@ import torch
 
 from tasks.evaluation_report import evaluation_markdown
 from tasks.metrics import classification_report, regression_report
+from tasks.results import EvaluationResult
 
 CLASSES = ("none", "light", "severe")
 
@@ -121,15 +122,13 @@ def test_the_markdown_shows_every_target_and_older_reports_without_rmse() -> Non
     report = regression_report(np.array(REG_TRUE), np.array(REG_PRED), ("a", "b"))
     older = {"overall": {"mae": 0.2, "mse": 0.1, "n": 3},
              "per_target": {"a": {"mae": 0.1}, "b": {"mae": 0.3}}, "slices": {}}
-    text = evaluation_markdown("water-quality", {
-        "model_version": "2", "champion_version": "1", "dataset_version": "d",
-        "challenger": report, "champion": older})
+    text = evaluation_markdown("water-quality", EvaluationResult(
+        "2", "1", "d", report, older))
     assert "| target | mae | rmse | r2 |" in text
     assert "| b | 0.667 / 0.300 | 0.816 / - | -2.000 / - |" in text  # challenger / champion
     assert "| mae | 0.417 | 0.200 | +0.217 |" in text and "| rmse | 0.612 | - | - |" in text
-    older_text = evaluation_markdown("water-quality", {
-        "model_version": "1", "champion_version": None, "dataset_version": "d",
-        "challenger": older, "champion": None})
+    older_text = evaluation_markdown("water-quality", EvaluationResult(
+        "1", None, "d", older, None))
     assert "| a | 0.100 / - | - / - | - / - |" in older_text
 
 
@@ -139,9 +138,8 @@ def test_the_markdown_sets_classes_and_slices_side_by_side_and_lists_small_slice
     slices = {"device_type": ["buoy"] * 7 + ["drone"] * 5 + ["camera"] * 2}
     challenger = classification_report(truth, truth, classes, slices)
     champion = classification_report(truth, [0] * 14, classes, slices)
-    text = evaluation_markdown("plastic-detector", {
-        "model_version": "3", "champion_version": "2", "dataset_version": "d",
-        "challenger": challenger, "champion": champion}, link="MLflow run `r1`")
+    text = evaluation_markdown("plastic-detector", EvaluationResult(
+        "3", "2", "d", challenger, champion), link="MLflow run `r1`")
     assert "| class | support | precision | recall | f1 |" in text
     assert "| light | 6 | 1.000 / 0.000 | 1.000 / 0.000 | 1.000 / 0.000 |" in text
     assert "| accuracy | 1.000 | 0.429 | +0.571 |" in text
@@ -174,9 +172,8 @@ def test_regression_is_sliced_like_classification() -> None:
     assert report["slices"]["device_type=buoy"] == {"mae": 0.0, "rmse": 0.0, "n": 6}
     assert report["slices"]["device_type=drone"]["mae"] == pytest.approx(0.3)
     assert report["small_slices"] == {"device_type=camera": 2}
-    text = evaluation_markdown("water-quality", {
-        "model_version": "2", "champion_version": None, "dataset_version": "d",
-        "challenger": report, "champion": None})
+    text = evaluation_markdown("water-quality", EvaluationResult(
+        "2", None, "d", report, None))
     assert "| slice | n | mae | rmse |" in text
     assert text.index("device_type=drone") < text.index("device_type=buoy")  # weakest first
 

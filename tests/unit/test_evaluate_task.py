@@ -8,6 +8,7 @@ and registered the way the trainer does it, so the expected report follows from 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from models.zoo import get_spec
 from tasks.baselines import trivial_predictions
 from tasks.evaluate import evaluate
 from tasks.metrics import classification_report
+from tasks.results import EvaluationResult
 from tests.mlflow_recording import Recording
 from tests.registered import register as register_version
 
@@ -93,8 +95,7 @@ def test_an_evaluation_is_scored_logged_and_recorded_once(settings, sessions, da
     report = expected(dataset, "none")
     labels = read_split(dataset, "test", ["label"])["label"]
     assert report["overall"]["accuracy"] == pytest.approx(labels.count("none") / len(labels))
-    assert first == {"model_version": v1, "champion_version": None, "dataset_version": "ds-1",
-                     "challenger": report, "champion": None, "reused": False}
+    assert first == EvaluationResult(v1, None, "ds-1", report, None, reused=False)
     [row] = rows(sessions)
     assert (row.model_name, row.model_version, row.champion_version, row.dataset_version,
             row.champion_metrics, row.flow_run_id) == (SPEC.name, v1, "", "ds-1", None, "run-1")
@@ -115,7 +116,7 @@ def test_an_evaluation_is_scored_logged_and_recorded_once(settings, sessions, da
 
     recording = Recording(mlc)  # a re-run, a retry: the recorded evaluation, nothing loaded
     again = evaluate(sessions, recording, SPEC, "ds-1", v1, dataset_dir, "run-2")
-    assert again == {**first, "reused": True}
+    assert again == replace(first, reused=True)
     assert recording.writes == [] and len(resolved) == 1 and len(rows(sessions)) == 1
 
 
@@ -128,11 +129,10 @@ def test_the_champion_is_not_scored_against_itself(settings, sessions, dataset) 
     set_champion(mlc, SPEC.name, v1)
     recording = Recording(mlc)
     again = evaluate(sessions, recording, SPEC, "ds-1", v1, lambda: dataset, "run-2")
-    assert again == {**first, "champion_version": v1, "champion": first["challenger"],
-                     "reused": True}
+    assert again == replace(first, champion_version=v1, champion=first.challenger, reused=True)
     assert recording.writes == [] and len(rows(sessions)) == 1
     fresh = evaluate(sessions, mlc, SPEC, "ds-2", v1, lambda: dataset, "run-3")
-    assert not fresh["reused"] and fresh["champion"] == fresh["challenger"]
+    assert not fresh.reused and fresh.champion == fresh.challenger
     assert [(r.champion_version, r.champion_metrics) for r in rows(sessions)][1] == (v1, None)
 
 
@@ -141,20 +141,20 @@ def test_the_champion_is_scored_beside_and_keys_a_new_evaluation(
     mlc = client(settings)
     v1, v2 = register(mlc, settings, "none"), register(mlc, settings, "light")
     alone = evaluate(sessions, mlc, SPEC, "ds-1", v2, lambda: dataset, "run-1")
-    assert alone["champion"] is None and not alone["reused"]
+    assert alone.champion is None and not alone.reused
 
     set_champion(mlc, SPEC.name, v1)
     against = evaluate(sessions, mlc, SPEC, "ds-1", v2, lambda: dataset, "run-2")
-    assert not against["reused"] and against["champion_version"] == v1
-    assert against["challenger"] == expected(dataset, "light")
-    assert against["champion"] == expected(dataset, "none", challenger=False)
+    assert not against.reused and against.champion_version == v1
+    assert against.challenger == expected(dataset, "light")
+    assert against.champion == expected(dataset, "none", challenger=False)
     assert [(r.model_version, r.champion_version, r.flow_run_id) for r in rows(sessions)] == [
         (v2, "", "run-1"), (v2, v1, "run-2")]
     assert rows(sessions)[1].champion_metrics == expected(dataset, "none", challenger=False)
     run_id = mlc.get_model_version(SPEC.name, v2).run_id
     report = json.loads(Path(mlc.download_artifacts(run_id, "evaluation/report.json",
                                                     str(tmp_path))).read_text())
-    assert report["champion_version"] == v1 and report["champion"] == against["champion"]
+    assert report["champion_version"] == v1 and report["champion"] == against.champion
     logged = {a.path for a in mlc.list_artifacts(run_id, "evaluation")}
     assert {"evaluation/confusion_matrix.png",  # both matrices, on the challenger's run
             "evaluation/confusion_matrix_champion.png"} <= logged

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from datetime import UTC, datetime
 
 import pytest
@@ -89,12 +88,13 @@ def test_a_retry_after_of_a_day_waits_the_cap_and_is_counted(settings, sessions)
     assert time.monotonic() - started < 30  # not a day
     assert (result.enriched, result.failed, result.retry_after_capped) == (n, 0, 1)
     assert p.usage.retry_wait_s == pytest.approx(0.5)
+    from tasks.enrich import summarize
+    from tasks.ingest import IngestResult
+    from tasks.results import FleetResult
     from tasks.summary import shared_rows
 
-    row = dict(shared_rows({"ingest": {"ingested": 0, "rejected": 0, "already_known": 0,
-                                       "reasons": {}},
-                            "enrich": {"provider": "openai", "model": "m", "cost": 0.0,
-                                       **asdict(result)}}))["enrich"]
+    night = FleetResult(IngestResult(), summarize(result, p, settings), {})
+    row = dict(shared_rows(night))["enrich"]
     assert row.endswith(", 1 Retry-After waits cut to OCEANML_LLM_MAX_RETRY_AFTER_S")
 
 

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 from sqlalchemy import select
@@ -34,9 +35,11 @@ from core.database import session_factory
 from core.registry import client
 from core.settings import get_settings
 from models.zoo import get_spec
+from dataclasses import asdict
 from tasks.evaluate import evaluate
 from core.params_schema import PromotionPolicy
 from tasks.promote import promote
+from tasks.results import EvaluationResult
 
 db_url, dataset, version, evaluation = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
 settings = get_settings()
@@ -48,9 +51,9 @@ def reevaluate(champion):
     return evaluate(sessions, mlc, spec, "ds-1", version, lambda: dataset, None,
                     champion_version=champion)
 
-result = promote(sessions, mlc, "plastic-detector", json.loads(evaluation), policy,
-                 f"racer-{version}", reevaluate=reevaluate)
-print(json.dumps(result))
+result = promote(sessions, mlc, "plastic-detector", EvaluationResult(**json.loads(evaluation)),
+                 policy, f"racer-{version}", reevaluate=reevaluate)
+print(json.dumps(asdict(result)))
 """
 
 
@@ -73,7 +76,7 @@ def test_twenty_racing_promotions_leave_one_consistent_chain(settings, dataset, 
                    for v in versions[1:]}  # each against v1, the champion at the start
     env = {**os.environ, "PREFECT_API_URL": ""}
     racers = [subprocess.Popen(
-        [sys.executable, "-c", CHILD, db_url, str(dataset), v, json.dumps(evaluations[v]),
+        [sys.executable, "-c", CHILD, db_url, str(dataset), v, json.dumps(asdict(evaluations[v])),
          POLICY.model_dump_json()], env=env, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True) for v in versions[1:]]
     results = {}
