@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ALL_COMPLETED, FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from core.logs import stage_logger
 from core.progress import StageProgress
 from core.settings import Settings, get_settings
 from core.store import Location, filesystem, sha256_hex
-from tasks.results import EnrichSummary
+from tasks.results import EnrichCounts, EnrichSummary, counts_of
 
 
 @dataclass(frozen=True)
@@ -42,17 +42,8 @@ class Budget:
 
 
 @dataclass
-class EnrichResult:
-    enriched: int = 0
-    cache_hits: int = 0
-    requests: int = 0
-    failed: int = 0
-    left: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    stopped: str = ""
-    errors: dict[str, str] = field(default_factory=dict)
-    retry_after_capped: int = 0  # provider waits longer than the cap, cut to it
+class EnrichResult(EnrichCounts):
+    errors: dict[str, str] = field(default_factory=dict)  # content hash -> why it failed
 
 
 def _wants_images(provider: EnrichmentProvider) -> bool:
@@ -275,6 +266,6 @@ def summarize(result: EnrichResult, provider: EnrichmentProvider, settings: Sett
               ) -> EnrichSummary:
     """What the run log and the summaries show of a run: the counts, the provider and the
     estimated cost; the errors by count (each is in the run log)."""
-    counts = {k: v for k, v in asdict(result).items() if k != "errors"}
-    return EnrichSummary(provider.name, provider.model, **counts, errors=len(result.errors),
+    return EnrichSummary(**counts_of(result), provider=provider.name, model=provider.model,
+                         errors=len(result.errors),
                          cost=round(estimated_cost(result, settings), 4))

@@ -11,7 +11,7 @@ they are stored as they are, in the DB and in MLflow.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -20,12 +20,11 @@ if TYPE_CHECKING:
     from tasks.score import ScoreResult
 
 
-@dataclass(frozen=True)
-class EnrichSummary:
-    """One enrich run: what the provider answered, what it cost, and why it stopped early."""
+@dataclass
+class EnrichCounts:
+    """What an enrich run counts as it works (:class:`tasks.enrich.EnrichResult`) and reports
+    when it is done (:class:`EnrichSummary`): declared once, so the two cannot drift apart."""
 
-    provider: str
-    model: str
     enriched: int = 0
     cache_hits: int = 0
     requests: int = 0
@@ -34,7 +33,15 @@ class EnrichSummary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     stopped: str = ""
-    retry_after_capped: int = 0
+    retry_after_capped: int = 0  # provider waits longer than the cap, cut to it
+
+
+@dataclass(kw_only=True)
+class EnrichSummary(EnrichCounts):
+    """One enrich run: what the provider answered, what it cost, and why it stopped early."""
+
+    provider: str
+    model: str
     errors: int = 0  # how many observations failed (their errors are in the run log)
     cost: float = 0.0
 
@@ -180,6 +187,11 @@ class RetrainResult:
     train: TrainingResult | None = None
     evaluate: EvaluationResult | None = None
     promote: PromotionResult | None = None
+
+
+def counts_of(result: EnrichCounts) -> dict[str, Any]:
+    """The counting fields of ``result``, whatever else its class holds."""
+    return {f.name: getattr(result, f.name) for f in fields(EnrichCounts)}
 
 
 def as_document(result: Any) -> Any:

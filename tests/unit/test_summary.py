@@ -44,7 +44,7 @@ def first_run() -> FleetResult:
     )
     return FleetResult(
         ingest=IngestResult(ingested=240, rejected=2, reasons=Counter(schema=1, duplicate=1)),
-        enrich=EnrichSummary("heuristic", "heuristic-v1", enriched=240, cache_hits=3,
+        enrich=EnrichSummary(provider="heuristic", model="heuristic-v1", enriched=240, cache_hits=3,
                              requests=237),
         models={MODEL: branch}, profile="cpu-small (2 CPU cores)")
 
