@@ -167,8 +167,18 @@ def performance_view(sessions: sessionmaker, mlc: MlflowClient, model: str,
     probabilities = window_probabilities(sessions, model, version, spec.outputs, since, until)
     if len(probabilities) < t.min_samples:
         return {}
-    feature = performance_feature(probabilities, test_figures(sessions, model, version), policy)
+    feature = performance_feature(probabilities, test_figures(sessions, model, version), policy,
+                                  atc_threshold(champion))
     return {"performance": {**feature, "version": version}}
+
+
+def atc_threshold(champion: ModelVersion) -> float | None:
+    """The version's accuracy-estimate threshold (its ``atc_threshold`` tag, set when it was
+    trained); None for a version stored before there was one."""
+    from models.calibration import ATC_TAG
+
+    value = (champion.tags or {}).get(ATC_TAG)
+    return None if value is None else float(value)
 
 
 def record_estimate(session: Any, mlc: MlflowClient, model: str, feature: dict[str, Any],

@@ -30,7 +30,9 @@ def table_row(name: str, f: dict[str, Any]) -> dict[str, Any]:
         ref, cur = f"{f['ref_share']:.0%}", f"{f['cur_share']:.0%}"
     elif kind == "performance":  # the champion's estimated accuracy, no test statistic
         e = f["estimated"][f["metric"]]
-        test, p = "confidence-based estimate", None
+        test = {"atc": "thresholded-confidence estimate"}.get(f.get("method"),
+                                                               "confidence-based estimate")
+        p = None
         stat = f"{f['metric']} {e['estimate']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
         ref = f"test {f['test']:.3f}" if f.get("test") is not None else "no test figure"
         cur = f"drop allowed {f['drop']:.2f}"

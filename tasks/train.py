@@ -43,6 +43,7 @@ from core.registry import (
 )
 from core.settings import Settings, get_settings
 from core.store import sha256_hex
+from models.calibration import ATC_TAG
 from models.zoo import ModelSpec, get_spec
 from tasks.dataset import local_dataset
 from tasks.results import TrainingResult
@@ -173,6 +174,8 @@ def _fit_and_register(
     net = module.net.eval().cpu().to(memory_format=torch.contiguous_format)
     calibrated = calibrate(mlc, run_id, net, spec, dataset_dir)
     metrics.update(calibrated)
+    if "calibration/atc_threshold" in calibrated:  # the version's, as its temperature is
+        tags[ATC_TAG] = repr(calibrated["calibration/atc_threshold"])
     _log_model(mlc, run_id, net, params.image_size)
     mlc.log_dict(run_id, {"spec": spec.to_dict(), "params": params.model_dump()}, "spec.json")
     run = mlc.get_run(run_id)
@@ -189,12 +192,17 @@ def calibrate(mlc: Any, run_id: str, net: Any, spec: ModelSpec, dataset_dir: Pat
               ) -> dict[str, float]:
     """Fit a classifier's temperature on the validation split and set it on ``net`` before
     it is stored, so the version answers calibrated probabilities; the temperature, the ECE
-    before and after and a reliability diagram go to the run. Nothing for a regressor."""
+    before and after and a reliability diagram go to the run. Then the accuracy estimate's
+    threshold (``calibration/atc_threshold``) on the validation and test splits together:
+    neither was trained on, and the threshold moves no answer, so the test metrics stay
+    unbiased, while twice the examples halve its noise. Nothing for a regressor."""
     if spec.task != "classification":
         return {}
     import matplotlib.pyplot as plt
+    import torch
 
     from models.calibration import (
+        atc_threshold,
         calibration_summary,
         fit_temperature,
         raw_outputs,
@@ -210,6 +218,11 @@ def calibrate(mlc: Any, run_id: str, net: Any, spec: ModelSpec, dataset_dir: Pat
                "calibration/val_ece_after": summary["ece_after"],
                "calibration/val_nll_before": summary["nll_before"],
                "calibration/val_nll_after": summary["nll_after"]}
+    test_logits, test_labels = raw_outputs(net, dataset_dir, "test", spec)
+    held_out = torch.softmax(torch.cat([logits, test_logits]).float() / temperature, dim=1)
+    threshold = atc_threshold(held_out.numpy(), torch.cat([labels, test_labels]).numpy())
+    if threshold is not None:
+        figures["calibration/atc_threshold"] = threshold
     for name, value in figures.items():
         mlc.log_metric(run_id, name, value)
     fig = reliability_figure(summary, f"{spec.name}: validation split ({summary['n']})")

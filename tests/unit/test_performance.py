@@ -78,3 +78,30 @@ def test_the_drift_section_refuses_an_unknown_key_by_name(tmp_path) -> None:
     path.write_text(yaml.safe_dump({"drift": {"share_threshold": "a third"}}))
     with pytest.raises(ValueError, match=r"drift\.share_threshold: .*number.*'a third'"):
         load_thresholds(tmp_path)
+
+
+def test_atc_reads_a_shift_that_the_mean_confidence_over_reads() -> None:
+    """The threshold fit on held-out answers gives back their accuracy there; on a window
+    whose answers grow unsure and wrong together (a shift), the share above it falls with
+    the accuracy, where the mean confidence of a model still too sure of itself does not."""
+    from models.calibration import atc_threshold, confidence_score
+
+    held_p, held_y = calibrated_window(2000, 3.0, seed=3)
+    threshold = atc_threshold(held_p, held_y)
+    held_acc = realized(held_y, held_p.argmax(axis=1), 3)["accuracy"]
+    assert (confidence_score(held_p) > threshold).mean() == pytest.approx(held_acc, abs=0.005)
+    # the shift: the true classes come from a flatter model than the one that answers
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 1.2, (2000, 3))
+    truth_p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    answered = np.exp(2 * logits) / np.exp(2 * logits).sum(axis=1, keepdims=True)
+    labels = np.array([rng.choice(3, p=row) for row in truth_p])
+    real = realized(labels, answered.argmax(axis=1), 3)["accuracy"]
+    atc = estimate(answered, POLICY, threshold)["accuracy"]["estimate"]
+    cbpe = estimate(answered, POLICY)["accuracy"]["estimate"]
+    assert cbpe - real > 0.1  # the over-confident mean confidence over-reads it
+    assert abs(atc - real) < cbpe - real  # closer to what really happened
+    feature = performance_feature(answered, {"accuracy": held_acc}, POLICY, threshold)
+    assert feature["method"] == "atc" and feature["estimated"]["accuracy"]["estimate"] == atc
+    assert performance_feature(answered, None, POLICY)["method"] == "cbpe"
+    assert atc_threshold(held_p[:0], held_y[:0]) is None
