@@ -22,9 +22,10 @@ demo: $(STAMP)
 	$(BIN)/oceanml simulate --days 3 --devices 8 --per-day 60
 	$(BIN)/oceanml run nightly --profile cpu-small
 
-## test: the whole suite (unit, data, model, flows, integration)
+## test: the whole suite (unit, data, model, flows, integration), one pytest-xdist worker per
+## core (tests/conftest.py says which tests share a worker)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 ## test-fast: the inner loop (unit, data, model behaviour without training): under 3 minutes on 2 cores
 test-fast: $(STAMP)

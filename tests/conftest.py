@@ -30,6 +30,24 @@ REPO = Path(__file__).resolve().parents[1]
 DATASET_END = datetime(2026, 11, 20, tzinfo=UTC)
 
 
+SERVER_GROUP = "postgresql-server"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """How ``make test`` shares the tests among pytest-xdist workers (``--dist loadgroup``):
+    a file's tests go to one worker, so its module fixtures (a trained model, a nightly) are
+    built once; and every test of the PostgreSQL server (the ``integration`` and ``stack``
+    markers, the ``pg_url`` fixture) runs on one worker, one after another, because the
+    production-stack test restarts that server under a running nightly."""
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        shared = (item.get_closest_marker("integration") or item.get_closest_marker("stack")
+                  or "pg_url" in getattr(item, "fixturenames", ()))
+        group = SERVER_GROUP if shared else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def train_params(**values: object):
     """What a test trains with: the values it names, the rest from the shipped params.yaml's
     cpu-small profile (batch 32, lr 0.002, weight decay 0.0001, seed 7, patience 3)."""
