@@ -23,9 +23,9 @@ demo: $(STAMP)
 	$(BIN)/oceanml run nightly --profile cpu-small
 
 ## test: the whole suite (unit, data, model, flows, integration), one pytest-xdist worker per
-## core (tests/conftest.py says which tests share a worker)
+## core (tests/conftest.py says which tests run together on one worker, and in what order)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --dist loadgroup
+	$(BIN)/python -m pytest -q -n auto
 
 ## test-fast: the inner loop (unit, data, model behaviour without training): under 3 minutes on 2 cores
 test-fast: $(STAMP)

@@ -33,19 +33,45 @@ DATASET_END = datetime(2026, 11, 20, tzinfo=UTC)
 SERVER_GROUP = "postgresql-server"
 
 
+def server_test(nodeid: str) -> bool:
+    """A test of the PostgreSQL server (the integration suite, the production stack, a
+    ``[postgresql]`` backend), told by its id alone so xdist's controller can tell too."""
+    return nodeid.startswith("tests/integration/") or "[postgresql" in nodeid
+
+
+def share_scope(nodeid: str) -> str:
+    """The unit one pytest-xdist worker runs whole: a file, so its module fixtures (a trained
+    model, a nightly) are built once; or every test of the PostgreSQL server, one after
+    another, since the production-stack test restarts that server under a running nightly."""
+    return SERVER_GROUP if server_test(nodeid) else nodeid.split("::", 1)[0]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """How ``make test`` shares the tests among pytest-xdist workers (``--dist loadgroup``):
-    a file's tests go to one worker, so its module fixtures (a trained model, a nightly) are
-    built once; and every test of the PostgreSQL server (the ``integration`` and ``stack``
-    markers, the ``pg_url`` fixture) runs on one worker, one after another, because the
-    production-stack test restarts that server under a running nightly."""
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        shared = (item.get_closest_marker("integration") or item.get_closest_marker("stack")
-                  or "pg_url" in getattr(item, "fixturenames", ()))
-        group = SERVER_GROUP if shared else item.nodeid.split("::", 1)[0]
-        item.add_marker(pytest.mark.xdist_group(group))
+    """Run the longest units first, so no worker is left with a long one at the end: the
+    PostgreSQL server's tests, then the files that train or run whole flows (``slow``), then
+    the rest; each unit's tests stay together and in their order."""
+    first: dict[str, int] = {}
+    rank: dict[str, int] = {}
+    for index, item in enumerate(items):
+        scope = share_scope(item.nodeid)
+        first.setdefault(scope, index)
+        slow = 1 if item.get_closest_marker("slow") else 2
+        rank[scope] = 0 if scope == SERVER_GROUP else min(rank.get(scope, 2), slow)
+    items.sort(key=lambda i: (rank[share_scope(i.nodeid)], first[share_scope(i.nodeid)]))
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """``make test``'s workers (``-n auto``) take whole :func:`share_scope` units, in the
+    order collected."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByShareScope(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return share_scope(nodeid)
+
+    config.option.loadscopereorder = False  # keep the longest-first order above
+    return ByShareScope(config, log)
 
 
 def train_params(**values: object):
@@ -131,3 +157,4 @@ def pg_url() -> Iterator[str]:
         pytest.skip("set OCEANML_TEST_PG_URL (bash .ci/start-postgres.sh prints one)")
     with throwaway_database(url) as database_url:
         yield database_url
+
