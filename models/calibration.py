@@ -9,11 +9,8 @@ probabilities, and the label-free accuracy estimate reads them.
 
 :func:`expected_calibration_error` is the usual 15-bin ECE over the top-class confidence.
 
-:func:`atc_threshold` fits the average-thresholded-confidence threshold (Garg et al., 2022) the
-label-free accuracy estimate uses (:mod:`tasks.performance`): the negative entropy above which
-as large a share of held-out answers lies as the share the model got right there. Under a
-shift that makes the model unsure (a storm), the share of answers above it falls about as far
-as the accuracy does, where the mean calibrated confidence falls much less.
+The label-free accuracy estimate's threshold, fit on the calibrated answers, is in
+:mod:`models.confidence`.
 """
 
 from __future__ import annotations
@@ -28,7 +25,6 @@ import torch.nn.functional as F
 from models.zoo import ModelSpec
 
 ECE_BINS = 15
-ATC_TAG = "atc_threshold"  # the model version tag that carries :func:`atc_threshold`
 MIN_T, MAX_T = 0.05, 20.0
 
 
@@ -67,25 +63,6 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 
 
     optimiser.step(closure)
     return float(np.clip(float(log_t.detach().exp()), MIN_T, MAX_T))
-
-
-def confidence_score(probabilities: np.ndarray) -> np.ndarray:
-    """Negative entropy of each answer's probabilities: 0 for a certain answer, lower the
-    more the probability is spread (ATC's score; it reads the whole vector, not only the
-    top class)."""
-    p = np.clip(np.asarray(probabilities, dtype=float), 1e-12, 1.0)
-    return (p * np.log(p)).sum(axis=1)
-
-
-def atc_threshold(probabilities: np.ndarray, labels: np.ndarray) -> float | None:
-    """The score above which the share of these held-out answers equals their accuracy:
-    on data like these, the share of a window's answers above it estimates the window's
-    accuracy. None when there is nothing to fit on."""
-    probabilities, labels = np.asarray(probabilities, dtype=float), np.asarray(labels)
-    if len(labels) == 0:
-        return None
-    accuracy = float((probabilities.argmax(axis=1) == labels).mean())
-    return float(np.quantile(confidence_score(probabilities), 1.0 - accuracy))
 
 
 def reliability(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS

@@ -17,6 +17,7 @@ from core.db import Dataset, Observation, Prediction
 from core.logs import stage_logger
 from core.params_schema import DriftThresholds, PerformancePolicy
 from core.records import Evaluation, PerformanceEstimate
+from models.confidence import ATC_TAG
 from tasks.drift_stats import (
     categorical_drift,
     mmd_permutation_test,
@@ -168,15 +169,13 @@ def performance_view(sessions: sessionmaker, mlc: MlflowClient, model: str,
     if len(probabilities) < t.min_samples:
         return {}
     feature = performance_feature(probabilities, test_figures(sessions, model, version), policy,
-                                  atc_threshold(champion))
+                                  stored_threshold(champion))
     return {"performance": {**feature, "version": version}}
 
 
-def atc_threshold(champion: ModelVersion) -> float | None:
+def stored_threshold(champion: ModelVersion) -> float | None:
     """The version's accuracy-estimate threshold (its ``atc_threshold`` tag, set when it was
     trained); None for a version stored before there was one."""
-    from models.calibration import ATC_TAG
-
     value = (champion.tags or {}).get(ATC_TAG)
     return None if value is None else float(value)
 

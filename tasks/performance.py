@@ -3,7 +3,7 @@ labels arrive, how well it really did.
 
 Accuracy: average thresholded confidence (ATC, Garg et al., 2022). Each version carries a
 threshold on the negative entropy of its answers, fit on held-out splits so that the share of
-answers above it equals the accuracy there (:func:`models.calibration.atc_threshold`); a
+answers above it equals the accuracy there (:func:`models.confidence.atc_threshold`); a
 window's estimated accuracy is the share of its answers above it. Under a storm the model's
 calibrated confidence stays too high (the temperature was fit on calm days), but its answers
 fall below the threshold about as often as they turn wrong: on the simulated storm the mean
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.params_schema import PerformancePolicy
-from models.calibration import confidence_score
+from models.confidence import confidence_score
 from tasks.gates import sample_metric
 
 METRICS = ("accuracy", "macro_f1")

@@ -43,7 +43,7 @@ from core.registry import (
 )
 from core.settings import Settings, get_settings
 from core.store import sha256_hex
-from models.calibration import ATC_TAG
+from models.confidence import ATC_TAG
 from models.zoo import ModelSpec, get_spec
 from tasks.dataset import local_dataset
 from tasks.results import TrainingResult
@@ -202,12 +202,12 @@ def calibrate(mlc: Any, run_id: str, net: Any, spec: ModelSpec, dataset_dir: Pat
     import torch
 
     from models.calibration import (
-        atc_threshold,
         calibration_summary,
         fit_temperature,
         raw_outputs,
         reliability_figure,
     )
+    from models.confidence import atc_threshold
 
     logits, labels = raw_outputs(net, dataset_dir, "val", spec)
     temperature = fit_temperature(logits, labels)

@@ -157,4 +157,3 @@ def pg_url() -> Iterator[str]:
         pytest.skip("set OCEANML_TEST_PG_URL (bash .ci/start-postgres.sh prints one)")
     with throwaway_database(url) as database_url:
         yield database_url
-

@@ -25,6 +25,7 @@ from core.records import PerformanceEstimate
 from core.registry import client, set_champion
 from core.settings import get_settings
 from core.store import filesystem
+from models.confidence import ATC_TAG
 from models.zoo import get_spec
 from oceanml.simulator import simulate, write_landing
 from tasks.drift import detect_drift
@@ -80,7 +81,7 @@ def test_the_estimate_follows_the_realized_accuracy_and_a_worse_storm_is_flagged
         backbone="resnet18", image_size=SIZE, max_epochs=5, patience=5, lr=2e-3), settings,
         {"git_commit": "perf"}).model_version
     set_champion(mlc, model, version)
-    assert "atc_threshold" in mlc.get_model_version(model, version).tags
+    assert ATC_TAG in mlc.get_model_version(model, version).tags
     test = evaluate(sessions, mlc, spec, "ds-perf", version, lambda: data, None,
                     champion_version=None).challenger["overall"]["accuracy"]
 

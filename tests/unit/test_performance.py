@@ -84,7 +84,7 @@ def test_atc_reads_a_shift_that_the_mean_confidence_over_reads() -> None:
     """The threshold fit on held-out answers gives back their accuracy there; on a window
     whose answers grow unsure and wrong together (a shift), the share above it falls with
     the accuracy, where the mean confidence of a model still too sure of itself does not."""
-    from models.calibration import atc_threshold, confidence_score
+    from models.confidence import atc_threshold, confidence_score
 
     held_p, held_y = calibrated_window(2000, 3.0, seed=3)
     threshold = atc_threshold(held_p, held_y)
