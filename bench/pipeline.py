@@ -6,8 +6,8 @@ other with the same arguments: ingest, enrich, dataset, train, evaluate (the cha
 when there is one), promote, score, drift and the summary, with the same DB records, training
 job, MLflow logging, Prefect artifacts and events. Artifacts and events are part of the work
 on both sides, so the plain side talks to the same Prefect API for them; what it lacks is
-only the orchestration (flow, subflow and task runs, states, result handling, the branch
-thread).
+only the orchestration (flow, subflow and task runs, states, result handling, the branch's
+process).
 
 Each side runs in a fresh process with the same imports done before its clock starts, on the
 same simulated landing data, in a fresh home and DVC project of its own. The ratio is whole

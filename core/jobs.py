@@ -7,6 +7,9 @@ retrain cool-down counts from the last retrain job of a model.
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -88,6 +91,47 @@ def finish_job(sessions: sessionmaker, job_id: int, status: str, *,
     set_job(sessions, job_id, **values)
 
 
+def fail_open_jobs(sessions: sessionmaker, flow_run_id: str, reason: str) -> int:
+    """Close as failed, with ``reason``, every job of ``flow_run_id`` still queued or running:
+    the run that would have closed them was killed. How many were."""
+    with sessions() as session:
+        closed = session.execute(update(TrainingJob).where(
+            TrainingJob.flow_run_id == flow_run_id, TrainingJob.status.not_in(FINAL))
+            .values(status="failed", error=reason[:MAX_ERROR_CHARS],
+                    finished_at=datetime.now(UTC), updated_at=datetime.now(UTC)))
+        session.commit()
+        return closed.rowcount
+
+
+@contextmanager
+def heartbeat(sessions: sessionmaker, job_id: int, every_s: float) -> Iterator[None]:
+    """Touch the job's ``updated_at`` every ``every_s`` while the block runs: a flow waiting
+    on a training in another process (a GPU worker's) tells a live one from a lost one by
+    it. A hung training is ended by its own task timeout; this only says the process lives."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every_s):
+            try:
+                set_job(sessions, job_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next one
+                continue
+
+    thread = threading.Thread(target=beat, name=f"job-{job_id}-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def last_beat(sessions: sessionmaker, job_id: int) -> TrainingJob | None:
+    """The job as it stands (its status and its last heartbeat, ``updated_at``)."""
+    with sessions() as session:
+        return session.get(TrainingJob, job_id)
+
+
 def list_jobs(sessions: sessionmaker, model: str | None = None, limit: int = 20
               ) -> list[TrainingJob]:
     """The newest jobs first."""
@@ -116,12 +160,13 @@ def claim_retrain(sessions: sessionmaker, model: str, cooldown: timedelta
         last = last_retrain(sessions, model)
         if last is not None and run_id and last.flow_run_id == run_id:
             return last.id, None  # this run claimed it already: a retried claim
-        if last is not None and _utc(last.queued_at) > datetime.now(UTC) - cooldown:
+        if last is not None and as_utc(last.queued_at) > datetime.now(UTC) - cooldown:
             return None, last
         return queue_job(sessions, model, None, "retrain", flow_run_id=run_id), None
 
 
-def _utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
+    """``moment`` with its zone: SQLite gives naive datetimes back for UTC ones."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
 
 

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     )
     dvc_remote_url: str | None = Field(None, description="DVC remote (folder or s3:// URL).")
     s3_endpoint_url: str | None = Field(None, description="For S3-compatible stores.")
+    s3_timeout_s: float = Field(
+        60.0, gt=0, description="An S3 connection or read waiting longer fails (tried twice).")
     dvc_timeout_s: float = Field(
         3600.0, gt=0, description="A DVC command (build, push, pull) running longer is stopped.")
 
@@ -79,8 +81,15 @@ class Settings(BaseSettings):
     ingest_workers: int = Field(
         0, ge=0, description="Processes that read and validate files; 0 = one per core (<= 8).")
     fleet_concurrency: int = Field(
-        0, ge=0, description="Model branches of a nightly at once; 0: all (in-process "
-                             "trainings still take turns).")
+        0, ge=0, description="Model branches of a nightly at once, each a process of "
+                             "its own; 0: all (in-process trainings still take turns).")
+    branch_timeout_s: float = Field(
+        20 * 3600.0, gt=0, description="A model branch of a nightly or monitor running longer "
+        "is stopped (its process and what it started) and fails by name, so one hung model "
+        "cannot hold the night, or the next one.")
+    stage_timeouts: dict[str, float] = Field(
+        default_factory=dict, description="Seconds per task name, replacing the task's own "
+        "timeout, e.g. {\"train\": 7200} (JSON in OCEANML_STAGE_TIMEOUTS).")
     drift_window_days: float = Field(2.0, description="Recent observations compared with ref.")
 
     # Where training runs: set per worker (a GPU worker's environment), not in params.yaml,
@@ -97,6 +106,14 @@ class Settings(BaseSettings):
     train_work_pool: str | None = Field(
         None, description="When set, flows train through the train deployment on this pool.")
     train_deployment: str = Field("train/train-gpu", description="flow-name/deployment-name.")
+    train_heartbeat_s: float = Field(
+        30.0, gt=0, description="A training touches its job this often while it runs.")
+    train_heartbeat_timeout_s: float = Field(
+        900.0, gt=0, description="A training on the work pool silent this long (its worker "
+        "died, or lost the DB) is cancelled and fails its branch.")
+    train_start_timeout_s: float = Field(
+        3600.0, gt=0, description="A training on the work pool that no worker starts within "
+        "this (the pool is empty, or stuck) is cancelled and fails its branch.")
 
     # Batch scoring: in the flow's process, or fanned out as runs of the score deployment.
     score_batch_size: int = Field(128, ge=1, description="Images per forward pass.")

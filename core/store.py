@@ -17,6 +17,9 @@ from fsspec.implementations.local import LocalFileSystem
 from core.settings import Settings
 
 
+S3_ATTEMPTS = 2
+
+
 @dataclass(frozen=True)
 class Location:
     """A filesystem plus the root path inside it that a URL names."""
@@ -33,11 +36,19 @@ class Location:
 
 
 def filesystem(url: str, settings: Settings | None = None) -> Location:
-    """Open ``url`` with the storage options the settings imply (S3 endpoint for MinIO & co)."""
+    """Open ``url`` with the storage options the settings imply: the S3 endpoint (MinIO & co)
+    and the limits of each S3 call (``OCEANML_S3_TIMEOUT_S``), so an endpoint that accepts a
+    connection and never answers fails the call instead of holding its task."""
     options: dict = {}
-    if url.startswith("s3://") and settings and settings.s3_endpoint_url:
-        options["client_kwargs"] = {"endpoint_url": settings.s3_endpoint_url}
+    if url.startswith("s3://") and settings:
+        if settings.s3_endpoint_url:
+            options["client_kwargs"] = {"endpoint_url": settings.s3_endpoint_url}
+        options["config_kwargs"] = {
+            "connect_timeout": settings.s3_timeout_s, "read_timeout": settings.s3_timeout_s,
+            "retries": {"max_attempts": S3_ATTEMPTS, "mode": "standard"}}
     fs, root = url_to_fs(url, **options)
+    if "config_kwargs" in options:
+        fs.retries = S3_ATTEMPTS  # s3fs's own loop around botocore's (5 by default)
     return Location(fs=fs, root=root)
 
 

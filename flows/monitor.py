@@ -12,8 +12,10 @@ from prefect.artifacts import create_markdown_artifact
 
 from core.params import read_params
 from core.settings import get_settings
-from flows.nightly import branch_outcome, raise_if_failed, run_branches, scored_versions
+from flows.fleet import run_branches
+from flows.nightly import raise_if_failed, scored_versions
 from flows.score import score_step
+from flows.timeouts import timed
 from models.zoo import fleet
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task
@@ -26,7 +28,7 @@ from tasks.summary import drift_outcome, shared_rows
 @flow(name="monitor-model", flow_run_name="{model}", log_prints=True)
 def monitor_model(model: str) -> WatchResult:
     """One model's hour: its champion scores what arrived, then drift of the window."""
-    return WatchResult(score_step(model), drift_task(model))
+    return WatchResult(score_step(model), timed(drift_task)(model))
 
 
 @flow(name="monitor", log_prints=True)
@@ -36,11 +38,11 @@ def monitor(models: list[str] | None = None) -> FleetResult:
     uses every core); a model that fails stops no other, and the monitor then ends Failed
     naming it, after its summary."""
     names = list(models or fleet(read_params(get_settings().project_dir.resolve())))
-    ingest = ingest_task()
-    enrich = enrich_task(wait_for=[ingest])
-    outcomes = {m: branch_outcome(s) for m, s in run_branches(names, 1, monitor_model).items()}
+    ingest = timed(ingest_task)()
+    enrich = timed(enrich_task)(wait_for=[ingest])
+    outcomes = run_branches(names, 1, monitor_model)
     if versions := scored_versions(outcomes):
-        distribution_task(versions)
+        timed(distribution_task)(versions)
     results = FleetResult(ingest, enrich, outcomes)
     text = monitor_summary(results)
     create_markdown_artifact(text, key="monitor-summary",

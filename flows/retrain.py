@@ -15,6 +15,7 @@ from core.database import session_factory
 from core.jobs import finish_job, set_job
 from core.params import run_profile
 from core.settings import get_settings
+from flows.timeouts import timed
 from flows.training import train_step
 from tasks.dataset import build_dataset_task
 from tasks.evaluate import evaluate_task
@@ -56,15 +57,15 @@ def retrain(
                                                     or champion_profile(model))
     sessions = session_factory(get_settings().db_url)
     try:
-        dataset = build_dataset_task(model, profile=profile)
+        dataset = timed(build_dataset_task)(model, profile=profile)
     except Exception as exc:
         finish_job(sessions, job_id, "failed", error=exc)
         raise
     set_job(sessions, job_id, dataset_version=dataset.version)
     train = train_step(model, dataset.version, max_epochs=max_epochs, backbone=backbone,
                        profile=profile, trigger="retrain", job_id=job_id)
-    evaluation = evaluate_task(model, dataset.version, train.model_version)
-    promote = promote_task(model, evaluation)
+    evaluation = timed(evaluate_task)(model, dataset.version, train.model_version)
+    promote = timed(promote_task)(model, evaluation)
     print(f"retrain of {model} ({reason or 'manual'}): dataset {dataset.version}, "
           f"v{train.model_version}, {'promoted' if promote.promoted else 'not promoted'}: "
           f"{promote.reason}")

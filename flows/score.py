@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 
 from core.settings import get_settings
+from flows.timeouts import timed
 from models.zoo import ZOO
 from tasks.score import (
     ScoreResult,
@@ -49,7 +50,7 @@ def score_step(model: str, *, version: str | None = None, day: str | None = None
     """Score ``model`` in this process, or fan its days out when a score work pool is set."""
     settings = get_settings()
     if not settings.score_work_pool or day is not None:
-        return score_task(model, version=version, day=day, last_days=last_days)
+        return timed(score_task)(model, version=version, day=day, last_days=last_days)
     plan = partitions_task(model, last_days=last_days)
     if plan.version is None or not plan.days:
         return ScoreResult(model, plan.version, reason="no champion yet" if plan.version is None

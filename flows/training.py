@@ -8,21 +8,36 @@ subflow in the UI. Without it, the step trains in the flow's own process.
 
 from __future__ import annotations
 
-import threading
+import time
 from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
+from filelock import FileLock
 from prefect import get_run_logger
+from prefect.client.schemas.objects import FlowRun
 from prefect.deployments import run_deployment
+from sqlalchemy.orm import sessionmaker
 
 from core.database import session_factory
-from core.jobs import finish_job, job_end, queue_job
+from core.jobs import as_utc, finish_job, job_end, last_beat, queue_job
 from core.lineage import flow_run_id
-from core.settings import get_settings
+from core.settings import Settings, get_settings
+from flows.timeouts import timed
 from tasks.results import TrainingResult
 from tasks.train import resolve, train_task
 from tasks.training_records import recorded_training_task
 
-LOCAL_TRAINING = threading.Lock()
+POLL_S = 5.0
+CANCEL_GRACE_S = 30.0
+
+
+def training_slot(settings: Settings) -> FileLock:
+    """The one in-process training at a time of this home: the fleet's branches are
+    processes of their own, so the slot is a file lock (the OS lets go of it when its holder
+    dies, so a killed branch never keeps it)."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    return FileLock(settings.home.resolve() / "training.lock")
 
 
 def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
@@ -32,8 +47,8 @@ def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
 
     The training job (``oceanml jobs``) is queued here, before it waits for a training slot
     or a worker, unless the caller queued it (``job_id``). In-process trainings take the
-    process's one training slot: each already uses every core (or the GPU), so the fleet's
-    branches overlap everything but their trainings."""
+    home's one training slot (:func:`training_slot`): each already uses every core (or the
+    GPU), so the fleet's branches overlap everything but their trainings."""
     settings = get_settings()
     sessions = session_factory(settings.db_url)
     if settings.train_work_pool:  # refused before a job is queued that nothing would run
@@ -43,15 +58,16 @@ def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
         job_id = queue_job(sessions, model, dataset_version, trigger, params.max_epochs,
                            flow_run_id())
     if not settings.train_work_pool:
-        with LOCAL_TRAINING:
-            return train_task(model, dataset_version, max_epochs=max_epochs, backbone=backbone,
+        with training_slot(settings):
+            return timed(train_task)(model, dataset_version, max_epochs=max_epochs, backbone=backbone,
                               profile=profile, job_id=job_id)
     parameters = {"model": model, "dataset_version": dataset_version, "max_epochs": max_epochs,
                   "backbone": backbone, "profile": profile, "job_id": job_id}
     get_run_logger().info("training %s on work pool %s through %s", model,
                           settings.train_work_pool, settings.train_deployment)
     try:
-        run = run_deployment(settings.train_deployment, parameters=parameters, timeout=None)
+        run = run_deployment(settings.train_deployment, parameters=parameters, timeout=0)
+        run = watch_training(run.id, sessions, job_id, settings)
     except BaseException as exc:  # the API failed, or this flow was cancelled while waiting
         finish_job(sessions, job_id, job_end(exc), error=exc)
         raise
@@ -64,6 +80,74 @@ def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
     recorded = recorded_training_task(model, dataset_version, max_epochs, backbone,
                                       by_flow_run=str(run.id), profile=profile)
     return replace(recorded, job_id=job_id)
+
+
+class TrainingLost(RuntimeError):
+    """A training on the work pool that no worker started, or whose worker went silent."""
+
+
+def watch_training(run_id: Any, sessions: sessionmaker, job_id: int, settings: Settings,
+                   poll_s: float = POLL_S) -> FlowRun:
+    """Wait for the train deployment's run ``run_id`` to end; the run once it has.
+
+    A run that no worker starts within ``OCEANML_TRAIN_START_TIMEOUT_S``, or whose training
+    job has had no heartbeat for ``OCEANML_TRAIN_HEARTBEAT_TIMEOUT_S`` while it runs (the
+    worker died, or lost the DB), is cancelled and its job closed failed; then
+    :class:`TrainingLost` says which bound it passed."""
+    from prefect.client.orchestration import get_client
+
+    started = time.monotonic()
+    with get_client(sync_client=True) as client:
+        while True:
+            run = client.read_flow_run(run_id)
+            if run.state is not None and run.state.is_final():
+                return run
+            reason = _lost(run, sessions, job_id, settings, time.monotonic() - started)
+            if reason:
+                _cancel(client, run, reason)
+                finish_job(sessions, job_id, "failed", error=reason)
+                raise TrainingLost(reason)
+            time.sleep(poll_s)
+
+
+def _lost(run: FlowRun, sessions: sessionmaker, job_id: int, settings: Settings,
+          waited_s: float) -> str | None:
+    """Why the run counts as lost, or None while it is alive or may still start."""
+    pool, name = settings.train_work_pool, f"train deployment run {run.name}"
+    if run.state is None or not run.state.is_running():
+        if waited_s > settings.train_start_timeout_s:
+            return (f"{name} was not started by a worker of pool {pool} within "
+                    f"{settings.train_start_timeout_s:.0f} s (OCEANML_TRAIN_START_TIMEOUT_S); "
+                    "it was cancelled")
+        return None
+    job = last_beat(sessions, job_id)
+    running_since = as_utc(run.state.timestamp)
+    since = max(running_since, as_utc(job.updated_at)) if job and job.updated_at \
+        else running_since
+    silent = (datetime.now(UTC) - since).total_seconds()
+    if silent > settings.train_heartbeat_timeout_s:
+        return (f"{name} sent no heartbeat for {silent:.0f} s (OCEANML_TRAIN_HEARTBEAT_TIMEOUT_S "
+                f"is {settings.train_heartbeat_timeout_s:.0f}): its worker on pool {pool} was "
+                "lost; it was cancelled")
+    return None
+
+
+def _cancel(client: Any, run: FlowRun, reason: str) -> None:
+    """Ask the worker to stop the run (Cancelling); a worker that is gone never answers, so
+    after a grace the run is set Cancelled with the reason, rather than stay Running."""
+    from prefect.states import Cancelled, Cancelling
+
+    if run.state is None or not run.state.is_running():  # no worker holds it: nothing to stop
+        client.set_flow_run_state(run.id, Cancelled(message=reason), force=True)
+        return
+    client.set_flow_run_state(run.id, Cancelling(message=reason), force=True)
+    deadline = time.monotonic() + CANCEL_GRACE_S
+    while time.monotonic() < deadline:
+        state = client.read_flow_run(run.id).state
+        if state is not None and state.is_final():
+            return
+        time.sleep(1.0)
+    client.set_flow_run_state(run.id, Cancelled(message=reason), force=True)
 
 
 def check_deployment(name: str, pool: str) -> None:

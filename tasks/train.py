@@ -24,6 +24,7 @@ from core.hardware import Hardware
 from core.jobs import (
     JobCallback,
     finish_job,
+    heartbeat,
     job_end,
     queue_job,
     reopen_job,
@@ -258,9 +259,10 @@ def train_task(
     try:
         spec, params = resolve(settings, model, max_epochs, backbone, profile)
         set_job(sessions, job_id, max_epochs=params.max_epochs)
-        outcome = _train_recorded(settings, sessions, spec, params, dataset_version,
-                                  [JobCallback(sessions, job_id, model)],
-                                  profile or DEFAULT_PROFILE)
+        with heartbeat(sessions, job_id, settings.train_heartbeat_s):
+            outcome = _train_recorded(settings, sessions, spec, params, dataset_version,
+                                      [JobCallback(sessions, job_id, model)],
+                                      profile or DEFAULT_PROFILE)
     except BaseException as exc:  # failed, timed out, cancelled by Prefect, interrupted
         finish_job(sessions, job_id, job_end(exc), error=exc)
         raise

@@ -3,10 +3,12 @@ a real Prefect worker in its own process, and goes on with what that run recorde
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -70,6 +72,109 @@ def test_retrain_trains_through_the_train_deployment_on_the_work_pool(worker_env
     assert row.flow_run_id == str(runs[0].id)  # trained in the worker's run, not in-process
     assert not result.train.reused
     assert result.evaluate.model_version == "1"
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (a worker may start its runs in sessions of
+    their own, out of reach of its process group)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def train_runs(but: frozenset = frozenset()) -> list:
+    """The train deployment's runs, less those in ``but`` (the harness outlives a test)."""
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name("train/train-gpu")
+        return [r for r in client.read_flow_runs(deployment_filter=DeploymentFilter(
+            id=DeploymentFilterId(any_=[deployment.id]))) if r.id not in but]
+
+
+def before() -> frozenset:
+    return frozenset(r.id for r in train_runs())
+
+
+def test_a_training_no_worker_starts_is_cancelled_and_fails_by_name(worker_env, settings,
+                                                                    monkeypatch):
+    from core.jobs import list_jobs
+    from core.settings import get_settings
+    from flows.retrain import retrain
+
+    monkeypatch.setenv("OCEANML_TRAIN_START_TIMEOUT_S", "5")
+    get_settings.cache_clear()
+    earlier = before()
+    state = retrain(model="plastic-detector", reason="test", cooldown_hours=0, max_epochs=1,
+                    backbone="resnet18", return_state=True)  # and no worker on the pool
+    (run,) = train_runs(but=earlier)
+    reason = (f"train deployment run {run.name} was not started by a worker of pool {POOL} "
+              "within 5 s (OCEANML_TRAIN_START_TIMEOUT_S); it was cancelled")
+    assert state.is_failed() and state.message.endswith(f"TrainingLost: {reason}")
+    assert run.state.is_cancelled() and run.state.message == reason
+    from core.database import session_factory
+
+    (job,) = list_jobs(session_factory(settings.db_url), "plastic-detector")
+    assert (job.status, job.error) == ("failed", reason)
+
+
+def test_a_training_whose_worker_dies_is_cancelled_within_the_heartbeat_bound(
+        worker_env, settings, monkeypatch):
+    """The worker and the run it started are killed mid-training (kill -9, as a lost
+    machine): the retrain fails naming the silence within its bound, not never."""
+    import threading
+    import time
+
+    from core.database import session_factory
+    from core.jobs import list_jobs
+    from core.settings import get_settings
+    from flows import training
+    from flows.retrain import retrain
+
+    monkeypatch.setenv("OCEANML_TRAIN_HEARTBEAT_TIMEOUT_S", "20")
+    monkeypatch.setattr(training, "CANCEL_GRACE_S", 3.0)
+    get_settings.cache_clear()
+    worker_env = {**worker_env, "OCEANML_TRAIN_HEARTBEAT_S": "2"}
+    worker = subprocess.Popen(
+        [str(REPO / ".venv/bin/prefect"), "worker", "start", "--pool", POOL, "--limit", "1"],
+        cwd=REPO, env=worker_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    sessions = session_factory(settings.db_url)
+    killed: list[float] = []
+
+    def kill_when_training() -> None:
+        while not killed:
+            jobs = list_jobs(sessions, "plastic-detector")
+            if jobs and jobs[0].status == "running":
+                for pid in [worker.pid, *descendants(worker.pid)]:  # the run's process too
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                killed.append(time.monotonic())
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=kill_when_training, daemon=True)
+    earlier = before()
+    killer.start()
+    try:
+        state = retrain(model="plastic-detector", reason="test", cooldown_hours=0,
+                        max_epochs=200, backbone="resnet18", return_state=True)
+    finally:
+        killed.append(0.0)
+        worker.wait(timeout=60)
+    assert killed[0] > 0, "the training never ran"
+    assert time.monotonic() - killed[0] < 20 + 60  # the bound, the poll and the grace
+    (run,) = train_runs(but=earlier)
+    assert state.is_failed() and f"TrainingLost: train deployment run {run.name} sent no " \
+        "heartbeat for" in state.message
+    assert "its worker on pool oceanml-gpu-test was lost; it was cancelled" in state.message
+    assert run.state.is_cancelled()
+    (job,) = list_jobs(sessions, "plastic-detector")
+    assert job.status == "failed" and "sent no heartbeat" in job.error
 
 
 def test_a_missing_train_deployment_is_refused_by_name(prefect_harness, settings, monkeypatch):

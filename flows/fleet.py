@@ -1,0 +1,252 @@
+"""The fleet's branches, each on the main thread of a process of its own, so that every
+timeout ends what it bounds.
+
+Prefect can end a task past its ``timeout_seconds`` with SIGALRM only on a process's main
+thread: on any other thread it can only inject an exception between two bytecodes, which
+never reaches a call blocked in the kernel (a read from a stalled disk, socket or pipe), and it
+warns so. Each branch is therefore the subflow it always was (its own run under the nightly in
+the UI, its logs and artifacts), run by a spawned process that hydrates the nightly's
+context: its tasks' alarms interrupt a blocked read, and the branch as a whole has a deadline
+(``OCEANML_BRANCH_TIMEOUT_S``, from the moment its process has started). Past it the parent
+sends SIGUSR1, which the branch turns into :class:`DeadlinePassed` (its training job closes
+failed with that reason, a DVC command it ran is stopped; SIGTERM would meet Prefect's own
+handler); what has not ended after a grace period is killed with its process group
+(DataLoader workers included), its subflow run is marked Crashed and its open training jobs
+are closed failed, so nothing stays Running for a run that no longer exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import multiprocessing
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import cloudpickle
+from prefect import Flow
+from prefect.context import hydrated_context, serialize_context
+from prefect.states import State
+
+from core.database import session_factory
+from core.jobs import fail_open_jobs
+from core.lineage import flow_run_id
+from core.secrets import known_secrets, scrub
+from core.settings import get_settings
+from tasks.results import BranchFailure, BranchResult, WatchResult
+
+MAX_ERROR = 300
+GRACE_S = 20.0  # from SIGUSR1 to SIGKILL: long enough to close a job and stop a DVC command
+STARTUP_S = 600.0  # a spawned branch imports torch, Lightning, MLflow and Prefect first
+STOP_SIGNAL = signal.SIGUSR1
+STARTED = object()
+STARTED_BYTES = b"started"
+
+Outcome = BranchResult | WatchResult | BranchFailure
+
+
+class DeadlinePassed(BaseException):
+    """Raised in a branch's process when its parent ends it at the deadline. Not an
+    ``Exception``: Prefect records the branch Crashed instead of retrying its task."""
+
+
+@dataclass(frozen=True)
+class BranchCall:
+    """What a branch's process runs: ``branch(model, **kwargs)`` inside ``context``."""
+
+    branch: Flow
+    model: str
+    kwargs: dict[str, Any]
+    context: dict[str, Any]
+    parent_run_id: str | None
+    deadline_reason: str
+
+
+def run_branches(models: list[str], concurrency: int, branch: Flow, **kwargs: Any
+                 ) -> dict[str, Outcome]:
+    """Every model's ``branch`` subflow, each in its own process, ``concurrency`` at a time
+    (0: all); each one's outcome (one failing or passing its deadline never stops the
+    others). Called inside the parent flow, whose run the branches appear under."""
+    settings = get_settings()
+    deadline = settings.branch_timeout_s
+    context, parent = _branch_context(), flow_run_id()
+    workers = concurrency or len(models)
+    running: list[multiprocessing.process.BaseProcess] = []
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="branch") as pool:
+        futures = {m: pool.submit(contextvars.copy_context().run, _run_one, BranchCall(
+            branch, m, kwargs, context, parent, f"the {m} branch passed its deadline of "
+            f"{deadline:.0f} s (OCEANML_BRANCH_TIMEOUT_S) and was stopped"), deadline, running)
+            for m in models}
+        try:
+            return {m: f.result() for m, f in futures.items()}
+        except BaseException:  # Ctrl-C or a cancelled run: no branch outlives the parent
+            for future in futures.values():
+                future.cancel()
+            for process in list(running):
+                _interrupt(process)
+            raise
+
+
+def _branch_context() -> dict[str, Any]:
+    """The parent flow's context for the branches, pointing them at the parent's Prefect API
+    (with no ``PREFECT_API_URL``, the ephemeral server the parent started) rather than at
+    servers of their own."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        return serialize_context()
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    if not server.running:  # pragma: no cover - a flow run always has an API by now
+        return serialize_context()
+    with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+        return serialize_context()
+
+
+def _run_one(call: BranchCall, deadline: float,
+             running: list[multiprocessing.process.BaseProcess]) -> Outcome:
+    """Start the branch's process (listed in ``running`` while it runs) and wait for its
+    outcome until ``deadline`` seconds; then stop it (SIGUSR1, SIGKILL after the grace) and
+    record why. A branch that failed leaves no run Running and no training job open."""
+    ctx = multiprocessing.get_context("spawn")
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_branch_main, args=(sender, cloudpickle.dumps(call)),
+                          name=f"branch-{call.model}", daemon=False)
+    process.start()
+    running.append(process)
+    sender.close()
+    try:
+        outcome = _await(process, receiver, call, deadline)
+    finally:
+        _reap(process)
+        running.remove(process)
+        receiver.close()
+    if isinstance(outcome, BranchFailure):
+        _close_branch_run(call, outcome.error)
+    return outcome
+
+
+def _await(process: multiprocessing.process.BaseProcess, receiver: Connection,
+           call: BranchCall, deadline: float) -> Outcome:
+    """The branch's outcome: it has ``STARTUP_S`` to start (a spawned process imports the
+    whole stack), then ``deadline`` seconds to run; past either it is stopped."""
+    reason = (f"the {call.model} branch's process did not start within {STARTUP_S:.0f} s and "
+              "was stopped")
+    for bound in (STARTUP_S, deadline):
+        if not receiver.poll(bound):
+            break
+        message = _message(receiver, call.model)
+        if message is not STARTED:
+            return message
+        reason = call.deadline_reason
+    _interrupt(process)
+    if receiver.poll(GRACE_S):
+        message = _message(receiver, call.model)
+        if message is not STARTED:
+            return message
+    return BranchFailure(reason)
+
+
+def _message(receiver: Connection, model: str) -> Outcome | object:
+    """What the branch sent next: :data:`STARTED`, its outcome, or its failure when the
+    process died without sending one."""
+    try:
+        data = receiver.recv_bytes()
+    except EOFError:
+        return BranchFailure(f"the {model} branch's process ended without an outcome "
+                             "(killed, or out of memory): see its logs")
+    return STARTED if data == STARTED_BYTES else cloudpickle.loads(data)
+
+
+def _interrupt(process: multiprocessing.process.BaseProcess) -> None:
+    """Ask the branch to end: SIGUSR1, which it turns into :class:`DeadlinePassed` (SIGTERM
+    would meet Prefect's own handler, which records a crash without the reason). Its group
+    is left alone: a DataLoader worker killed first would fail the branch with another
+    error."""
+    if process.pid is not None and process.exitcode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, STOP_SIGNAL)
+
+
+def _stop(process: multiprocessing.process.BaseProcess, sig: int) -> None:
+    """Send ``sig`` to the branch's process group, or to the process alone while it is still
+    starting (it leads a group of its own only once it runs)."""
+    if process.pid is None or process.exitcode is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, sig)
+
+
+def _reap(process: multiprocessing.process.BaseProcess) -> None:
+    """Wait out the grace, then kill what is left of the group and collect the process."""
+    process.join(GRACE_S if process.exitcode is None else None)
+    if process.exitcode is None:
+        _stop(process, signal.SIGKILL)
+        process.join()
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # workers it left behind
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _close_branch_run(call: BranchCall, reason: str) -> None:
+    """After a branch failed: its subflow run, if still running (its process was killed), is
+    marked Crashed, and its training jobs still open are closed failed, with ``reason``."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterName,
+        FlowRunFilterParentFlowRunId,
+    )
+    from prefect.states import Crashed
+
+    if call.parent_run_id is None:  # pragma: no cover - branches always run inside a flow
+        return
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[call.parent_run_id]),
+            name=FlowRunFilterName(any_=[call.model])))
+        for run in runs:
+            if run.state is not None and not run.state.is_final():
+                client.set_flow_run_state(run.id, Crashed(message=reason), force=True)
+            fail_open_jobs(session_factory(get_settings().db_url), str(run.id), reason)
+
+
+def _branch_main(sender: Connection, payload: bytes) -> None:
+    """A branch's process: lead a process group (so the parent can end it with its DataLoader
+    workers), turn :data:`STOP_SIGNAL` into :class:`DeadlinePassed`, run the branch subflow on this main
+    thread inside the parent's context, and send back its outcome."""
+    os.setpgrp()
+    call: BranchCall = cloudpickle.loads(payload)
+
+    def deadline(signum: int, frame: Any) -> None:
+        signal.signal(STOP_SIGNAL, signal.SIG_DFL)  # a second one ends it at once
+        raise DeadlinePassed(call.deadline_reason)
+
+    signal.signal(STOP_SIGNAL, deadline)
+    sender.send_bytes(STARTED_BYTES)  # the deadline counts from here
+    try:
+        with hydrated_context(call.context):
+            state = call.branch(call.model, return_state=True, **call.kwargs)
+        outcome = branch_outcome(state)
+    except DeadlinePassed as exc:
+        outcome = BranchFailure(str(exc))
+    sender.send_bytes(cloudpickle.dumps(outcome))
+    sender.close()
+
+
+def branch_outcome(state: State) -> Outcome:
+    """A branch's results, or its error when it failed: its first line, cut, without a
+    credential (an MLflow error quotes the tracking URL) and fit for a markdown table."""
+    if state.is_completed():
+        return state.result()
+    message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
+    line = scrub(message.strip().splitlines()[0] if message.strip() else state.name,
+                 known_secrets(get_settings()))
+    return BranchFailure(line[:MAX_ERROR].replace("|", "/"))  # one table cell of the summary
