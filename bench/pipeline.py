@@ -20,7 +20,7 @@ wall time against whole wall time; nothing is subtracted from either side. Two A
   before either clock and stopped after.
 
     .venv/bin/python bench/pipeline.py            # 2 000 observations
-    .venv/bin/python bench/pipeline.py --quick    # 300 observations, 1 epoch
+    .venv/bin/python bench/pipeline.py --quick    # 128 observations, 1 epoch
 """
 
 from __future__ import annotations
@@ -243,7 +243,7 @@ def compare(tag: str, root: Path, landing: Path, base_env: dict[str, str | None]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="300 observations, 1 epoch")
+    parser.add_argument("--quick", action="store_true", help="128 observations, 1 epoch")
     parser.add_argument("--observations", type=int, default=2000)
     parser.add_argument("--epochs", type=int, default=None, help="default: params.yaml")
     parser.add_argument("--side", choices=("prefect", "plain", "api-startup"),
@@ -254,7 +254,7 @@ def main() -> None:
                "api-startup": api_startup}[args.side]
         print(json.dumps(run()))
         return
-    n = 300 if args.quick else args.observations
+    n = 128 if args.quick else args.observations
     epochs = 1 if args.quick else args.epochs
     devices, days = 8, 2
     per_day = max(1, n // (devices * days))

@@ -15,7 +15,7 @@ the end of a step, or the epoch start, to the batch on the device: where Lightni
 follow the fit once and are left out on both sides.
 
     .venv/bin/python bench/train.py            # resnet18, 64 px, 2 000 observations, CPU
-    .venv/bin/python bench/train.py --quick    # 800 observations, 2 epochs
+    .venv/bin/python bench/train.py --quick    # 320 observations at 32 px, 2 epochs
     .venv/bin/python bench/train.py --backbone resnet50 --size 224 --batch-size 256 \
         --workers 8 --observations 20000       # a GPU (bf16-mixed, channels_last)
 """
@@ -261,7 +261,7 @@ def main() -> None:
                         help="2: torch-lightning then lightning-torch, best of each")
     args = parser.parse_args()
     if args.quick:
-        args.epochs, args.observations, args.repeats = 2, 800, 1
+        args.epochs, args.observations, args.repeats, args.size = 2, 320, 1, 32
     from core.hardware import Hardware
 
     hardware = Hardware(num_workers=args.workers)
