@@ -123,7 +123,7 @@ def heartbeat(sessions: sessionmaker, job_id: int, every_s: float) -> Iterator[N
         yield
     finally:
         stop.set()
-        thread.join()
+        thread.join(every_s)  # a beat stuck on an unreachable DB does not hold the task
 
 
 def last_beat(sessions: sessionmaker, job_id: int) -> TrainingJob | None:

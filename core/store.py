@@ -16,7 +16,6 @@ from fsspec.implementations.local import LocalFileSystem
 
 from core.settings import Settings
 
-
 S3_ATTEMPTS = 2
 
 

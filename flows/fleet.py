@@ -19,51 +19,37 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import multiprocessing
 import os
 import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 import cloudpickle
 from prefect import Flow
-from prefect.context import hydrated_context, serialize_context
-from prefect.states import State
+from prefect.context import serialize_context
 
 from core.database import session_factory
 from core.jobs import fail_open_jobs
 from core.lineage import flow_run_id
-from core.secrets import known_secrets, scrub
 from core.settings import get_settings
-from tasks.results import BranchFailure, BranchResult, WatchResult
+from flows.branch_process import (
+    MAX_ERROR,
+    STARTED_BYTES,
+    STOP_SIGNAL,
+    BranchCall,
+    BranchFailure,
+    Outcome,
+    branch_main,
+)
 
-MAX_ERROR = 300
 GRACE_S = 20.0  # from SIGUSR1 to SIGKILL: long enough to close a job and stop a DVC command
 STARTUP_S = 600.0  # a spawned branch imports torch, Lightning, MLflow and Prefect first
-STOP_SIGNAL = signal.SIGUSR1
+EXIT_S = 60.0  # from its outcome to its exit: the last logs and events, then Python's exit
 STARTED = object()
-STARTED_BYTES = b"started"
-
-Outcome = BranchResult | WatchResult | BranchFailure
-
-
-class DeadlinePassed(BaseException):
-    """Raised in a branch's process when its parent ends it at the deadline. Not an
-    ``Exception``: Prefect records the branch Crashed instead of retrying its task."""
-
-
-@dataclass(frozen=True)
-class BranchCall:
-    """What a branch's process runs: ``branch(model, **kwargs)`` inside ``context``."""
-
-    branch: Flow
-    model: str
-    kwargs: dict[str, Any]
-    context: dict[str, Any]
-    parent_run_id: str | None
-    deadline_reason: str
 
 
 def run_branches(models: list[str], concurrency: int, branch: Flow, **kwargs: Any
@@ -84,11 +70,21 @@ def run_branches(models: list[str], concurrency: int, branch: Flow, **kwargs: An
         try:
             return {m: f.result() for m, f in futures.items()}
         except BaseException:  # Ctrl-C or a cancelled run: no branch outlives the parent
-            for future in futures.values():
-                future.cancel()
-            for process in list(running):
-                _interrupt(process)
+            _abort(futures.values(), running)
             raise
+
+
+def _abort(futures: Any, running: list[multiprocessing.process.BaseProcess]) -> None:
+    """Stop every branch: the ones not started never start, the running ones get the stop
+    signal, and what still runs after the grace is killed (their waits then see the end)."""
+    for future in futures:
+        future.cancel()
+    for process in list(running):
+        _interrupt(process)
+    ends = time.monotonic() + GRACE_S
+    for process in list(running):
+        process.join(max(0.0, ends - time.monotonic()))
+        _stop(process, signal.SIGKILL)
 
 
 def _branch_context() -> dict[str, Any]:
@@ -112,23 +108,38 @@ def _run_one(call: BranchCall, deadline: float,
              running: list[multiprocessing.process.BaseProcess]) -> Outcome:
     """Start the branch's process (listed in ``running`` while it runs) and wait for its
     outcome until ``deadline`` seconds; then stop it (SIGUSR1, SIGKILL after the grace) and
-    record why. A branch that failed leaves no run Running and no training job open."""
+    record why. A branch that failed leaves no run Running and no training job open; whatever
+    goes wrong here is that branch's failure, never the others'."""
+    try:
+        outcome = _spawn_and_wait(call, deadline, running)
+    except Exception as exc:  # noqa: BLE001 - a spawn or pipe error fails this branch alone
+        outcome = BranchFailure(f"the {call.model} branch could not be run: "
+                                f"{type(exc).__name__}: {exc}"[:MAX_ERROR])
+    if isinstance(outcome, BranchFailure):
+        try:
+            _close_branch_run(call, outcome.error)
+        except Exception as exc:  # noqa: BLE001 - the outcome stands; say what was left open
+            logging.getLogger(__name__).warning(
+                "could not close the %s branch's run and jobs: %s", call.model, exc)
+    return outcome
+
+
+def _spawn_and_wait(call: BranchCall, deadline: float,
+                    running: list[multiprocessing.process.BaseProcess]) -> Outcome:
     ctx = multiprocessing.get_context("spawn")
     receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_branch_main, args=(sender, cloudpickle.dumps(call)),
+    process = ctx.Process(target=branch_main, args=(sender, cloudpickle.dumps(call),
+                                                     os.getpid()),
                           name=f"branch-{call.model}", daemon=False)
     process.start()
     running.append(process)
     sender.close()
     try:
-        outcome = _await(process, receiver, call, deadline)
+        return _await(process, receiver, call, deadline)
     finally:
         _reap(process)
         running.remove(process)
         receiver.close()
-    if isinstance(outcome, BranchFailure):
-        _close_branch_run(call, outcome.error)
-    return outcome
 
 
 def _await(process: multiprocessing.process.BaseProcess, receiver: Connection,
@@ -138,26 +149,32 @@ def _await(process: multiprocessing.process.BaseProcess, receiver: Connection,
     reason = (f"the {call.model} branch's process did not start within {STARTUP_S:.0f} s and "
               "was stopped")
     for bound in (STARTUP_S, deadline):
-        if not receiver.poll(bound):
+        message = _next(process, receiver, call.model, bound)
+        if message is None:
             break
-        message = _message(receiver, call.model)
         if message is not STARTED:
             return message
         reason = call.deadline_reason
     _interrupt(process)
-    if receiver.poll(GRACE_S):
-        message = _message(receiver, call.model)
-        if message is not STARTED:
-            return message
-    return BranchFailure(reason)
+    message = _next(process, receiver, call.model, GRACE_S)
+    return message if message not in (None, STARTED) else BranchFailure(reason)
 
 
-def _message(receiver: Connection, model: str) -> Outcome | object:
-    """What the branch sent next: :data:`STARTED`, its outcome, or its failure when the
-    process died without sending one."""
+def _next(process: multiprocessing.process.BaseProcess, receiver: Connection, model: str,
+          timeout: float) -> Outcome | object | None:
+    """What the branch sends next within ``timeout`` (None: nothing yet): :data:`STARTED`,
+    its outcome, or its failure when the process died without one. The process's sentinel is
+    watched beside the pipe: a DataLoader worker it forked may hold the pipe open after it."""
+    ready = wait([receiver, process.sentinel], timeout)
+    if not ready:
+        return None
+    if receiver not in ready and not receiver.poll(0):
+        return BranchFailure(f"the {model} branch's process ended without an outcome "
+                             f"(exit code {process.exitcode}: killed, or out of memory): see "
+                             "its logs")
     try:
         data = receiver.recv_bytes()
-    except EOFError:
+    except (EOFError, OSError):
         return BranchFailure(f"the {model} branch's process ended without an outcome "
                              "(killed, or out of memory): see its logs")
     return STARTED if data == STARTED_BYTES else cloudpickle.loads(data)
@@ -186,8 +203,9 @@ def _stop(process: multiprocessing.process.BaseProcess, sig: int) -> None:
 
 
 def _reap(process: multiprocessing.process.BaseProcess) -> None:
-    """Wait out the grace, then kill what is left of the group and collect the process."""
-    process.join(GRACE_S if process.exitcode is None else None)
+    """Let the process exit (a branch that reported still sends its last logs), then kill
+    what is left of the group and collect the process."""
+    process.join(EXIT_S if process.exitcode is None else None)
     if process.exitcode is None:
         _stop(process, signal.SIGKILL)
         process.join()
@@ -218,35 +236,3 @@ def _close_branch_run(call: BranchCall, reason: str) -> None:
             fail_open_jobs(session_factory(get_settings().db_url), str(run.id), reason)
 
 
-def _branch_main(sender: Connection, payload: bytes) -> None:
-    """A branch's process: lead a process group (so the parent can end it with its DataLoader
-    workers), turn :data:`STOP_SIGNAL` into :class:`DeadlinePassed`, run the branch subflow on this main
-    thread inside the parent's context, and send back its outcome."""
-    os.setpgrp()
-    call: BranchCall = cloudpickle.loads(payload)
-
-    def deadline(signum: int, frame: Any) -> None:
-        signal.signal(STOP_SIGNAL, signal.SIG_DFL)  # a second one ends it at once
-        raise DeadlinePassed(call.deadline_reason)
-
-    signal.signal(STOP_SIGNAL, deadline)
-    sender.send_bytes(STARTED_BYTES)  # the deadline counts from here
-    try:
-        with hydrated_context(call.context):
-            state = call.branch(call.model, return_state=True, **call.kwargs)
-        outcome = branch_outcome(state)
-    except DeadlinePassed as exc:
-        outcome = BranchFailure(str(exc))
-    sender.send_bytes(cloudpickle.dumps(outcome))
-    sender.close()
-
-
-def branch_outcome(state: State) -> Outcome:
-    """A branch's results, or its error when it failed: its first line, cut, without a
-    credential (an MLflow error quotes the tracking URL) and fit for a markdown table."""
-    if state.is_completed():
-        return state.result()
-    message = (state.message or state.name).removeprefix("Flow run encountered an exception: ")
-    line = scrub(message.strip().splitlines()[0] if message.strip() else state.name,
-                 known_secrets(get_settings()))
-    return BranchFailure(line[:MAX_ERROR].replace("|", "/"))  # one table cell of the summary

@@ -8,6 +8,7 @@ subflow in the UI. Without it, the step trains in the flow's own process.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -65,10 +66,13 @@ def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
                   "backbone": backbone, "profile": profile, "job_id": job_id}
     get_run_logger().info("training %s on work pool %s through %s", model,
                           settings.train_work_pool, settings.train_deployment)
+    started = None
     try:
-        run = run_deployment(settings.train_deployment, parameters=parameters, timeout=0)
-        run = watch_training(run.id, sessions, job_id, settings)
+        started = run_deployment(settings.train_deployment, parameters=parameters, timeout=0)
+        run = watch_training(started.id, sessions, job_id, settings)
     except BaseException as exc:  # the API failed, or this flow was cancelled while waiting
+        if started is not None and not isinstance(exc, TrainingLost):
+            _ask_to_cancel(started.id, f"its {model} branch ended: {type(exc).__name__}")
         finish_job(sessions, job_id, job_end(exc), error=exc)
         raise
     if run.state is None or not run.state.is_completed():
@@ -90,19 +94,25 @@ def watch_training(run_id: Any, sessions: sessionmaker, job_id: int, settings: S
                    poll_s: float = POLL_S) -> FlowRun:
     """Wait for the train deployment's run ``run_id`` to end; the run once it has.
 
-    A run that no worker starts within ``OCEANML_TRAIN_START_TIMEOUT_S``, or whose training
-    job has had no heartbeat for ``OCEANML_TRAIN_HEARTBEAT_TIMEOUT_S`` while it runs (the
-    worker died, or lost the DB), is cancelled and its job closed failed; then
-    :class:`TrainingLost` says which bound it passed."""
+    A run that has not started while its pool has had no online worker for
+    ``OCEANML_TRAIN_START_TIMEOUT_S`` (a run queued behind busy workers waits), or that
+    started and whose training job has had no heartbeat for
+    ``OCEANML_TRAIN_HEARTBEAT_TIMEOUT_S`` (the worker died, or lost the DB), is cancelled and
+    its job closed failed; then :class:`TrainingLost` says which bound it passed."""
     from prefect.client.orchestration import get_client
 
-    started = time.monotonic()
+    no_worker_since: float | None = None
     with get_client(sync_client=True) as client:
         while True:
             run = client.read_flow_run(run_id)
             if run.state is not None and run.state.is_final():
                 return run
-            reason = _lost(run, sessions, job_id, settings, time.monotonic() - started)
+            if run.start_time is None:
+                online = _online_workers(client, settings.train_work_pool)
+                no_worker_since = None if online else (no_worker_since or time.monotonic())
+                reason = _unstarted(run, settings, no_worker_since)
+            else:
+                reason = _silent(run, sessions, job_id, settings)
             if reason:
                 _cancel(client, run, reason)
                 finish_job(sessions, job_id, "failed", error=reason)
@@ -110,26 +120,50 @@ def watch_training(run_id: Any, sessions: sessionmaker, job_id: int, settings: S
             time.sleep(poll_s)
 
 
-def _lost(run: FlowRun, sessions: sessionmaker, job_id: int, settings: Settings,
-          waited_s: float) -> str | None:
-    """Why the run counts as lost, or None while it is alive or may still start."""
-    pool, name = settings.train_work_pool, f"train deployment run {run.name}"
-    if run.state is None or not run.state.is_running():
-        if waited_s > settings.train_start_timeout_s:
-            return (f"{name} was not started by a worker of pool {pool} within "
-                    f"{settings.train_start_timeout_s:.0f} s (OCEANML_TRAIN_START_TIMEOUT_S); "
-                    "it was cancelled")
+def _online_workers(client: Any, pool: str | None) -> int:
+    from prefect.client.schemas.objects import WorkerStatus
+
+    return sum(w.status == WorkerStatus.ONLINE
+               for w in client.read_workers_for_work_pool(work_pool_name=pool))
+
+
+def _unstarted(run: FlowRun, settings: Settings, no_worker_since: float | None) -> str | None:
+    """Why a run that never started counts as lost: its pool has had no online worker for
+    the start timeout."""
+    if no_worker_since is None or \
+            time.monotonic() - no_worker_since <= settings.train_start_timeout_s:
         return None
+    return (f"train deployment run {run.name} was not started: pool "
+            f"{settings.train_work_pool} had no online worker for "
+            f"{settings.train_start_timeout_s:.0f} s (OCEANML_TRAIN_START_TIMEOUT_S); it was "
+            "cancelled")
+
+
+def _silent(run: FlowRun, sessions: sessionmaker, job_id: int, settings: Settings
+            ) -> str | None:
+    """Why a started run counts as lost: its job's last heartbeat (or its last state change,
+    whichever is newer) is older than the heartbeat timeout."""
     job = last_beat(sessions, job_id)
-    running_since = as_utc(run.state.timestamp)
-    since = max(running_since, as_utc(job.updated_at)) if job and job.updated_at \
-        else running_since
+    since = as_utc(run.state.timestamp) if run.state else as_utc(run.start_time)
+    if job and job.updated_at:
+        since = max(since, as_utc(job.updated_at))
     silent = (datetime.now(UTC) - since).total_seconds()
-    if silent > settings.train_heartbeat_timeout_s:
-        return (f"{name} sent no heartbeat for {silent:.0f} s (OCEANML_TRAIN_HEARTBEAT_TIMEOUT_S "
-                f"is {settings.train_heartbeat_timeout_s:.0f}): its worker on pool {pool} was "
-                "lost; it was cancelled")
-    return None
+    if silent <= settings.train_heartbeat_timeout_s:
+        return None
+    return (f"train deployment run {run.name} sent no heartbeat for {silent:.0f} s "
+            f"(OCEANML_TRAIN_HEARTBEAT_TIMEOUT_S is {settings.train_heartbeat_timeout_s:.0f}): "
+            f"its worker on pool {settings.train_work_pool} was lost; it was cancelled")
+
+
+def _ask_to_cancel(run_id: Any, reason: str) -> None:
+    """Cancelling, without waiting: the branch that started the run is ending."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelling
+
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+        if state is None or not state.is_final():
+            client.set_flow_run_state(run_id, Cancelling(message=reason), force=True)
 
 
 def _cancel(client: Any, run: FlowRun, reason: str) -> None:
