@@ -112,8 +112,8 @@ class Settings(BaseSettings):
         900.0, gt=0, description="A training on the work pool silent this long (its worker "
         "died, or lost the DB) is cancelled and fails its branch.")
     train_start_timeout_s: float = Field(
-        3600.0, gt=0, description="A training on the work pool that no worker starts within "
-        "this (the pool is empty, or stuck) is cancelled and fails its branch.")
+        3600.0, gt=0, description="A training on the work pool not started while the pool has "
+        "had no online worker this long is cancelled and fails its branch.")
 
     # Batch scoring: in the flow's process, or fanned out as runs of the score deployment.
     score_batch_size: int = Field(128, ge=1, description="Images per forward pass.")

@@ -121,9 +121,14 @@ def watch_training(run_id: Any, sessions: sessionmaker, job_id: int, settings: S
 
 
 def _online_workers(client: Any, pool: str | None) -> int:
+    """Workers of ``pool`` that are online and have beaten within three of their intervals
+    (a server that runs no foreman never marks a dead worker offline)."""
     from prefect.client.schemas.objects import WorkerStatus
 
-    return sum(w.status == WorkerStatus.ONLINE
+    now = datetime.now(UTC)
+    return sum(w.status == WorkerStatus.ONLINE and w.last_heartbeat_time is not None
+               and (now - as_utc(w.last_heartbeat_time)).total_seconds()
+               <= 3 * (w.heartbeat_interval_seconds or 30)
                for w in client.read_workers_for_work_pool(work_pool_name=pool))
 
 

@@ -28,7 +28,11 @@ POOL = "oceanml-gpu-test"
 
 @pytest.fixture
 def worker_env(prefect_harness, settings, monkeypatch) -> dict[str, str]:
-    """Landed data, a project, the deployment on its pool, and OCEANML_TRAIN_WORK_POOL set."""
+    return landed_on_pool(settings, monkeypatch, POOL)
+
+
+def landed_on_pool(settings, monkeypatch, pool: str) -> dict[str, str]:
+    """Landed data, a project, the deployment on ``pool``, and OCEANML_TRAIN_WORK_POOL set."""
     make_project(settings.project_dir, {"promote": {"floor": 0.0}})
     end = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     write_landing(filesystem(settings.landing_url),
@@ -37,8 +41,8 @@ def worker_env(prefect_harness, settings, monkeypatch) -> dict[str, str]:
     from core.database import session_factory
 
     ingest(settings, session_factory(settings.db_url), now=end + timedelta(hours=1))
-    env = deploy_on_pool("train-gpu", POOL)
-    monkeypatch.setenv("OCEANML_TRAIN_WORK_POOL", POOL)
+    env = deploy_on_pool("train-gpu", pool)
+    monkeypatch.setenv("OCEANML_TRAIN_WORK_POOL", pool)
     return env
 
 
@@ -99,19 +103,21 @@ def before() -> frozenset:
     return frozenset(r.id for r in train_runs())
 
 
-def test_a_training_no_worker_starts_is_cancelled_and_fails_by_name(worker_env, settings,
+def test_a_training_no_worker_starts_is_cancelled_and_fails_by_name(prefect_harness, settings,
                                                                     monkeypatch):
     from core.jobs import list_jobs
     from core.settings import get_settings
     from flows.retrain import retrain
 
+    empty = "oceanml-gpu-empty"  # a pool no worker of another test ever polled
+    landed_on_pool(settings, monkeypatch, empty)
     monkeypatch.setenv("OCEANML_TRAIN_START_TIMEOUT_S", "5")
     get_settings.cache_clear()
     earlier = before()
     state = retrain(model="plastic-detector", reason="test", cooldown_hours=0, max_epochs=1,
                     backbone="resnet18", return_state=True)  # and no worker on the pool
     (run,) = train_runs(but=earlier)
-    reason = (f"train deployment run {run.name} was not started: pool {POOL} had no online "
+    reason = (f"train deployment run {run.name} was not started: pool {empty} had no online "
               "worker for 5 s (OCEANML_TRAIN_START_TIMEOUT_S); it was cancelled")
     assert state.is_failed() and state.message.endswith(f"TrainingLost: {reason}")
     assert run.state.is_cancelled() and run.state.message == reason
