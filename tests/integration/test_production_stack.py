@@ -47,7 +47,10 @@ from tests.deployed import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.integration, pytest.mark.stack, pytest.mark.slow]
+# the lifecycle fixture runs two nightlies, a monitor and its retrains on the worker before the
+# first test: each run has its own bound (RUN_TIMEOUT_S), the whole needs more than pytest's 900 s
+pytestmark = [pytest.mark.integration, pytest.mark.stack, pytest.mark.slow,
+              pytest.mark.timeout(2400)]
 FLEET = ["plastic-detector", "algae-bloom"]
 BUCKETS = ("oceanml-landing", "oceanml-lake", "oceanml-dvc", "oceanml-mlflow")
 TABLES = (Observation, Reject, EnrichmentCache, Dataset, TrainingRun, Evaluation, Promotion,
