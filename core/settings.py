@@ -13,8 +13,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: A run of these deployments still running this long after it started is cancelled by the
+#: server (the automation ``oceanml deploy`` creates), so the next scheduled one can start.
+RUN_DEADLINES_S = {"nightly": 22 * 3600.0, "monitor": 3 * 3600.0, "retrain": 12 * 3600.0}
 
 
 def _file_url(path: Path) -> str:
@@ -91,6 +95,18 @@ class Settings(BaseSettings):
         default_factory=dict, description="Seconds per task name, replacing the task's own "
         "timeout, e.g. {\"train\": 7200} (JSON in OCEANML_STAGE_TIMEOUTS).")
     drift_window_days: float = Field(2.0, description="Recent observations compared with ref.")
+    run_deadlines_s: dict[str, float] = Field(
+        default_factory=lambda: dict(RUN_DEADLINES_S), description="Seconds a run of the "
+        "nightly, monitor or retrain deployment may run before the server cancels it, e.g. "
+        "{\"monitor\": 3600} (JSON in OCEANML_RUN_DEADLINES_S; the others keep theirs).")
+
+    # Who hears about failed runs, drift, promotions and rollbacks (``oceanml deploy``).
+    notify_webhook_url: SecretStr | None = Field(
+        None, description="Webhook the server posts each message to (JSON with subject and "
+        "text); kept in a Prefect block's secrets, never printed.")
+    notify_block: str | None = Field(
+        None, description="Or any Prefect notification block, as TYPE-SLUG/NAME "
+        "(e.g. slack-webhook/ops).")
 
     # Where training runs: set per worker (a GPU worker's environment), not in params.yaml,
     # because none of it changes what a training means (it is not part of the training key).
@@ -129,6 +145,16 @@ class Settings(BaseSettings):
     serve_max_images: int = Field(16, ge=1, description="Images one request may carry.")
     serve_log_interval_s: float = Field(
         1.0, gt=0, description="Online predictions are written to the DB this often.")
+
+    @field_validator("run_deadlines_s")
+    @classmethod
+    def _known_deadlines(cls, value: dict[str, float]) -> dict[str, float]:
+        if unknown := sorted(set(value) - set(RUN_DEADLINES_S)):
+            raise ValueError(f"no deadline for {', '.join(unknown)}: the deployments with "
+                             f"one are {', '.join(RUN_DEADLINES_S)}")
+        if bad := sorted(k for k, v in value.items() if not v > 0):
+            raise ValueError(f"the deadline of {', '.join(bad)} must be positive")
+        return {**RUN_DEADLINES_S, **value}
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

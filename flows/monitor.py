@@ -12,6 +12,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from core.params import read_params
 from core.settings import get_settings
+from flows.ended_runs import close_jobs_hook, close_orphaned_jobs
 from flows.fleet import run_branches
 from flows.nightly import raise_if_failed, scored_versions
 from flows.score import score_step
@@ -31,13 +32,15 @@ def monitor_model(model: str) -> WatchResult:
     return WatchResult(score_step(model), timed(drift_task)(model))
 
 
-@flow(name="monitor", log_prints=True)
+@flow(name="monitor", log_prints=True, on_cancellation=[close_jobs_hook],
+      on_crashed=[close_jobs_hook])
 def monitor(models: list[str] | None = None) -> FleetResult:
     """Ingest, enrich, score with the champions and check drift for ``models`` (default: the
     fleet in params.yaml), one ``monitor-model`` subflow per model, one at a time (scoring
     uses every core); a model that fails stops no other, and the monitor then ends Failed
     naming it, after its summary."""
     names = list(models or fleet(read_params(get_settings().project_dir.resolve())))
+    close_orphaned_jobs()
     ingest = timed(ingest_task)()
     enrich = timed(enrich_task)(wait_for=[ingest])
     outcomes = run_branches(names, 1, monitor_model)

@@ -15,6 +15,7 @@ from prefect import flow
 
 from core.params import load_params, profile_description, run_profile
 from core.settings import get_settings
+from flows.ended_runs import close_jobs_hook, close_orphaned_jobs
 from flows.fleet import BranchFailure, Outcome, run_branches
 from flows.score import score_step
 from flows.timeouts import timed
@@ -64,13 +65,15 @@ def raise_if_failed(results: FleetResult, what: str) -> None:
                           + "; ".join(f"{m}: {results.models[m].error}" for m in failed))
 
 
-@flow(name="nightly", log_prints=True)
+@flow(name="nightly", log_prints=True, on_cancellation=[close_jobs_hook],
+      on_crashed=[close_jobs_hook])
 def nightly(models: list[str] | None = None, profile: str | None = None,
             max_epochs: int | None = None, backbone: str | None = None) -> FleetResult:
     """Run the night for ``models`` (default: ``fleet`` in params.yaml) under ``profile``
     (default: ``OCEANML_PROFILE``, else the zoo's defaults). Every stage is idempotent, so a
     re-run adds nothing."""
     settings = get_settings()
+    close_orphaned_jobs()
     profile = run_profile(profile)
     params = load_params(settings.project_dir.resolve(), profile)  # refuses a bad profile now
     names = list(models or fleet(params))

@@ -15,6 +15,7 @@ from core.database import session_factory
 from core.jobs import finish_job, set_job
 from core.params import run_profile
 from core.settings import get_settings
+from flows.ended_runs import close_jobs_hook, close_orphaned_jobs
 from flows.timeouts import timed
 from flows.training import train_step
 from tasks.dataset import build_dataset_task
@@ -33,7 +34,8 @@ def champion_profile(model: str) -> str | None:
     return champion.tags.get("profile") if champion else None
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, on_cancellation=[close_jobs_hook],
+      on_crashed=[close_jobs_hook])
 def retrain(
     model: str = "plastic-detector",
     reason: str = "",
@@ -46,6 +48,7 @@ def retrain(
 
     The profile: the one given, else ``OCEANML_PROFILE``, else the champion's, else the
     defaults."""
+    close_orphaned_jobs()  # a retrain a deadline cancelled no longer counts as running
     claim = claim_retrain_task(model, cooldown_hours)
     if claim.job_id is None:
         recent = claim.recent

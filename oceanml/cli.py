@@ -262,6 +262,37 @@ def doctor() -> None:
         raise typer.Exit(1)
 
 
+@app.command()
+def deploy(
+    automations_only: Annotated[bool, typer.Option(
+        "--automations-only", help="Leave the deployments as registered; only the automations."
+    )] = False,
+) -> None:
+    """Register prefect.yaml's deployments (``prefect deploy --all``) on the server
+    PREFECT_API_URL names, then OceanML's automations: each run's deadline
+    (OCEANML_RUN_DEADLINES_S) and, with OCEANML_NOTIFY_WEBHOOK_URL or OCEANML_NOTIFY_BLOCK,
+    a message for every run that ends badly, drift, promotion and rollback."""
+    import subprocess
+    import sys
+
+    from core.settings import get_settings
+    from oceanml.automations import apply
+
+    if not automations_only:
+        registered = subprocess.run(
+            [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
+            env={**os.environ, "OCEANML_REPO_DIR": os.environ.get("OCEANML_REPO_DIR",
+                                                                  os.getcwd())})
+        if registered.returncode:
+            raise typer.Exit(registered.returncode)
+    applied = apply(get_settings())
+    for name in applied.names:
+        typer.echo(f"automation  {name}")
+    typer.echo(f"messages go to the {applied.block} block" if applied.block else
+               "no OCEANML_NOTIFY_WEBHOOK_URL or OCEANML_NOTIFY_BLOCK: no message is sent "
+               "(deadlines apply all the same)")
+
+
 @app.command("settings")
 def show_settings() -> None:
     """The settings in force (secrets masked)."""

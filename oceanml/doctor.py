@@ -116,6 +116,38 @@ def check_prefect(settings: Settings) -> Check:
     return Check("prefect", True, f"{mask_url(api)}: work pools {', '.join(sorted(pools))}")
 
 
+def check_notifications(settings: Settings) -> Check:
+    """Whether anyone hears about failed runs, drift and promotions (never prints the URL)."""
+    fix = "set OCEANML_NOTIFY_WEBHOOK_URL (or OCEANML_NOTIFY_BLOCK), then oceanml deploy"
+    if not (settings.notify_webhook_url or settings.notify_block):
+        return Check("notify", False, "no OCEANML_NOTIFY_WEBHOOK_URL or OCEANML_NOTIFY_BLOCK: "
+                     "failed runs, drift, promotions and rollbacks notify nobody", fix,
+                     required=False)
+    where = "a webhook" if settings.notify_webhook_url else f"block {settings.notify_block}"
+    api = prefect_api_url()
+    if not api:
+        return Check("notify", False, f"{where}, but no PREFECT_API_URL: the server's "
+                     "automations send the messages", "set PREFECT_API_URL", required=False)
+    import httpx
+
+    from oceanml.automations import PREFIX
+
+    key = os.environ.get("PREFECT_API_KEY")
+    try:
+        answer = httpx.post(f"{api}/automations/filter", json={}, timeout=TIMEOUT_S,
+                            headers={"Authorization": f"Bearer {key}"} if key else {})
+        answer.raise_for_status()
+    except httpx.HTTPError as exc:
+        return Check("notify", False, f"{mask_url(api)}: {_short(exc)}",
+                     "set PREFECT_API_URL (the server must be up)", required=False)
+    ours = [a["name"] for a in answer.json() if a["name"].startswith(PREFIX)]
+    if not any("deadline" not in name for name in ours):
+        return Check("notify", False, f"{where} set, but the server has no message "
+                     "automation of OceanML's", "oceanml deploy --automations-only",
+                     required=False)
+    return Check("notify", True, f"{where}: {len(ours)} automations on {mask_url(api)}")
+
+
 def prefect_api_url() -> str | None:
     """The Prefect API the flows would use: ``PREFECT_API_URL``, from the environment or the
     active Prefect profile; None for the ephemeral API."""
@@ -161,7 +193,7 @@ def check_gpu(settings: Settings) -> Check:
 
 CHECKS: tuple[Callable[[Settings], Check], ...] = (
     check_database, check_landing, check_lake, check_dvc_remote, check_mlflow, check_prefect,
-    check_llm, check_gpu,
+    check_notifications, check_llm, check_gpu,
 )
 
 

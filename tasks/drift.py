@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 Verdict = Literal["drift", "none", "insufficient"]
 # features that drift the window on their own: the model's view, and its estimated accuracy
 MODEL_VIEW = ("embedding", "predictions", "performance")
+DRIFT_EVENT = "oceanml.drift.detected"
 
 
 @dataclass
@@ -239,13 +240,17 @@ def drift_task(model: str, fallback_dataset_version: str | None = None,
                               description=f"{model}: {report.verdict.upper()} vs dataset "
                                           f"{reference}: {report.reason}. Pictures: {pictures}")
     if report.drifted:
-        emit_event(
-            event="oceanml.drift.detected",
-            resource={"prefect.resource.id": f"oceanml.model.{model}",
-                      "prefect.resource.name": model},
-            payload={"reference_dataset_version": reference, "reason": report.reason,
-                     "share_drifted": report.share_drifted},
-        )
+        emit_drift_event(model, reference, report.reason, report.share_drifted)
     stage_logger("drift").info("drift of %s: %s (%s)", model, report.verdict, report.reason)
     return DriftOutcome(report.drifted, report.verdict, report.reason, report.n_current,
                         reference, report.share_drifted, report.features.get("performance"))
+
+
+def emit_drift_event(model: str, reference: str | None, reason: str, share: float) -> None:
+    """``oceanml.drift.detected`` for ``model``: it starts the retrain deployment, and a
+    message where notifications are set."""
+    emit_event(event=DRIFT_EVENT,
+               resource={"prefect.resource.id": f"oceanml.model.{model}",
+                         "prefect.resource.name": model},
+               payload={"reference_dataset_version": reference, "reason": reason,
+                        "share_drifted": share})

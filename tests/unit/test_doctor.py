@@ -34,6 +34,7 @@ def test_the_embedded_default_is_all_reachable(settings, monkeypatch) -> None:
     assert result.exit_code == 0, result.output
     assert rows(result.output) == dict.fromkeys(NAMES, "ok")
     assert "schema not created yet, head 0003" in result.output
+    assert "warn  notify" in result.output and "notify nobody" in result.output
 
 
 def test_unreachable_backends_fail_naming_the_setting_and_never_the_secret(
