@@ -25,7 +25,7 @@ demo: $(STAMP)
 ## test: the whole suite (unit, data, model, flows, integration), one pytest-xdist worker per
 ## core (tests/conftest.py says which tests run together on one worker, and in what order)
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto
+	$(BIN)/python -m pytest -q -n auto --durations=40
 
 ## test-fast: the inner loop (unit, data, model behaviour without training): under 3 minutes on 2 cores
 test-fast: $(STAMP)

@@ -49,12 +49,20 @@ class BranchCall:
     deadline_reason: str
 
 
+#: What the worker's runner gives the nightly's own process: the flow run's id and the control
+#: channel its cancel goes through. A branch runs a subflow of its own and must not answer for
+#: the nightly (Prefect's own run_flow_in_subprocess strips them too).
+RUNNER_ENV = ("PREFECT__FLOW_RUN_ID", "PREFECT__CONTROL_PORT", "PREFECT__CONTROL_TOKEN")
+
+
 def branch_main(sender: Connection, payload: bytes, parent_pid: int) -> None:
     """A branch's process: lead a process group (so the parent can end it with its DataLoader
     workers), end itself should the parent die, turn :data:`STOP_SIGNAL` into
     :class:`DeadlinePassed`, run the branch subflow on this main thread inside the parent's
     context, and send back its outcome once its logs and events are sent."""
     os.setpgrp()
+    for name in RUNNER_ENV:
+        os.environ.pop(name, None)
     call: BranchCall = cloudpickle.loads(payload)
     threading.Thread(target=_follow_parent, args=(parent_pid,), daemon=True,
                      name="parent-watch").start()

@@ -4,6 +4,9 @@ simulated days landed where the settings say."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -84,3 +87,39 @@ def wait_until(what: str, check, timeout_s: float, every_s: float = 2.0):
             return found
         time.sleep(every_s)
     pytest.fail(f"{what}: not within {timeout_s:.0f} s")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid``, from /proc (a worker may start its runs in sessions of
+    their own, out of reach of its process group)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it."""
+    for each in [pid, *descendants(pid)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(each, signal.SIGKILL)
+
+
+def stop_worker(worker: subprocess.Popen, grace_s: float = 30.0) -> str:
+    """Stop a ``prefect worker`` the test started (in a session of its own, output piped) and
+    return its log: SIGTERM to its group, then, past ``grace_s`` (a worker shutting down on a
+    loaded machine can take minutes), SIGKILL to it and everything it started. A worker that
+    outlived its test would take the next test's runs."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGTERM)
+    try:
+        return worker.communicate(timeout=grace_s)[0] or ""
+    except subprocess.TimeoutExpired:
+        kill_tree(worker.pid)
+        return worker.communicate(timeout=60)[0] or ""

@@ -6,10 +6,7 @@ jobs are closed, and the next run completes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -29,9 +26,8 @@ from core.settings import Settings
 from oceanml.automations import PREFIX
 from oceanml.doctor import check_notifications
 from tests.conftest import make_project
-from tests.deployed import REPO, land, prefect
+from tests.deployed import REPO, land, prefect, stop_worker
 from tests.flows.test_deployments import deploy_on_pool
-from tests.flows.test_remote_training import descendants
 from tests.openai_server import OpenAIStub
 
 pytestmark = pytest.mark.slow
@@ -212,10 +208,7 @@ def test_a_run_past_its_deadline_is_cancelled_and_the_next_one_completes(
                              job_variables={"env": {"OCEANML_LLM_PROVIDER": "heuristic"}})
             second = wait_final(nxt.id, 300)
         finally:
-            for pid in [worker.pid, *descendants(worker.pid)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            log = worker.communicate(timeout=60)[0]
+            log = stop_worker(worker, grace_s=0.1)
     assert first.state.is_cancelled(), (first.state, log[-4000:])
     ran_s = (first.state.timestamp - first.start_time).total_seconds()
     assert 20 <= ran_s < 20 + 90, ran_s  # the deadline, the server's evaluation and the kill

@@ -3,12 +3,8 @@ a real Prefect worker in its own process, and goes on with what that run recorde
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import subprocess
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
@@ -20,6 +16,7 @@ from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
 from tasks.ingest import ingest
 from tests.conftest import make_project
+from tests.deployed import kill_tree, stop_worker
 from tests.flows.test_deployments import REPO, deploy_on_pool
 
 pytestmark = pytest.mark.slow
@@ -60,8 +57,7 @@ def test_retrain_trains_through_the_train_deployment_on_the_work_pool(worker_env
         result = retrain(model="plastic-detector", reason="test", cooldown_hours=0,
                          max_epochs=1, backbone="resnet18")
     finally:
-        os.killpg(worker.pid, signal.SIGTERM)
-        log = worker.communicate(timeout=60)[0]
+        log = stop_worker(worker)
     assert result.train.model_version == "1", log[-3000:]
     runs = train_runs(but=earlier)  # the harness's server outlives a test
     assert len(runs) == 1 and runs[0].state.is_completed()
@@ -74,21 +70,6 @@ def test_retrain_trains_through_the_train_deployment_on_the_work_pool(worker_env
     assert row.flow_run_id == str(runs[0].id)  # trained in the worker's run, not in-process
     assert not result.train.reused
     assert result.evaluate.model_version == "1"
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid``, from /proc (a worker may start its runs in sessions of
-    their own, out of reach of its process group)."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError, IndexError, ValueError):
-            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
 
 
 def train_runs(but: frozenset = frozenset()) -> list:
@@ -155,9 +136,7 @@ def test_a_training_whose_worker_dies_is_cancelled_within_the_heartbeat_bound(
         while not killed:
             jobs = list_jobs(sessions, "plastic-detector")
             if jobs and jobs[0].status == "running":
-                for pid in [worker.pid, *descendants(worker.pid)]:  # the run's process too
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                kill_tree(worker.pid)  # the run's process too
                 killed.append(time.monotonic())
             time.sleep(0.5)
 
@@ -169,9 +148,7 @@ def test_a_training_whose_worker_dies_is_cancelled_within_the_heartbeat_bound(
                         max_epochs=200, backbone="resnet18", return_state=True)
     finally:
         killed.append(0.0)
-        for pid in [worker.pid, *descendants(worker.pid)]:  # a worker that outlived the test
-            with contextlib.suppress(ProcessLookupError):  # would serve the next test's pool
-                os.kill(pid, signal.SIGKILL)
+        kill_tree(worker.pid)  # a worker that outlived the test would serve the next one's pool
         worker.wait(timeout=60)
     assert killed[0] > 0, "the training never ran"
     assert time.monotonic() - killed[0] < 20 + 60  # the bound, the poll and the grace

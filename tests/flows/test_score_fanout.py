@@ -3,8 +3,6 @@ score deployment, and two real process workers on that pool score them at the sa
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from datetime import UTC, datetime, timedelta
 
@@ -18,6 +16,7 @@ from core.registry import client, set_champion
 from core.store import filesystem
 from oceanml.simulator import simulate, write_landing
 from tasks.ingest import ingest
+from tests.deployed import stop_worker
 from tests.flows.test_deployments import REPO, deploy_on_pool
 from tests.registered import SPEC, conv_net, register
 
@@ -81,8 +80,7 @@ def test_two_workers_score_the_days_at_once(pool_env, settings, sessions) -> Non
     finally:
         logs = []
         for worker in workers:
-            os.killpg(worker.pid, signal.SIGTERM)
-            logs.append(worker.communicate(timeout=60)[0])
+            logs.append(stop_worker(worker))
     outcome = result[SPEC.name]
     assert outcome.version == "1" and len(outcome.days) == 3, logs[0][-2000:]
     with sessions() as s:

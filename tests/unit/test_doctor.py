@@ -29,8 +29,11 @@ def rows(output: str) -> dict[str, str]:
 
 
 def test_the_embedded_default_is_all_reachable(settings, monkeypatch) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    result = CliRunner().invoke(app, ["doctor"])
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # a harness this worker
+        result = CliRunner().invoke(app, ["doctor"])              # started set it
     assert result.exit_code == 0, result.output
     assert rows(result.output) == dict.fromkeys(NAMES, "ok")
     assert "schema not created yet, head 0003" in result.output
