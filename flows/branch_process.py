@@ -19,6 +19,7 @@ from prefect import Flow
 from prefect.context import hydrated_context
 from prefect.states import State
 
+from core import threads
 from core.secrets import known_secrets, scrub
 from core.settings import get_settings
 from tasks.results import BranchFailure, BranchResult, WatchResult
@@ -47,6 +48,7 @@ class BranchCall:
     context: dict[str, Any]
     parent_run_id: str | None
     deadline_reason: str
+    cores: threads.CoreShare | None = None  # its torch threads (:mod:`core.threads`)
 
 
 #: What the worker's runner gives the nightly's own process: the flow run's id and the control
@@ -64,6 +66,7 @@ def branch_main(sender: Connection, payload: bytes, parent_pid: int) -> None:
     for name in RUNNER_ENV:
         os.environ.pop(name, None)
     call: BranchCall = cloudpickle.loads(payload)
+    threads.use(call.cores)
     threading.Thread(target=_follow_parent, args=(parent_pid,), daemon=True,
                      name="parent-watch").start()
 

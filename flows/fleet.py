@@ -36,6 +36,7 @@ from core.database import session_factory
 from core.jobs import fail_open_jobs
 from core.lineage import flow_run_id
 from core.settings import get_settings
+from core.threads import CoreShare
 from flows.branch_process import (
     MAX_ERROR,
     STARTED_BYTES,
@@ -60,13 +61,14 @@ def run_branches(models: list[str], concurrency: int, branch: Flow, **kwargs: An
     settings = get_settings()
     deadline = settings.branch_timeout_s
     context, parent = _branch_context(), flow_run_id()
-    workers = concurrency or len(models)
+    workers = min(concurrency or len(models), len(models))
+    cores = CoreShare.of(workers)
     running: list[multiprocessing.process.BaseProcess] = []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="branch") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="branch") as pool:
         futures = {m: pool.submit(contextvars.copy_context().run, _run_one, BranchCall(
             branch, m, kwargs, context, parent, f"the {m} branch passed its deadline of "
-            f"{deadline:.0f} s (OCEANML_BRANCH_TIMEOUT_S) and was stopped"), deadline, running)
-            for m in models}
+            f"{deadline:.0f} s (OCEANML_BRANCH_TIMEOUT_S) and was stopped", cores), deadline,
+            running) for m in models}
         try:
             return {m: f.result() for m, f in futures.items()}
         except BaseException:  # Ctrl-C or a cancelled run: no branch outlives the parent

@@ -24,6 +24,7 @@ from core.database import session_factory
 from core.jobs import as_utc, finish_job, job_end, last_beat, queue_job
 from core.lineage import flow_run_id
 from core.settings import Settings, get_settings
+from core.threads import training_threads
 from flows.timeouts import timed
 from tasks.results import TrainingResult
 from tasks.train import resolve, train_task
@@ -48,8 +49,8 @@ def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
 
     The training job (``oceanml jobs``) is queued here, before it waits for a training slot
     or a worker, unless the caller queued it (``job_id``). In-process trainings take the
-    home's one training slot (:func:`training_slot`): each already uses every core (or the
-    GPU), so the fleet's branches overlap everything but their trainings."""
+    home's one training slot (:func:`training_slot`), with the cores the other branches leave
+    (:mod:`core.threads`), so the fleet's branches overlap everything but their trainings."""
     settings = get_settings()
     sessions = session_factory(settings.db_url)
     if settings.train_work_pool:  # refused before a job is queued that nothing would run
@@ -59,9 +60,9 @@ def train_step(model: str, dataset_version: str, max_epochs: int | None = None,
         job_id = queue_job(sessions, model, dataset_version, trigger, params.max_epochs,
                            flow_run_id())
     if not settings.train_work_pool:
-        with training_slot(settings):
-            return timed(train_task)(model, dataset_version, max_epochs=max_epochs, backbone=backbone,
-                              profile=profile, job_id=job_id)
+        with training_slot(settings), training_threads():
+            return timed(train_task)(model, dataset_version, max_epochs=max_epochs,
+                                     backbone=backbone, profile=profile, job_id=job_id)
     parameters = {"model": model, "dataset_version": dataset_version, "max_epochs": max_epochs,
                   "backbone": backbone, "profile": profile, "job_id": job_id}
     get_run_logger().info("training %s on work pool %s through %s", model,

@@ -20,6 +20,7 @@ from core.database import session_factory
 from core.jobs import list_jobs, queue_job
 from core.lineage import flow_run_id
 from core.settings import get_settings
+from core.threads import usable_cores
 from flows import fleet
 from flows.fleet import BranchFailure, run_branches
 from flows.timeouts import timed
@@ -60,6 +61,23 @@ def stall_branch(model: str, fifo: str) -> str:
 def fleet_under_test(models: list[str], fifo: str) -> dict:
     return {"outcomes": run_branches(models, 0, stall_branch, fifo=fifo),
             "run_id": flow_run_id()}
+
+
+@flow(name="threads-branch", flow_run_name="{model}")
+def threads_branch(model: str) -> tuple[int, int]:
+    """The branch's torch threads, and those it trains with."""
+    import torch
+
+    from core.threads import training_threads
+
+    overlapping = torch.get_num_threads()
+    with training_threads():
+        return overlapping, torch.get_num_threads()
+
+
+@flow(name="threads-fleet")
+def threads_fleet(models: list[str]) -> dict:
+    return run_branches(models, 0, threads_branch)
 
 
 @pytest.fixture
@@ -132,3 +150,14 @@ def test_branches_past_their_deadline_are_stopped_with_what_they_started(
     for model in ("stuck", "deaf"):
         (job,) = list_jobs(sessions, model)
         assert job.status == "failed" and reason(model) in job.error, (model, job.error)
+
+
+def test_each_branch_takes_its_share_of_the_cores_and_training_what_the_others_leave(
+        prefect_harness, settings, monkeypatch) -> None:
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the suite's own share, gone
+        monkeypatch.delenv(name, raising=False)
+    cores = usable_cores()
+    share = max(1, cores // 2)
+    assert threads_fleet(["a", "b"]) == {m: (share, max(share, cores - 1)) for m in "ab"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # an operator's setting stands, even alone
+    assert threads_fleet(["alone"]) == {"alone": (1, 1)}
