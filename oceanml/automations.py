@@ -44,22 +44,35 @@ LINK = ("{% set link = flow_run|ui_url %}"
 RUN_MODEL = "{{ flow_run.parameters.model or flow_run.parameters.models or 'the fleet' }}"
 RUN_ENDED_SUBJECT = ("OceanML: {{ deployment.name }} run {{ flow_run.name }} "
                      "{{ event.event.split('.')[-1] }}")
-RUN_ENDED_BODY = f"""\
-deployment: {{{{ deployment.name }}}}
-run: {{{{ flow_run.name }}}}
-state: {{{{ event.payload.validated_state.name }}}}
-model: {RUN_MODEL}
-reason: {{{{ event.payload.validated_state.message or 'none given' }}}}
-link: {LINK}"""
+
+
+def run_body(state: str, reason: str) -> str:
+    """A message about a run of a watched deployment; ``state`` and ``reason`` are text or
+    Jinja."""
+    return (f"deployment: {{{{ deployment.name }}}}\nrun: {{{{ flow_run.name }}}}\n"
+            f"state: {state}\nmodel: {RUN_MODEL}\nreason: {reason}\nlink: {LINK}")
+
+
+RUN_ENDED_BODY = run_body("{{ event.payload.validated_state.name }}",
+                          "{{ event.payload.validated_state.message or 'none given' }}")
 DEADLINE_SUBJECT = "OceanML: {{ deployment.name }} run {{ flow_run.name }} passed its deadline"
 MODEL_SUBJECT = "OceanML: {{ event.resource.name }}: %s"
-MODEL_BODY = f"""\
-event: {{{{ event.event }}}}
-model: {{{{ event.resource.name }}}}
-version: {{{{ event.payload.version or '' }}}}
-previous: {{{{ event.payload.previous or '' }}}}
-reason: {{{{ event.payload.reason or 'none given' }}}}
-link: {LINK}"""
+#: what each model event says beside its model, reason and link
+MODEL_FIELDS = {
+    "oceanml.drift.detected": "reference dataset: {{ event.payload.reference_dataset_version "
+                              "or 'none' }}\nshare drifted: {{ event.payload.share_drifted }}",
+    "oceanml.model.promoted": "version: {{ event.payload.version }}\n"
+                              "previous: {{ event.payload.previous or 'none' }}",
+    "oceanml.model.rolled_back": "version: {{ event.payload.version }}\n"
+                                 "previous: {{ event.payload.previous or 'none' }}",
+}
+
+
+def model_body(event: str) -> str:
+    """A message about ``event`` of a model: its model, its own fields, reason and link."""
+    return (f"event: {{{{ event.event }}}}\nmodel: {{{{ event.resource.name }}}}\n"
+            f"{MODEL_FIELDS[event]}\nreason: {{{{ event.payload.reason or 'none given' }}}}\n"
+            f"link: {LINK}")
 
 
 @dataclass(frozen=True)
@@ -71,11 +84,8 @@ class Applied:
 
 
 def deadline_body(seconds: float) -> str:
-    return RUN_ENDED_BODY.replace(
-        "state: {{ event.payload.validated_state.name }}",
-        f"state: still running {_duration(seconds)} after it started: cancelled").replace(
-        "reason: {{ event.payload.validated_state.message or 'none given' }}",
-        f"reason: passed its deadline of {_duration(seconds)} (OCEANML_RUN_DEADLINES_S)")
+    return run_body(f"still running {_duration(seconds)} after it started: cancelled",
+                    f"passed its deadline of {_duration(seconds)} (OCEANML_RUN_DEADLINES_S)")
 
 
 def deadline_automation(deployment: str, deployment_id: UUID, seconds: float,
@@ -124,7 +134,7 @@ def model_event_automation(event: str, block_id: UUID) -> AutomationCore:
         trigger=EventTrigger(match={"prefect.resource.id": "oceanml.model.*"}, expect={event},
                              posture=Posture.Reactive, threshold=1, within=0),
         actions=[SendNotification(block_document_id=block_id, subject=MODEL_SUBJECT % what,
-                                  body=MODEL_BODY)])
+                                  body=model_body(event))])
 
 
 def automations(settings: Settings, deployment_ids: dict[str, UUID],

@@ -99,13 +99,9 @@ def check_prefect(settings: Settings) -> Check:
 
     pools = {"oceanml-process", *(p for p in (settings.train_work_pool,
                                               settings.score_work_pool) if p)}
-    key = os.environ.get("PREFECT_API_KEY")
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        httpx.get(f"{api}/health", timeout=TIMEOUT_S, headers=headers).raise_for_status()
-        answer = httpx.post(f"{api}/work_pools/filter", json={}, timeout=TIMEOUT_S,
-                            headers=headers)
-        answer.raise_for_status()
+        prefect_api("GET", api, "/health")
+        answer = prefect_api("POST", api, "/work_pools/filter")
     except httpx.HTTPError as exc:
         return Check("prefect", False, f"{mask_url(api)}: {_short(exc)}",
                      "set PREFECT_API_URL (the server must be up)")
@@ -132,11 +128,8 @@ def check_notifications(settings: Settings) -> Check:
 
     from oceanml.automations import PREFIX
 
-    key = os.environ.get("PREFECT_API_KEY")
     try:
-        answer = httpx.post(f"{api}/automations/filter", json={}, timeout=TIMEOUT_S,
-                            headers={"Authorization": f"Bearer {key}"} if key else {})
-        answer.raise_for_status()
+        answer = prefect_api("POST", api, "/automations/filter")
     except httpx.HTTPError as exc:
         return Check("notify", False, f"{mask_url(api)}: {_short(exc)}",
                      "set PREFECT_API_URL (the server must be up)", required=False)
@@ -146,6 +139,19 @@ def check_notifications(settings: Settings) -> Check:
                      "automation of OceanML's", "oceanml deploy --automations-only",
                      required=False)
     return Check("notify", True, f"{where}: {len(ours)} automations on {mask_url(api)}")
+
+
+def prefect_api(method: str, api: str, path: str):
+    """``path`` of the Prefect API at ``api`` (a filter is POSTed empty), with the
+    ``PREFECT_API_KEY`` where one is set; raises on an error status."""
+    import httpx
+
+    key = os.environ.get("PREFECT_API_KEY")
+    answer = httpx.request(method, f"{api}{path}", json={} if method == "POST" else None,
+                           timeout=TIMEOUT_S,
+                           headers={"Authorization": f"Bearer {key}"} if key else {})
+    answer.raise_for_status()
+    return answer
 
 
 def prefect_api_url() -> str | None:

@@ -161,7 +161,8 @@ def test_bad_endings_drift_promotions_and_rollbacks_each_send_one_message(receiv
         f"OceanML: retrain run {runs['retrain'].name} Cancelled":
             ["model: algae-bloom", "reason: cancelled by hand"],
         "OceanML: debris-classifier: drift detected":
-            ["model: debris-classifier", "reason: 14/23 features drifted"],
+            ["model: debris-classifier", "reason: 14/23 features drifted",
+             "reference dataset: ds-9", "share drifted: 0.61"],
         "OceanML: plastic-detector: model promoted":
             ["version: 7", "previous: 6", "reason: macro_f1 0.91 beats the champion's 0.88"],
         "OceanML: algae-bloom: model rolled back": ["version: 3", "reason: v4 misses blooms"],
@@ -174,6 +175,7 @@ def test_bad_endings_drift_promotions_and_rollbacks_each_send_one_message(receiv
         assert str(run.id) in by_subject[f"OceanML: {name} run {run.name} "
                                          f"{endings[name].name}"]
     assert str(events_run) in by_subject["OceanML: plastic-detector: model promoted"]
+    assert "version:" not in by_subject["OceanML: debris-classifier: drift detected"]
 
 
 def test_a_run_past_its_deadline_is_cancelled_and_the_next_one_completes(
