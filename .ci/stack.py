@@ -3,7 +3,9 @@ buckets OceanML writes to, an OpenAI-protocol LLM stand-in, an MLflow tracking s
 (PostgreSQL backend store, artifacts proxied to S3), a Prefect server on PostgreSQL and a
 process worker configured the way an operator configures one (environment only).
 
-    python .ci/stack.py start DIR      # PostgreSQL at $OCEANML_TEST_PG_URL must be running
+    python .ci/stack.py start DIR      # PostgreSQL at $OCEANML_STACK_PG_URL must be running
+                                       # (else $OCEANML_TEST_PG_URL); with OCEANML_PG_DATA,
+                                       # its data folder, restart postgres restarts it
     python .ci/stack.py restart DIR prefect|mlflow|worker|postgres
     python .ci/stack.py stop DIR
 
@@ -212,9 +214,10 @@ def make_buckets(state: dict) -> None:
 
 
 def start(directory: Path) -> None:
-    admin_url = os.environ.get("OCEANML_TEST_PG_URL")
+    admin_url = os.environ.get("OCEANML_STACK_PG_URL") or os.environ.get("OCEANML_TEST_PG_URL")
     if not admin_url:
-        raise StackError("OCEANML_TEST_PG_URL is not set (bash .ci/start-postgres.sh prints it)")
+        raise StackError("neither OCEANML_STACK_PG_URL nor OCEANML_TEST_PG_URL is set "
+                         "(bash .ci/start-postgres.sh prints one)")
     directory.mkdir(parents=True, exist_ok=True)
     state = plan(directory, admin_url, os.environ.get("OCEANML_PG_DATA"))
     save(state)

@@ -46,33 +46,27 @@ REPO = Path(__file__).resolve().parents[1]
 DATASET_END = datetime(2026, 11, 20, tzinfo=UTC)
 
 
-SERVER_GROUP = "postgresql-server"
-
-
-def server_test(nodeid: str) -> bool:
-    """A test of the PostgreSQL server (the integration suite, the production stack, a
-    ``[postgresql]`` backend), told by its id alone so xdist's controller can tell too."""
-    return nodeid.startswith("tests/integration/") or "[postgresql" in nodeid
+STACK_FILE = "tests/integration/test_production_stack.py"
 
 
 def share_scope(nodeid: str) -> str:
     """The unit one pytest-xdist worker runs whole: a file, so its module fixtures (a trained
-    model, a nightly) are built once; or every test of the PostgreSQL server, one after
-    another, since the production-stack test restarts that server under a running nightly."""
-    return SERVER_GROUP if server_test(nodeid) else nodeid.split("::", 1)[0]
+    model, a nightly) are built once. The production stack's tests restart the stack's own
+    PostgreSQL (``.ci/run`` gives it one), so the other PostgreSQL tests run beside them."""
+    return nodeid.split("::", 1)[0]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Run the longest units first, so no worker is left with a long one at the end: the
-    PostgreSQL server's tests, then the files that train or run whole flows (``slow``), then
-    the rest; each unit's tests stay together and in their order."""
+    production stack's lifecycle, then the files that train or run whole flows (``slow``),
+    then the rest; each unit's tests stay together and in their order."""
     first: dict[str, int] = {}
     rank: dict[str, int] = {}
     for index, item in enumerate(items):
         scope = share_scope(item.nodeid)
         first.setdefault(scope, index)
         slow = 1 if item.get_closest_marker("slow") else 2
-        rank[scope] = 0 if scope == SERVER_GROUP else min(rank.get(scope, 2), slow)
+        rank[scope] = 0 if scope == STACK_FILE else min(rank.get(scope, 2), slow)
     items.sort(key=lambda i: (rank[share_scope(i.nodeid)], first[share_scope(i.nodeid)]))
 
 
