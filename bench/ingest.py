@@ -252,7 +252,7 @@ def step_costs(landing: Path, home: Path, db_url: str | None) -> dict[str, float
         os.environ["OCEANML_DB_URL"] = db_url
     from core.database import session_factory
     from core.settings import get_settings
-    from core.store import content_key, filesystem, put_if_absent, sha256_hex
+    from core.store import content_key, filesystem, put_if_absent, read_bytes, sha256_hex
     from tasks.ingest import iter_new, store_chunk
     from tasks.landing import Prepared, _canonical
     from tasks.validate import (
@@ -279,8 +279,8 @@ def step_costs(landing: Path, home: Path, db_url: str | None) -> dict[str, float
         return out
 
     for c in candidates:
-        image = timed("read", location.fs.cat_file, location.path(c.image_key))
-        raw = timed("read", location.fs.cat_file, location.path(c.sidecar_key))
+        image = timed("read", read_bytes, location, c.image_key)
+        raw = timed("read", read_bytes, location, c.sidecar_key)
 
         def validate(image=image, raw=raw, c=c):
             check_key(c.key)

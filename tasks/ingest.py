@@ -16,7 +16,7 @@ import io
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,17 +75,31 @@ def _known(sessions: sessionmaker, keys: list[str]) -> dict[str, str]:
 
 
 def iter_new(landing: Location, sessions: sessionmaker) -> Iterator[tuple[list[Candidate], int]]:
-    """Per landing directory: the candidates not yet in the ledger with the same fingerprint,
-    and how many were. Memory holds one directory's listing, however large the landing grows;
-    an image and its sidecar share a directory, so pairing needs no more."""
+    """Groups of landing directories (at least ``SLICE`` candidates, or what is left): the
+    candidates not yet in the ledger with the same fingerprint, each marked ``relisted`` when
+    its key is there with another, and how many were. Memory holds a few directories'
+    listings, however large the landing grows; an image and its sidecar share a directory, so
+    pairing needs no more. One ledger query per group, not per directory: a landing of small
+    folders (a device per day) cost one query and session per 40 files."""
     landing.fs.invalidate_cache()  # object-store listings are cached per process
+    group: list[Candidate] = []
     for _dirpath, _dirs, files in landing.fs.walk(landing.root, detail=True):
         listing = {landing.relative(info["name"]): info for info in files.values()
                    if info.get("type", "file") == "file"}
-        candidates = pair_files(listing)
-        known = _known(sessions, [c.key for c in candidates])
-        new = [c for c in candidates if known.get(c.key) != c.fingerprint]
-        yield new, len(candidates) - len(new)
+        group += pair_files(listing)
+        if len(group) >= SLICE:
+            yield _unknown(sessions, group)
+            group = []
+    if group:
+        yield _unknown(sessions, group)
+
+
+def _unknown(sessions: sessionmaker, candidates: list[Candidate]) -> tuple[list[Candidate], int]:
+    """The candidates the ledger does not hold with the same fingerprint, and how many it did."""
+    known = _known(sessions, [c.key for c in candidates])
+    new = [c if c.key not in known else replace(c, relisted=True)
+           for c in candidates if known.get(c.key) != c.fingerprint]
+    return new, len(candidates) - len(new)
 
 
 def load_device_registry(settings: Settings) -> frozenset[str] | None:
@@ -190,18 +204,19 @@ def store_chunk(session: Session, prepared: list[Prepared], flow_run_id: str | N
             entry["outcome"] = "ingested"
             if p.candidate.table_key is None and p.content_hash in ids:
                 entry["observation_id"] = ids[p.content_hash]
-    _upsert_ledger(session, list(ledger.values()))
+    _upsert_ledger(session, list(ledger.values()),
+                   sorted({p.candidate.key for p in prepared if p.candidate.relisted}))
     session.commit()
     return result
 
 
-def _upsert_ledger(session: Session, rows: list[dict[str, Any]]) -> None:
-    """Ledger rows replace older ones for the same key (a changed file is re-read)."""
+def _upsert_ledger(session: Session, rows: list[dict[str, Any]], relisted: list[str]) -> None:
+    """Ledger rows replace older ones for the same key (a changed file is re-read): the
+    ``relisted`` keys, the only ones the ledger holds already."""
     if not rows:
         return
-    keys = [r["source_key"] for r in rows]
     table = IngestedFile.__table__
-    for part in slices(keys, SLICE):
+    for part in slices(relisted, SLICE):
         session.execute(delete(table).where(table.c.source_key.in_(part)))
     session.execute(insert(table), rows)
 

@@ -18,7 +18,14 @@ from typing import Any
 
 from core.batches import slices
 from core.settings import Settings
-from core.store import Location, content_key, filesystem, put_if_absent, sha256_hex
+from core.store import (
+    Location,
+    content_key,
+    filesystem,
+    put_if_absent,
+    read_bytes,
+    sha256_hex,
+)
 from tasks.device_tables import read_table, row_document
 from tasks.validate import (
     Limits,
@@ -47,6 +54,7 @@ class Candidate:
     sizes: tuple[tuple[str, int], ...] = ()
     table_key: str | None = None
     problem: tuple[str, str] | None = None  # (reason, detail): refused before it is read
+    relisted: bool = False  # in the ledger already, with another fingerprint (changed)
 
     def size(self, key: str) -> int:
         return dict(self.sizes).get(key, 0)
@@ -139,8 +147,8 @@ def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
             raise Rejection("missing_sidecar", f"no JSON sidecar beside {candidate.image_key}")
         _check_size(candidate, candidate.image_key, settings.max_image_bytes, "image")
         _check_size(candidate, candidate.sidecar_key, settings.max_sidecar_bytes, "sidecar")
-        image = landing.fs.cat_file(landing.path(candidate.image_key))
-        raw_sidecar = landing.fs.cat_file(landing.path(candidate.sidecar_key))
+        image = read_bytes(landing, candidate.image_key)
+        raw_sidecar = read_bytes(landing, candidate.sidecar_key)
         doc = decode_sidecar(raw_sidecar)
         sidecar = check_observation(doc, limits)
         info = inspect_image(
@@ -169,7 +177,7 @@ def prepare_table(candidate: Candidate, landing: Location, settings: Settings,
     try:
         check_key(key)
         _check_size(candidate, key, settings.max_table_bytes, "table")
-        rows = read_table(landing.fs.cat_file(landing.path(key)), PurePosixPath(key).suffix.lower())
+        rows = read_table(read_bytes(landing, key), PurePosixPath(key).suffix.lower())
     except Rejection as rejection:
         return [Prepared(candidate, key, rejection=rejection)]
     except UnicodeDecodeError as exc:
