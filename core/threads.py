@@ -45,13 +45,18 @@ def usable_cores() -> int:
 
 
 def use(share: CoreShare | None) -> None:
-    """Make ``share`` this process's (called first thing in a branch's process)."""
+    """Make ``share`` this process's (called first thing in a branch's process); without one,
+    the OMP_NUM_THREADS of the environment, applied here since a fork server loaded torch
+    under the environment it started with."""
     global _current
     _current = share
-    if share is not None:
+    requested = os.environ.get("OMP_NUM_THREADS", "")
+    threads = share.threads if share is not None else int(requested) if requested.isdigit() \
+        else None
+    if threads:
         import torch
 
-        torch.set_num_threads(share.threads)
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

@@ -49,6 +49,7 @@ class BranchCall:
     parent_run_id: str | None
     deadline_reason: str
     cores: threads.CoreShare | None = None  # its torch threads (:mod:`core.threads`)
+    env: dict[str, str] | None = None  # the parent's environment when it started the branch
 
 
 #: What the worker's runner gives the nightly's own process: the flow run's id and the control
@@ -63,11 +64,15 @@ def branch_main(sender: Connection, payload: bytes, parent_pid: int) -> None:
     :class:`DeadlinePassed`, run the branch subflow on this main thread inside the parent's
     context, and send back its outcome once its logs and events are sent."""
     os.setpgrp()
+    call: BranchCall = cloudpickle.loads(payload)
+    if call.env is not None:  # a fork server's environment is the one it started with
+        os.environ.clear()
+        os.environ.update(call.env)
+        get_settings.cache_clear()
     for name in RUNNER_ENV:
         os.environ.pop(name, None)
-    call: BranchCall = cloudpickle.loads(payload)
     threads.use(call.cores)
-    threading.Thread(target=_follow_parent, args=(parent_pid,), daemon=True,
+    threading.Thread(target=_follow_parent, args=(os.getppid(), parent_pid), daemon=True,
                      name="parent-watch").start()
 
     def deadline(signum: int, frame: Any) -> None:
@@ -91,12 +96,23 @@ def branch_main(sender: Connection, payload: bytes, parent_pid: int) -> None:
     sender.close()
 
 
-def _follow_parent(parent_pid: int) -> None:
-    """Kill this branch's group once its parent is gone (SIGKILLed by a worker cancelling
-    the nightly, or out of memory): a branch never runs on with nobody waiting for it."""
-    while os.getppid() == parent_pid:
+def _follow_parent(parent_pid: int, nightly_pid: int) -> None:
+    """Kill this branch's group once its parent or the nightly is gone (SIGKILLed by a worker
+    cancelling the nightly, or out of memory): a branch never runs on with nobody waiting for
+    it. The parent is the fork server where there is one, which exits with the nightly."""
+    while os.getppid() == parent_pid and _alive(nightly_pid):
         time.sleep(PARENT_CHECK_S)
     os.killpg(0, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - alive, someone else's
+        return True
+    return True
 
 
 def _drain_prefect_workers() -> None:
