@@ -1,4 +1,5 @@
-"""20 promotions of different versions of one model, started at once as separate processes,
+"""20 promotions of different versions of one model, started at once as separate processes
+(forked by ``tests/racer.py`` from one that imported what they need),
 on SQLite and on PostgreSQL: afterwards exactly one champion, each change decided against the
 champion before it (re-evaluated when its evaluation had gone stale), the history one chain,
 and the MLflow alias on its head."""
@@ -22,39 +23,12 @@ from core.registry import alias_version, client
 from models.zoo import get_spec
 from tasks.champion import force_promote
 from tasks.evaluate import evaluate
+from tests.conftest import REPO
 from tests.registered import SPEC, conv_net, register
 
 pytestmark = pytest.mark.slow
 RACERS = 20
 POLICY = PromotionPolicy(metric="macro_f1", floor=0.0, margin=0.0, max_slice_drop=1.0)
-
-CHILD = """
-import json, sys
-from pathlib import Path
-from core.database import session_factory
-from core.registry import client
-from core.settings import get_settings
-from models.zoo import get_spec
-from dataclasses import asdict
-from tasks.evaluate import evaluate
-from core.params_schema import PromotionPolicy
-from tasks.promote import promote
-from tasks.results import EvaluationResult
-
-db_url, dataset, version, evaluation = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
-settings = get_settings()
-sessions, mlc = session_factory(db_url), client(settings)
-policy = PromotionPolicy(**json.loads(sys.argv[5]))
-spec = get_spec("plastic-detector", input_size=32)
-
-def reevaluate(champion):
-    return evaluate(sessions, mlc, spec, "ds-1", version, lambda: dataset, None,
-                    champion_version=champion)
-
-result = promote(sessions, mlc, "plastic-detector", EvaluationResult(**json.loads(evaluation)),
-                 policy, f"racer-{version}", reevaluate=reevaluate)
-print(json.dumps(asdict(result)))
-"""
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)])
@@ -64,7 +38,8 @@ def db_url(request, settings) -> str:
     return request.getfixturevalue("pg_url")
 
 
-def test_twenty_racing_promotions_leave_one_consistent_chain(settings, dataset, db_url) -> None:
+def test_twenty_racing_promotions_leave_one_consistent_chain(settings, dataset, db_url,
+                                                              tmp_path) -> None:
     sessions, mlc = session_factory(db_url), client(settings)
     spec = get_spec(SPEC.name, input_size=32)
     versions = [register(mlc, settings, conv_net(seed), f"racer-{seed}")
@@ -74,16 +49,17 @@ def test_twenty_racing_promotions_leave_one_consistent_chain(settings, dataset, 
     assert force_promote(sessions, mlc, SPEC.name, versions[0], "race setup", "test")
     evaluations = {v: evaluate(sessions, mlc, spec, "ds-1", v, lambda: dataset, None)
                    for v in versions[1:]}  # each against v1, the champion at the start
-    env = {**os.environ, "PREFECT_API_URL": ""}
-    racers = [subprocess.Popen(
-        [sys.executable, "-c", CHILD, db_url, str(dataset), v, json.dumps(asdict(evaluations[v])),
-         POLICY.model_dump_json()], env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True) for v in versions[1:]]
-    results = {}
-    for v, racer in zip(versions[1:], racers, strict=True):
-        out, err = racer.communicate(timeout=600)
-        assert racer.returncode == 0, err[-3000:]
-        results[v] = json.loads(out.strip().splitlines()[-1])
+    race = tmp_path / "race"
+    race.mkdir()
+    (race / "race.json").write_text(json.dumps({
+        "db_url": db_url, "dataset": str(dataset), "policy": json.loads(POLICY.model_dump_json()),
+        "out": str(race), "racers": {v: asdict(evaluations[v]) for v in versions[1:]}}))
+    done = subprocess.run([sys.executable, "-m", "tests.racer", str(race / "race.json")],
+                          cwd=REPO, env={**os.environ, "PREFECT_API_URL": ""},
+                          capture_output=True, text=True, timeout=600)
+    errors = {p.stem: p.read_text()[-3000:] for p in race.glob("*.err")}
+    assert done.returncode == 0 and not errors, (done.stderr[-3000:], errors)
+    results = {v: json.loads((race / f"{v}.json").read_text()) for v in versions[1:]}
 
     with sessions() as s:
         chain = history(s, SPEC.name)
