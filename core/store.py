@@ -6,8 +6,10 @@ swapping the embedded folder for a bucket is a settings change, not a code chang
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import socket
 import threading
 from dataclasses import dataclass
 
@@ -90,7 +92,12 @@ def _put_local(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     # never a half-written blob under its real key; a temporary name of this writer's own, so
     # two processes writing the same content at once never share (and truncate) one
-    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    tmp = f"{path}.tmp-{socket.gethostname()}-{os.getpid()}-{threading.get_ident()}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a kill: no temporary file left behind
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -4,7 +4,7 @@ torch gives every process one thread per core, so a nightly whose five branches 
 score and build at once on eight cores ran forty threads that spent their time switching
 (two nightlies side by side on two cores: 286 s at two threads per process, 151 s at one).
 Each branch gets its share of the cores instead, and the one holding the training slot
-(:func:`flows.training.training_slot`) gets what the others leave while it trains. An
+(:func:`flows.training.training_slot`) gets what the others' shares leave while it trains. An
 ``OMP_NUM_THREADS`` the operator set is their choice and stands.
 """
 
@@ -21,7 +21,7 @@ _current: CoreShare | None = None
 @dataclass(frozen=True)
 class CoreShare:
     """A branch's torch threads: ``threads`` while the branches overlap, ``training`` while
-    it holds the training slot (the others then keep a thread each)."""
+    it holds the training slot (what the others' shares leave)."""
 
     threads: int
     training: int
@@ -34,7 +34,7 @@ class CoreShare:
             return None
         cores = cores or usable_cores()
         share = max(1, cores // max(1, branches))
-        return cls(share, max(share, cores - branches + 1))
+        return cls(share, max(share, cores - (branches - 1) * share))
 
 
 def usable_cores() -> int:

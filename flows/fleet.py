@@ -23,6 +23,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection, wait
@@ -63,7 +64,7 @@ def run_branches(models: list[str], concurrency: int, branch: Flow, **kwargs: An
     context, parent = _branch_context(), flow_run_id()
     workers = min(concurrency or len(models), len(models))
     cores = CoreShare.of(workers)
-    running: list[multiprocessing.process.BaseProcess] = []
+    running = Started()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="branch") as pool:
         futures = {m: pool.submit(contextvars.copy_context().run, _run_one, BranchCall(
             branch, m, kwargs, context, parent, f"the {m} branch passed its deadline of "
@@ -76,9 +77,20 @@ def run_branches(models: list[str], concurrency: int, branch: Flow, **kwargs: An
             raise
 
 
-def _abort(futures: Any, running: list[multiprocessing.process.BaseProcess]) -> None:
+class Started(list):
+    """The branch processes running now; ``aborted`` once the run is being stopped, so that a
+    branch whose start returns after that (the fork server's first start imports the stack)
+    is killed at once instead of running on unwatched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.aborted = threading.Event()
+
+
+def _abort(futures: Any, running: Started) -> None:
     """Stop every branch: the ones not started never start, the running ones get the stop
     signal, and what still runs after the grace is killed (their waits then see the end)."""
+    running.aborted.set()
     for future in futures:
         future.cancel()
     for process in list(running):
@@ -106,8 +118,7 @@ def _branch_context() -> dict[str, Any]:
         return serialize_context()
 
 
-def _run_one(call: BranchCall, deadline: float,
-             running: list[multiprocessing.process.BaseProcess]) -> Outcome:
+def _run_one(call: BranchCall, deadline: float, running: Started) -> Outcome:
     """Start the branch's process (listed in ``running`` while it runs) and wait for its
     outcome until ``deadline`` seconds; then stop it (SIGUSR1, SIGKILL after the grace) and
     record why. A branch that failed leaves no run Running and no training job open; whatever
@@ -143,8 +154,7 @@ def start_method() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-def _spawn_and_wait(call: BranchCall, deadline: float,
-                    running: list[multiprocessing.process.BaseProcess]) -> Outcome:
+def _spawn_and_wait(call: BranchCall, deadline: float, running: Started) -> Outcome:
     ctx = start_method()
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(target=branch_main, args=(sender, cloudpickle.dumps(call),
@@ -154,6 +164,9 @@ def _spawn_and_wait(call: BranchCall, deadline: float,
     running.append(process)
     sender.close()
     try:
+        if running.aborted.is_set():  # started while its run was being stopped
+            _stop(process, signal.SIGKILL)
+            return BranchFailure(f"the {call.model} branch was stopped with its run")
         return _await(process, receiver, call, deadline)
     finally:
         _reap(process)

@@ -16,12 +16,14 @@ import io
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
-from sqlalchemy import JSON, delete, insert, select
+from sqlalchemy import JSON, insert, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.batches import slices
@@ -76,8 +78,7 @@ def _known(sessions: sessionmaker, keys: list[str]) -> dict[str, str]:
 
 def iter_new(landing: Location, sessions: sessionmaker) -> Iterator[tuple[list[Candidate], int]]:
     """Groups of landing directories (at least ``SLICE`` candidates, or what is left): the
-    candidates not yet in the ledger with the same fingerprint, each marked ``relisted`` when
-    its key is there with another, and how many were. Memory holds a few directories'
+    candidates not yet in the ledger with the same fingerprint, and how many were. Memory holds a few directories'
     listings, however large the landing grows; an image and its sidecar share a directory, so
     pairing needs no more. One ledger query per group, not per directory: a landing of small
     folders (a device per day) cost one query and session per 40 files."""
@@ -97,8 +98,7 @@ def iter_new(landing: Location, sessions: sessionmaker) -> Iterator[tuple[list[C
 def _unknown(sessions: sessionmaker, candidates: list[Candidate]) -> tuple[list[Candidate], int]:
     """The candidates the ledger does not hold with the same fingerprint, and how many it did."""
     known = _known(sessions, [c.key for c in candidates])
-    new = [c if c.key not in known else replace(c, relisted=True)
-           for c in candidates if known.get(c.key) != c.fingerprint]
+    new = [c for c in candidates if known.get(c.key) != c.fingerprint]
     return new, len(candidates) - len(new)
 
 
@@ -204,21 +204,24 @@ def store_chunk(session: Session, prepared: list[Prepared], flow_run_id: str | N
             entry["outcome"] = "ingested"
             if p.candidate.table_key is None and p.content_hash in ids:
                 entry["observation_id"] = ids[p.content_hash]
-    _upsert_ledger(session, list(ledger.values()),
-                   sorted({p.candidate.key for p in prepared if p.candidate.relisted}))
+    _upsert_ledger(session, [{**row, "seen_at": datetime.now(UTC)} for row in ledger.values()])
     session.commit()
     return result
 
 
-def _upsert_ledger(session: Session, rows: list[dict[str, Any]], relisted: list[str]) -> None:
-    """Ledger rows replace older ones for the same key (a changed file is re-read): the
-    ``relisted`` keys, the only ones the ledger holds already."""
+def _upsert_ledger(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Ledger rows replace older ones for the same key (a changed file is re-read), in one
+    upsert: another ingest that stored the same key since this one listed it (the nightly's
+    and the monitor's overlap) is overwritten, not a conflict that fails the chunk."""
     if not rows:
         return
     table = IngestedFile.__table__
-    for part in slices(relisted, SLICE):
-        session.execute(delete(table).where(table.c.source_key.in_(part)))
-    session.execute(insert(table), rows)
+    dialect = session.get_bind().dialect.name
+    upsert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
+    session.execute(upsert.on_conflict_do_update(
+        index_elements=[table.c.source_key],
+        set_={c: upsert.excluded[c] for c in ("fingerprint", "outcome", "observation_id",
+                                              "seen_at")}), rows)
 
 
 def ingest(

@@ -54,7 +54,6 @@ class Candidate:
     sizes: tuple[tuple[str, int], ...] = ()
     table_key: str | None = None
     problem: tuple[str, str] | None = None  # (reason, detail): refused before it is read
-    relisted: bool = False  # in the ledger already, with another fingerprint (changed)
 
     def size(self, key: str) -> int:
         return dict(self.sizes).get(key, 0)

@@ -24,7 +24,11 @@ def share_the_cores() -> None:
     core, and two workers each training on two cores with a nightly's two branches spent half
     their time switching threads (a nightly of two workers beside each other: 286 s with every
     process at two threads, 151 s at one; alone, 86 s and 84 s). Set before torch loads, since
-    OpenMP reads it once; an OMP_NUM_THREADS the caller set wins."""
+    OpenMP reads it once; an OMP_NUM_THREADS the caller set wins. Only in a worker: xdist's
+    controller loads this file too, and what it set the workers would inherit as the
+    caller's."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     threads = str(max(1, (os.cpu_count() or 1) // workers))
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

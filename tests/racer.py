@@ -64,10 +64,10 @@ def main(path: str) -> int:
                 os._exit(code)
         racers[pid] = version
     failed = []
-    for _ in racers:
-        pid, status = os.wait()
+    for pid, version in racers.items():
+        _, status = os.waitpid(pid, 0)
         if status:
-            failed.append(racers[pid])
+            failed.append(version)
     print(json.dumps({"failed": sorted(failed)}))
     return 1 if failed else 0
 

@@ -158,6 +158,6 @@ def test_each_branch_takes_its_share_of_the_cores_and_training_what_the_others_l
         monkeypatch.delenv(name, raising=False)
     cores = usable_cores()
     share = max(1, cores // 2)
-    assert threads_fleet(["a", "b"]) == {m: (share, max(share, cores - 1)) for m in "ab"}
+    assert threads_fleet(["a", "b"]) == {m: (share, max(share, cores - share)) for m in "ab"}
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # an operator's setting stands, even alone
     assert threads_fleet(["alone"]) == {"alone": (1, 1)}

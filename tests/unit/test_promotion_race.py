@@ -6,8 +6,10 @@ and the MLflow alias on its head."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import asdict
@@ -54,11 +56,17 @@ def test_twenty_racing_promotions_leave_one_consistent_chain(settings, dataset, 
     (race / "race.json").write_text(json.dumps({
         "db_url": db_url, "dataset": str(dataset), "policy": json.loads(POLICY.model_dump_json()),
         "out": str(race), "racers": {v: asdict(evaluations[v]) for v in versions[1:]}}))
-    done = subprocess.run([sys.executable, "-m", "tests.racer", str(race / "race.json")],
-                          cwd=REPO, env={**os.environ, "PREFECT_API_URL": ""},
-                          capture_output=True, text=True, timeout=600)
+    launcher = subprocess.Popen([sys.executable, "-m", "tests.racer", str(race / "race.json")],
+                                cwd=REPO, env={**os.environ, "PREFECT_API_URL": ""},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # its racers in its group
+    try:
+        _, stderr = launcher.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # no racer outlives the test
+            os.killpg(launcher.pid, signal.SIGKILL)
     errors = {p.stem: p.read_text()[-3000:] for p in race.glob("*.err")}
-    assert done.returncode == 0 and not errors, (done.stderr[-3000:], errors)
+    assert launcher.returncode == 0 and not errors, (stderr[-3000:], errors)
     results = {v: json.loads((race / f"{v}.json").read_text()) for v in versions[1:]}
 
     with sessions() as s:
