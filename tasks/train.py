@@ -3,7 +3,8 @@
 A training is identified by (model, dataset version, params): if the registry already holds a
 version with that key, nothing is trained again. Checkpoints live under
 ``<checkpoint_dir>/<model>/<key>/`` with the MLflow run id beside them, so a killed or retried
-run resumes from ``last.ckpt`` into the same MLflow run.
+run resumes from ``last.ckpt`` into the same MLflow run; once the version is registered they
+are removed (the registry holds the weights, and the key is never trained again).
 """
 
 from __future__ import annotations
@@ -139,6 +140,7 @@ def train_model(
     with FileLock(ckpt_dir / ".lock"):
         existing = version_by_tag(mlc, spec.name, "training_key", key)
         if existing is not None:
+            drop_checkpoints(ckpt_dir)  # left by a training stopped after registering
             metrics = mlc.get_run(existing.run_id).data.metrics
             return TrainOutcome(str(existing.version), existing.run_id, key, dict(metrics),
                                 reused=True)
@@ -165,7 +167,7 @@ def _fit_and_register(
     data = build_data(spec, params, hardware, dataset_dir)
     logger = MLFlowLogger(experiment_name=settings.experiment_name,
                           tracking_uri=tracking_uri(settings), run_id=run_id)
-    trainer, checkpoint = build_trainer(spec, params, hardware, ckpt_dir, logger,
+    trainer, _ = build_trainer(spec, params, hardware, ckpt_dir, logger,
                                         progress_bar=progress_bar, callbacks=callbacks)
     last = ckpt_dir / "last.ckpt"
     trainer.fit(module, datamodule=data, ckpt_path=last if last.exists() else None)
@@ -185,8 +187,17 @@ def _fit_and_register(
         description=f"trained on dataset {dataset_version} at {lineage.get('git_commit', '?')}",
     )
     mlc.set_terminated(run_id)
+    drop_checkpoints(ckpt_dir)
     return TrainOutcome(str(version.version), run_id, key, metrics, reused=False,
-                        artifacts={"checkpoint": str(checkpoint.best_model_path)})
+                        artifacts={"model": f"models:/{spec.name}/{version.version}"})
+
+
+def drop_checkpoints(ckpt_dir: Path) -> None:
+    """Remove a registered training's checkpoints: they only serve a resume, which its key
+    never needs again, and each is the model with its optimizer state (about 130 MB for the
+    zoo's classifiers, twice: best and last), left behind by every nightly."""
+    for path in ckpt_dir.glob("*.ckpt"):
+        path.unlink(missing_ok=True)
 
 
 def calibrate(mlc: Any, run_id: str, net: Any, spec: ModelSpec, dataset_dir: Path

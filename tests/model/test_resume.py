@@ -83,3 +83,5 @@ def test_a_killed_training_resumes_from_its_checkpoint(settings, dataset, tmp_pa
     marker = next(settings.checkpoint_dir.glob("plastic-detector/*/mlflow_run_id"))
     assert done["run_id"] == marker.read_text().strip()  # the same MLflow run, continued
     assert done["version"] == "1" and not done["reused"]
+    # registered: the weights are in the registry, the key is never trained again
+    assert not list(marker.parent.glob("*.ckpt")), list(marker.parent.iterdir())
