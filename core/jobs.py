@@ -1,5 +1,6 @@
 """Training jobs a person can watch: a ``training_jobs`` row from the moment a training is
-queued, moved by :class:`JobCallback` while Lightning trains (epoch of total, progress), and
+queued, moved by ``core.job_callback.JobCallback`` while Lightning trains (epoch of total,
+progress), and
 closed as completed, failed (with the error) or cancelled. ``oceanml jobs`` lists them; the
 retrain cool-down counts from the last retrain job of a model.
 """
@@ -21,11 +22,6 @@ from core.lineage import flow_run_id
 from core.records import TrainingJob
 from core.secrets import known_secrets, scrub
 from core.settings import get_settings
-
-try:  # a Lightning callback when Lightning is there (it always is where trainings run)
-    from lightning.pytorch.callbacks import Callback
-except ImportError:  # pragma: no cover
-    Callback = object  # type: ignore[assignment,misc]
 
 FINAL = ("completed", "failed", "cancelled")
 MAX_ERROR_CHARS = 2000
@@ -168,34 +164,3 @@ def claim_retrain(sessions: sessionmaker, model: str, cooldown: timedelta
 def as_utc(moment: datetime) -> datetime:
     """``moment`` with its zone: SQLite gives naive datetimes back for UTC ones."""
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)  # SQLite drops the zone
-
-
-class JobCallback(Callback):
-    """Moves a job while Lightning trains: running at the start, epoch and progress after
-    each training epoch (and a Prefect progress artifact inside a run). Only the global-zero
-    process writes, so a multi-GPU run updates the row once per epoch."""
-
-    def __init__(self, sessions: sessionmaker, job_id: int, model: str) -> None:
-        self.sessions = sessions
-        self.job_id = job_id
-        self.model = model
-        self.progress: Any = None
-
-    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
-        if not trainer.is_global_zero:
-            return
-        from core.progress import StageProgress
-
-        start_job(self.sessions, self.job_id, trainer.max_epochs)
-        self.progress = StageProgress(f"train-{self.model}", unit="epoch", bar=False).__enter__()
-        if trainer.current_epoch:  # resumed from last.ckpt
-            self._report(trainer.current_epoch, trainer.max_epochs)
-
-    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.is_global_zero and not trainer.sanity_checking:
-            self._report(trainer.current_epoch + 1, trainer.max_epochs)
-
-    def _report(self, epoch: int, total: int) -> None:
-        set_job(self.sessions, self.job_id, epoch=epoch, progress=round(epoch / total, 4))
-        if self.progress is not None:
-            self.progress(epoch, total)

@@ -137,8 +137,12 @@ def _run_one(call: BranchCall, deadline: float, running: Started) -> Outcome:
     return outcome
 
 
-#: What the fork server imports once, so each branch it forks starts with the stack loaded.
-PRELOAD = ["flows.branch_process", "flows.nightly", "flows.monitor"]
+#: What the fork server imports once, so each branch it forks starts with the stack loaded:
+#: the flows, and what a branch's training and scoring import when they start (torch,
+#: Lightning, MLflow's pytorch flavour; the flows themselves leave them out, for the CLI's sake).
+PRELOAD = ["flows.branch_process", "flows.nightly", "flows.monitor", "core.job_callback",
+           "lightning.pytorch.loggers", "mlflow.pytorch", "models.module", "models.datamodule",
+           "models.backbones", "models.predictor"]
 
 
 def start_method() -> multiprocessing.context.BaseContext:

@@ -23,7 +23,6 @@ from sqlalchemy import select
 from core.database import session_factory
 from core.hardware import Hardware
 from core.jobs import (
-    JobCallback,
     finish_job,
     heartbeat,
     job_end,
@@ -268,6 +267,8 @@ def train_task(
                            flow_run_id())
     reopen_job(sessions, job_id)  # this attempt may be a retry of a failed one
     try:
+        from core.job_callback import JobCallback  # Lightning: seconds to import, here only
+
         spec, params = resolve(settings, model, max_epochs, backbone, profile)
         set_job(sessions, job_id, max_epochs=params.max_epochs)
         with heartbeat(sessions, job_id, settings.train_heartbeat_s):

@@ -18,7 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from typer.testing import CliRunner
 
-from core.jobs import JobCallback, claim_retrain, finish_job, queue_job
+from core.job_callback import JobCallback
+from core.jobs import claim_retrain, finish_job, queue_job
 from core.records import TrainingJob
 from oceanml.cli import app
 
