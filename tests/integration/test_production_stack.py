@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -106,6 +107,20 @@ def deploy_all(stack, env: dict[str, str]) -> list:
     return scheduled
 
 
+class Stopwatch:
+    """Writes how long each phase of the lifecycle took to a log CI keeps (the fixture is a
+    third of the suite's time: where it goes is worth reading)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.last = path, time.monotonic()
+
+    def __call__(self, phase: str) -> None:
+        now = time.monotonic()
+        with self.path.open("a") as log:
+            log.write(f"{datetime.now(UTC):%H:%M:%S} {phase}: {now - self.last:.0f} s\n")
+        self.last = now
+
+
 @pytest.fixture(scope="module")
 def lifecycle(stack) -> Iterator[Lifecycle]:
     with pytest.MonkeyPatch.context() as mp, \
@@ -121,23 +136,31 @@ def lifecycle(stack) -> Iterator[Lifecycle]:
         profiles["cpu-small"]["train"]["max_epochs"] = 5  # enough to beat the trivial predictors
         make_project(settings.project_dir, {"promote": {"floor": 0.0}, "profiles": profiles,
                                             "fleet": FLEET})
+        took = Stopwatch(stack.dir / "lifecycle.log")
         scheduled = deploy_all(stack, {**os.environ})
+        took("deployed")
         sessions = session_factory(settings.db_url)
         today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         land(settings, days=3, end=today - timedelta(days=2), scenario="normal", seed=1)
+        took("landed 3 days")
         first = run("nightly/nightly", stack)
+        took("first nightly")
         after_first = counts(sessions, settings)
         with sessions() as s:
             first_datasets = dict(s.execute(select(Dataset.name, Dataset.version)).all())
         second = run("nightly/nightly", stack)
+        took("second nightly")
         after_second = counts(sessions, settings)
         land(settings, days=2, end=today, scenario="storm", seed=2)
+        took("landed a storm")
         monitor = run("monitor/monitor", stack)
+        took("monitor")
         with sessions() as s:
             verdicts = dict(s.execute(select(DriftRecord.model_name, DriftRecord.verdict)
                                       .order_by(DriftRecord.id)).all())  # the latest per model
         drifted = sorted(m for m, v in verdicts.items() if v == "drift")
         retrains = wait_for_final_runs("retrain/retrain", len(drifted), RUN_TIMEOUT_S)
+        took(f"retrains of {drifted}")
         yield Lifecycle(settings, sessions, scheduled, first, second, monitor, retrains, drifted,
                         after_first, after_second, first_datasets)
     get_settings.cache_clear()
