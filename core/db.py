@@ -152,8 +152,11 @@ class Prediction(Base):
     source: Mapped[str] = mapped_column(String(16), default="batch")  # batch | online
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     scored_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    request_id: Mapped[str | None] = mapped_column(String(64))  # online: the request's id
+    client: Mapped[str | None] = mapped_column(String(64))  # online: the key's name
 
 
-# The model lifecycle's tables live in core.records; importing them here puts them on
-# Base.metadata whichever module a process imports first (migrations compare against it).
-from core import records  # noqa: E402, F401
+# The model lifecycle's tables live in core.records, the API keys' in core.keys; importing
+# them here puts them on Base.metadata whichever module a process imports first (migrations
+# compare against it).
+from core import keys, records  # noqa: E402, F401

@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.access import ConfiguredKey
+
 #: A run of these deployments still running this long after it started is cancelled by the
 #: server (the automation ``oceanml deploy`` creates), so the next scheduled one can start.
 RUN_DEADLINES_S = {"nightly": 22 * 3600.0, "monitor": 3 * 3600.0, "retrain": 12 * 3600.0}
@@ -145,6 +147,21 @@ class Settings(BaseSettings):
     serve_max_images: int = Field(16, ge=1, description="Images one request may carry.")
     serve_log_interval_s: float = Field(
         1.0, gt=0, description="Online predictions are written to the DB this often.")
+    serve_key_rate: float = Field(
+        20.0, gt=0, description="Requests a second one API key may make (per replica), unless "
+        "its own --rate says otherwise; past it, 429 with Retry-After.")
+    serve_keys_refresh_s: float = Field(
+        2.0, gt=0, description="How often a server reads the API keys again: a revoked key is "
+        "refused within this.")
+    serve_open_metrics: bool = Field(
+        False, description="Serve /metrics without a key (for a scraper inside the cluster).")
+    api_keys: dict[str, ConfiguredKey] = Field(
+        default_factory=dict, description="Keys given without a DB row: a JSON object of name "
+        "-> {key_id, hash, scope, device_id, rate}, as `oceanml keys create --print-only` "
+        "writes it (hashes only: a Kubernetes secret can hold it).")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="How `oceanml serve` writes its log lines: text, or JSON lines "
+        "for a log aggregator.")
 
     @field_validator("run_deadlines_s")
     @classmethod

@@ -15,14 +15,18 @@ from typing import Annotated
 import typer
 
 from oceanml.cli_datasets import app as datasets_app
+from oceanml.cli_keys import app as keys_app
 from oceanml.cli_labels import app as labels_app
 from oceanml.cli_models import app as models_app
+from oceanml.cli_serve import SERVE_HELP, serve
 
 app = typer.Typer(help="OceanML: the ocean-monitoring ML lifecycle as Prefect flows.",
                   no_args_is_help=True)
 app.add_typer(datasets_app, name="datasets")
 app.add_typer(models_app, name="models")
 app.add_typer(labels_app, name="labels")
+app.add_typer(keys_app, name="keys")
+app.command(help=SERVE_HELP)(serve)
 
 STAGES = ("nightly", "monitor", "ingest", "enrich", "dataset", "train", "evaluate", "drift", "promote",
           "score")
@@ -110,79 +114,6 @@ def run(
         kwargs.update(max_epochs=max_epochs, backbone=backbone)
     result = STAGE_FLOWS[name](**kwargs)
     typer.echo(json.dumps(as_document(result), indent=2, default=str))
-
-
-SERVE_HELP = """Serve the champion of every model (or those named) over HTTP.
-
-\b
-POST /v1/models/NAME/predict  an image as multipart (file parts, optional
-                              "readings" JSON field) or as JSON
-                              {"image": BASE64} / {"images": LIST}; answers
-                              class and probabilities (or values), the
-                              version that answered, latency_ms
-GET  /v1/models               served models, champion version, loaded at
-GET  /health/live             the process answers
-GET  /health/ready            every served model has its champion loaded
-GET  /metrics                 Prometheus: oceanml_requests_total,
-                              oceanml_request_latency_seconds (histogram,
-                              by model and status), oceanml_batch_size,
-                              oceanml_model_version
-
-\b
-p50/p95/p99 come from the latency histogram. In Prometheus, p99 per model
-over five minutes:
-  histogram_quantile(0.99, sum by (le, model)
-    (rate(oceanml_request_latency_seconds_bucket[5m])))
-(0.5 and 0.95 for p50 and p95).
-
-\b
-The server follows the registry: a new champion is loaded beside the old
-one and swapped in without failing a request (poll: OCEANML_SERVE_POLL_S;
-at once on oceanml.model.promoted when PREFECT_API_URL is set).
-"""
-
-
-@app.command(help=SERVE_HELP)
-def serve(
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8080,
-    models: Annotated[list[str] | None, typer.Option(
-        "--models", help="Models to serve (repeat the option); default: every zoo model "
-                         "that has a champion now.")] = None,
-    max_batch: Annotated[int | None, typer.Option(
-        help="Images per forward pass at most (OCEANML_SERVE_MAX_BATCH).")] = None,
-    max_wait_ms: Annotated[float | None, typer.Option(
-        help="How long a batch waits for company (OCEANML_SERVE_MAX_WAIT_MS).")] = None,
-    poll_s: Annotated[float | None, typer.Option(
-        help="Registry poll interval (OCEANML_SERVE_POLL_S).")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: best).")] = None,
-) -> None:
-    import uvicorn
-
-    from core.registry import alias_version
-    from core.registry import client as mlflow_client
-    from core.settings import get_settings
-    from models.zoo import ZOO
-    from oceanml.serving.app import create_app
-
-    overrides = {"serve_max_batch": max_batch, "serve_max_wait_ms": max_wait_ms,
-                 "serve_poll_s": poll_s}
-    settings = get_settings().model_copy(
-        update={k: v for k, v in overrides.items() if v is not None})
-    mlc = mlflow_client(settings)
-    names = [m for n in (models or []) for m in n.split(",") if m]
-    unknown = [n for n in names if n not in ZOO]
-    if unknown:
-        raise typer.BadParameter(f"unknown model(s) {', '.join(unknown)}; the zoo has "
-                                 f"{', '.join(ZOO)}")
-    if not names:
-        names = [n for n in ZOO if alias_version(mlc, n) is not None]
-        if not names:
-            raise typer.BadParameter("no model has a champion yet: run `oceanml run nightly`, "
-                                     "or name models with --models to wait for theirs")
-    typer.echo(f"serving {', '.join(names)} on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(create_app(settings, names, mlc, device), host=host, port=port,
-                log_level="info", access_log=False)
 
 
 @app.command()

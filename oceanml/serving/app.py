@@ -3,7 +3,10 @@
 ``POST /v1/models/{name}/predict`` answers an image (or several) with the champion's class
 and probabilities, or values, plus the version that answered and the latency;
 ``GET /v1/models`` lists what is served; ``/health/live``, ``/health/ready`` and ``/metrics``
-are for the orchestrator and Prometheus. Bad input is a 4xx with ``{"error", "detail"}``.
+are for the orchestrator and Prometheus; ``/v1/keys`` manages the API keys. Every route but
+the probes needs a key of its scope once a key exists (:mod:`oceanml.serving.auth`), and every
+request has an id (:mod:`oceanml.serving.request_ids`). Bad input is a 4xx with
+``{"error", "detail"}``.
 """
 
 from __future__ import annotations
@@ -16,19 +19,23 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
+from core.access import Grant, Scope
 from core.database import session_factory
 from core.settings import Settings
 from models.predictor import Predictor, answers
+from oceanml.serving.auth import KeyRing, presented_key
 from oceanml.serving.batcher import Batcher
 from oceanml.serving.champions import Champions
 from oceanml.serving.inputs import BadInput, Limits, open_image, parse
+from oceanml.serving.key_routes import key_routes
 from oceanml.serving.metrics import Metrics
 from oceanml.serving.prediction_log import PredictionLog
+from oceanml.serving.request_ids import RequestIds
 from tasks.validate import image_rejection
 
 if TYPE_CHECKING:
@@ -50,7 +57,12 @@ class Service:
         self.champions = Champions(mlc, names, poll_s=settings.serve_poll_s, device=device,
                                    on_swap=self._swapped)
         self.batchers: dict[str, Batcher] = {}
-        self.log = PredictionLog(session_factory(settings.db_url),
+        self.sessions = session_factory(settings.db_url)
+        self.ring = KeyRing(self.sessions, settings.api_keys,
+                            refresh_s=settings.serve_keys_refresh_s,
+                            default_rate=settings.serve_key_rate,
+                            on_refused=lambda key, why: self.metrics.refused.labels(key, why).inc())
+        self.log = PredictionLog(self.sessions,
                                  interval_s=settings.serve_log_interval_s,
                                  on_written=self.metrics.logged.inc,
                                  on_dropped=self.metrics.dropped.inc)
@@ -60,6 +72,7 @@ class Service:
         self.metrics.swapped(predictor.name, predictor.version, predictor.loaded_at)
 
     async def start(self) -> None:
+        await run_in_threadpool(self.ring.start)
         for name in self.names:
             self.batchers[name] = Batcher(
                 max_batch=self.settings.serve_max_batch,
@@ -79,6 +92,19 @@ class Service:
         for batcher in self.batchers.values():
             await batcher.stop()
         await run_in_threadpool(self.log.stop)
+        await run_in_threadpool(self.ring.stop)
+
+    def needs(self, scope: Scope) -> Any:
+        """A route dependency: the caller's key must pass and allow ``scope`` (None when no
+        key is required); its name goes in the request's log line."""
+
+        async def admitted(request: Request) -> Grant | None:
+            grant = await self.ring.admit(presented_key(request.headers), scope)
+            if grant is not None:
+                request.state.client = grant.name
+            return grant
+
+        return Depends(admitted)
 
     def prepare(self, predictor: Predictor, images: list[bytes]) -> Any:
         """Check and prepare every image of a request (in a worker thread: PIL decodes)."""
@@ -95,12 +121,15 @@ class Service:
         return torch.stack(tensors)
 
     def record(self, predictor: Predictor, images: list[bytes],
-               answered: list[dict[str, Any]]) -> None:
+               answered: list[dict[str, Any]], request_id: str, client: str | None) -> None:
         from tasks.score import prediction_rows
 
         hashes = [hashlib.sha256(data).hexdigest() for data in images]
-        self.log.add(prediction_rows(predictor, [None] * len(images), answered, None,
-                                     source="online", content_hashes=hashes))
+        rows = prediction_rows(predictor, [None] * len(images), answered, None,
+                               source="online", content_hashes=hashes)
+        for row in rows:
+            row.update(request_id=request_id, client=client)
+        self.log.add(rows)
 
 
 def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
@@ -117,12 +146,15 @@ def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
     app = FastAPI(title="OceanML", lifespan=lifespan,
                   description="The champions of the OceanML fleet, answering images now.")
     app.state.service = service
+    app.add_middleware(RequestIds)
+    app.include_router(key_routes(service))
+    predict_scope = service.needs(Scope.predict)
 
     @app.exception_handler(BadInput)
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
-    @app.post("/v1/models/{name}/predict")
+    @app.post("/v1/models/{name}/predict", dependencies=[predict_scope])
     async def predict(name: str, request: Request) -> JSONResponse:
         started = time.perf_counter()
         status = 200
@@ -141,7 +173,7 @@ def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
             service.metrics.latency.labels(model, str(status)).observe(
                 time.perf_counter() - started)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=[predict_scope])
     async def models() -> dict[str, Any]:
         out = []
         for name in service.names:
@@ -167,7 +199,9 @@ def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
             return JSONResponse({"status": "not ready", "missing": missing}, status_code=503)
         return JSONResponse({"status": "ready"})
 
-    @app.get("/metrics")
+    metrics_scope = [] if service.settings.serve_open_metrics else [predict_scope]
+
+    @app.get("/metrics", dependencies=metrics_scope)
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry),
                         media_type=CONTENT_TYPE_LATEST)
@@ -189,7 +223,8 @@ async def answer(service: Service, name: str, request: Request, started: float
     images = await run_in_threadpool(service.prepare, predictor, parsed.images)
     outputs = await service.batchers[name].predict(predictor, images)
     answered = answers(predictor.spec, outputs)  # once: the answer and its record
-    service.record(predictor, parsed.images, answered)
+    service.record(predictor, parsed.images, answered, request.state.request_id,
+                   getattr(request.state, "client", None))
     return {"model": name, "version": predictor.version, "predictions": answered,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 

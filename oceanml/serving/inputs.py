@@ -25,9 +25,11 @@ STATUS = {"image_too_large": 413, "decompression_bomb": 413}
 class BadInput(Exception):
     """A request OceanML will not answer, with the status and a reason code and detail."""
 
-    def __init__(self, status: int, reason: str, detail: str) -> None:
+    def __init__(self, status: int, reason: str, detail: str,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.status, self.reason, self.detail = status, reason, detail
+        self.headers = headers or {}
 
     def body(self) -> dict[str, str]:
         return {"error": self.reason, "detail": self.detail}

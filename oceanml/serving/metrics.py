@@ -34,6 +34,11 @@ class Metrics:
                                "Online predictions not recorded (queue full or DB down).",
                                registry=r)
 
+        self.refused = Counter("oceanml_requests_refused",
+                               "Requests refused before any work, by key name (none, unknown "
+                               "or the key's) and reason (unauthorized, forbidden, "
+                               "rate_limited).", ["key", "reason"], registry=r)
+
     def swapped(self, name: str, version: str, loaded_at: float) -> None:
         self.version.labels(name).set(float(version))
         self.loaded_at.labels(name).set(loaded_at)

@@ -35,6 +35,9 @@ class Server:
     def post(self, path: str, **kw) -> httpx.Response:
         return httpx.post(self.url + path, timeout=30, **kw)
 
+    def delete(self, path: str, **kw) -> httpx.Response:
+        return httpx.delete(self.url + path, timeout=30, **kw)
+
 
 def start_server(settings, names: list[str]) -> Server:
     app = create_app(settings, names, client(settings), device="cpu")

@@ -1,0 +1,67 @@
+"""``/v1/keys``: list, create and revoke API keys over HTTP with an admin key (the audit rows
+name that key as who did it). With no key yet there is no admin key: the first one is made
+with ``oceanml keys create`` on a machine that reaches the database."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from core.access import Grant, Scope
+from core.keys import KeyExists, KeyRefused, create_key, describe, list_keys, revoke_key
+from oceanml.serving.inputs import BadInput
+
+
+class NewKey(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    scope: Scope
+    device_id: str | None = None
+    rate: float | None = Field(None, gt=0)
+
+
+def key_routes(service: Any) -> APIRouter:
+    """The key routes of ``service`` (an :class:`oceanml.serving.app.Service`)."""
+    router = APIRouter(prefix="/v1/keys")
+    admin = service.needs(Scope.admin)
+
+    @router.get("")
+    async def listed(grant: Grant | None = admin) -> dict[str, Any]:
+        by(grant)
+        rows = await run_in_threadpool(list_keys, service.sessions)
+        return {"keys": [describe(row) for row in rows]}
+
+    @router.post("", status_code=201)
+    async def created(new: NewKey, grant: Grant | None = admin) -> dict[str, Any]:
+        try:
+            key, row = await run_in_threadpool(
+                lambda: create_key(service.sessions, new.name, new.scope,
+                                   device_id=new.device_id, rate=new.rate, by=by(grant)))
+        except KeyRefused as exc:
+            raise BadInput(409 if isinstance(exc, KeyExists) else 422, "bad_key",
+                           str(exc)) from None
+        return {**describe(row), "key": key,
+                "note": "shown once: store it now, only its hash is kept"}
+
+    @router.delete("/{name}")
+    async def revoked(name: str, grant: Grant | None = admin) -> dict[str, Any]:
+        try:
+            row = await run_in_threadpool(lambda: revoke_key(service.sessions, name,
+                                                             by=by(grant)))
+        except KeyRefused as exc:
+            raise BadInput(404, "unknown_key", str(exc)) from None
+        return describe(row)
+
+    return router
+
+
+def by(grant: Grant | None) -> str:
+    """Who asks, for the audit row; keys are never managed over an open server."""
+    if grant is None:
+        raise BadInput(403, "forbidden", "keys are managed over HTTP with an admin key; make "
+                       "the first with `oceanml keys create NAME --scope admin`")
+    return f"key:{grant.name}"

@@ -1,0 +1,59 @@
+"""Every request gets an id (the caller's ``X-Request-ID`` when it is a sane one, else a new
+one), returned in the response, written in the request's log line and in the prediction rows
+it made: one string ties what a client saw to what the server logged and stored."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+SANE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+log = logging.getLogger("oceanml.serve.access")
+
+
+def request_id(given: str | None) -> str:
+    """``given`` when it is 1-64 safe characters, else a fresh one (never the caller's junk
+    in a log line)."""
+    return given if given and SANE.match(given) else uuid.uuid4().hex
+
+
+class RequestIds:
+    """Pure ASGI middleware (no per-request task, unlike Starlette's ``BaseHTTPMiddleware``):
+    the id goes in ``request.state.request_id`` and the ``X-Request-ID`` response header; one
+    log line per request, with the key's name when a route set ``request.state.client``."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = next((v.decode("latin-1") for k, v in scope["headers"]
+                      if k == b"x-request-id"), None)
+        rid = request_id(given)
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []),
+                                      (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            ms = round((time.perf_counter() - started) * 1000, 1)
+            log.info("%s %s %s %.1f ms request_id=%s key=%s", scope["method"], scope["path"],
+                     status, ms, rid, state.get("client") or "-",
+                     extra={"request_id": rid, "status": status, "ms": ms,
+                            "method": scope["method"], "path": scope["path"],
+                            "client": state.get("client")})
