@@ -147,6 +147,16 @@ class Settings(BaseSettings):
     serve_max_images: int = Field(16, ge=1, description="Images one request may carry.")
     serve_log_interval_s: float = Field(
         1.0, gt=0, description="Online predictions are written to the DB this often.")
+    serve_body_budget_bytes: int = Field(
+        256 * 2**20, ge=2**20, description="Bytes of request bodies a replica holds at once; "
+        "past it a request waits OCEANML_SERVE_BODY_WAIT_S, then gets 503 with Retry-After.")
+    serve_body_wait_s: float = Field(
+        2.0, ge=0, description="How long a request waits for room in the body budget.")
+    serve_read_timeout_s: float = Field(
+        10.0, gt=0, description="A client's headers, and each part of its body, must arrive "
+        "within this (the connection is closed, or 408).")
+    serve_body_timeout_s: float = Field(
+        120.0, gt=0, description="A request's whole body must arrive within this (408).")
     serve_key_rate: float = Field(
         20.0, gt=0, description="Requests a second one API key may make (per replica), unless "
         "its own --rate says otherwise; past it, 429 with Retry-After.")

@@ -83,7 +83,7 @@ def serve(
     from core.logs import log_to_stderr
     from core.registry import client as mlflow_client
     from core.settings import get_settings
-    from oceanml.serving.app import create_app
+    from oceanml.serving.app import create_app, server_config
 
     overrides = {"serve_max_batch": max_batch, "serve_max_wait_ms": max_wait_ms,
                  "serve_poll_s": poll_s}
@@ -94,8 +94,8 @@ def serve(
     mlc = mlflow_client(settings)
     names = served_models(mlc, models)
     typer.echo(f"serving {', '.join(names)} on http://{host}:{port} (docs at /docs)")
-    uvicorn.run(create_app(settings, names, mlc, device), host=host, port=port,
-                log_level="info", access_log=False)
+    app = create_app(settings, names, mlc, device)
+    uvicorn.Server(server_config(app, settings, host, port, log_level="info")).run()
 
 
 def open_door(settings: Settings, host: str, insecure: bool) -> None:

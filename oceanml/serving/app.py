@@ -30,6 +30,7 @@ from core.settings import Settings
 from models.predictor import Predictor, answers
 from oceanml.serving.auth import KeyRing, presented_key
 from oceanml.serving.batcher import Batcher
+from oceanml.serving.body_budget import BodyBudget, Held, metered
 from oceanml.serving.champions import Champions
 from oceanml.serving.inputs import BadInput, Limits, open_image, parse
 from oceanml.serving.key_routes import key_routes
@@ -62,6 +63,8 @@ class Service:
                             refresh_s=settings.serve_keys_refresh_s,
                             default_rate=settings.serve_key_rate,
                             on_refused=lambda key, why: self.metrics.refused.labels(key, why).inc())
+        self.budget = BodyBudget(settings.serve_body_budget_bytes, settings.serve_body_wait_s,
+                                 on_change=self.metrics.body_bytes.set)
         self.log = PredictionLog(self.sessions,
                                  interval_s=settings.serve_log_interval_s,
                                  on_written=self.metrics.logged.inc,
@@ -211,7 +214,8 @@ def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
 
 async def answer(service: Service, name: str, request: Request, started: float
                  ) -> dict[str, Any]:
-    """Read, check, batch, answer and record one prediction request."""
+    """Read, check, batch, answer and record one prediction request, its body held against
+    the replica's budget until it is answered."""
     if name not in service.names:
         raise BadInput(404, "unknown_model",
                        f"{name!r} is not served here; served: {', '.join(service.names)}")
@@ -219,9 +223,10 @@ async def answer(service: Service, name: str, request: Request, started: float
     if predictor is None:
         raise BadInput(503, "not_loaded", f"{name} has no champion loaded yet: "
                        f"{service.champions.errors.get(name, 'loading')}")
-    parsed = await read_request(service, request)
-    images = await run_in_threadpool(service.prepare, predictor, parsed.images)
-    outputs = await service.batchers[name].predict(predictor, images)
+    async with service.budget.hold(declared_size(service, request)) as held:
+        parsed = await read_request(service, request, held)
+        images = await run_in_threadpool(service.prepare, predictor, parsed.images)
+        outputs = await service.batchers[name].predict(predictor, images)
     answered = answers(predictor.spec, outputs)  # once: the answer and its record
     service.record(predictor, parsed.images, answered, request.state.request_id,
                    getattr(request.state, "client", None))
@@ -229,28 +234,49 @@ async def answer(service: Service, name: str, request: Request, started: float
             "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
 
 
-async def read_request(service: Service, request: Request) -> Any:
-    """The body, refused with 413 as soon as it outgrows what the limits allow."""
+def declared_size(service: Service, request: Request) -> int:
+    """The body's declared size, refused with 413 when it is over what the limits allow."""
     cap = service.limits.max_body_bytes
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
+    if declared is None or not declared.isdigit():
+        return 0
+    if int(declared) > cap:
         raise BadInput(413, "body_too_large", f"{declared} bytes > limit {cap}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > cap:
-            raise BadInput(413, "body_too_large", f"more than {cap} bytes")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+    return int(declared)
+
+
+async def read_request(service: Service, request: Request, held: Held) -> Any:
+    """The body, read as it streams (multipart file parts spooled, not joined), refused
+    with 413 as soon as it outgrows the limits, 408 when the client stalls."""
+    s = service.settings
+    request = Request(request.scope, metered(
+        request.receive, held, service.limits.max_body_bytes,
+        idle_s=s.serve_read_timeout_s, total_s=s.serve_body_timeout_s))
     content_type = request.headers.get("content-type", "")
-    form = None
-    if content_type.lower().startswith("multipart/form-data"):
-        request._body = body  # Starlette's form parser reads the body already received
-        try:
-            form = await request.form(max_files=service.limits.max_images + 1)
-        except Exception as exc:  # malformed multipart
-            raise BadInput(422, "bad_multipart", str(exc) or type(exc).__name__) from None
-    return parse(content_type, body, form, service.limits)
+    if not content_type.lower().startswith("multipart/form-data"):
+        return parse(content_type, await request.body(), None, service.limits)
+    try:
+        form = await request.form(max_files=service.limits.max_images + 1, max_fields=8)
+    except BadInput:
+        raise
+    except Exception as exc:  # malformed multipart
+        raise BadInput(422, "bad_multipart", str(exc) or type(exc).__name__) from None
+    try:
+        return parse(content_type, b"", form, service.limits)
+    finally:
+        await form.close()
+
+
+def server_config(app: FastAPI, settings: Settings, host: str, port: int,
+                  **options: Any) -> Any:
+    """uvicorn's configuration for ``app``: headers must arrive within
+    ``OCEANML_SERVE_READ_TIMEOUT_S`` (:mod:`oceanml.serving.slow_clients`)."""
+    import uvicorn
+
+    from oceanml.serving.slow_clients import header_deadline
+
+    return uvicorn.Config(app, host=host, port=port, access_log=False,
+                          http=header_deadline(settings.serve_read_timeout_s), **options)
 
 
 def _iso(ts: float) -> str:

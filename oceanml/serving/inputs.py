@@ -57,7 +57,7 @@ def parse(content_type: str, body: bytes, form: Any | None, limits: Limits) -> R
     """The images and readings of a request; ``form`` is the parsed multipart form, if any."""
     kind = content_type.split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        images, readings = _from_form(form)
+        images, readings = _from_form(form, limits)
     elif kind == "application/json":
         images, readings = _from_json(body)
     else:
@@ -71,8 +71,15 @@ def parse(content_type: str, body: bytes, form: Any | None, limits: Limits) -> R
     return Request(images, check_readings(readings))
 
 
-def _from_form(form: Any) -> tuple[list[bytes], Any]:
+def _from_form(form: Any, limits: Limits) -> tuple[list[bytes], Any]:
     images = [part for _, part in form.multi_items() if hasattr(part, "read")]
+    if len(images) > limits.max_images:
+        raise BadInput(413, "too_many_images",
+                       f"{len(images)} images > limit {limits.max_images} per request")
+    for n, part in enumerate(images):  # spooled: refused before it is read into memory
+        if part.size is not None and part.size > limits.max_image_bytes:
+            raise BadInput(413, "image_too_large",
+                           f"image {n}: {part.size} bytes > limit {limits.max_image_bytes}")
     raw = form.get("readings")
     readings = None
     if isinstance(raw, str):
@@ -88,6 +95,8 @@ def _from_json(body: bytes) -> tuple[list[bytes], Any]:
         doc = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BadInput(422, "bad_json", f"the body is not JSON: {exc}") from None
+    except RecursionError:  # [[[[... nested past the parser's depth
+        raise BadInput(422, "bad_json", "the body is nested too deeply") from None
     if not isinstance(doc, dict):
         raise BadInput(422, "bad_json", 'expected an object with "image" or "images"')
     encoded = doc.get("images", [doc["image"]] if "image" in doc else [])

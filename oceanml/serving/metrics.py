@@ -39,6 +39,10 @@ class Metrics:
                                "or the key's) and reason (unauthorized, forbidden, "
                                "rate_limited).", ["key", "reason"], registry=r)
 
+        self.body_bytes = Gauge("oceanml_body_bytes_in_flight",
+                                "Bytes of request bodies held now (against the body budget).",
+                                registry=r)
+
     def swapped(self, name: str, version: str, loaded_at: float) -> None:
         self.version.labels(name).set(float(version))
         self.loaded_at.labels(name).set(loaded_at)

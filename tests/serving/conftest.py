@@ -15,7 +15,7 @@ import uvicorn
 
 from core.registry import client, set_champion
 from core.store import filesystem
-from oceanml.serving.app import create_app
+from oceanml.serving.app import create_app, server_config
 from oceanml.simulator import simulate, write_landing
 from tasks.ingest import ingest
 from tests.registered import SPEC, conv_net, register
@@ -41,7 +41,7 @@ class Server:
 
 def start_server(settings, names: list[str]) -> Server:
     app = create_app(settings, names, client(settings), device="cpu")
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    server = uvicorn.Server(server_config(app, settings, "127.0.0.1", 0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
