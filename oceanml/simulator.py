@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -190,6 +192,12 @@ def _write(landing: Location, key: str, data: bytes, overwrite: bool) -> bool:
     return True
 
 
+def _write_observation(landing: Location, obs: SimulatedObservation, overwrite: bool) -> int:
+    image_key, sidecar_key = observation_keys(obs)
+    return (_write(landing, image_key, obs.image, overwrite)
+            + _write(landing, sidecar_key, json.dumps(obs.sidecar()).encode(), overwrite))
+
+
 def observation_keys(obs: SimulatedObservation) -> tuple[str, str]:
     prefix = f"{obs.observed_at:%Y-%m-%d}/{obs.device.device_id}/{obs.stem}"
     return f"{prefix}.jpg", f"{prefix}.json"
@@ -219,6 +227,9 @@ def write_faults(landing: Location, sample: SimulatedObservation, overwrite: boo
     return sum(_write(landing, k, v, overwrite) for k, v in files.items())
 
 
+WRITERS = 8  # threads writing to an object store
+
+
 def write_landing(
     landing: Location,
     observations: Iterator[SimulatedObservation],
@@ -227,7 +238,10 @@ def write_landing(
     overwrite: bool = False,
     progress: bool = False,
 ) -> dict[str, int]:
-    """Write observations (and optionally faults) under ``landing``; existing files are kept."""
+    """Write observations (and optionally faults) under ``landing``; existing files are kept.
+    An object store is written by ``WRITERS`` threads (each file is a request or three:
+    one at a time, three days of four devices took 50 s on S3), at most ``2 * WRITERS``
+    observations held in memory at once."""
     written = observations_seen = 0
     first: SimulatedObservation | None = None
     iterator = observations
@@ -235,11 +249,15 @@ def write_landing(
         from tqdm import tqdm
 
         iterator = tqdm(observations, desc="simulate", unit="obs")
-    for obs in iterator:
-        observations_seen += 1
-        first = first or obs
-        image_key, sidecar_key = observation_keys(obs)
-        written += _write(landing, image_key, obs.image, overwrite)
-        written += _write(landing, sidecar_key, json.dumps(obs.sidecar()).encode(), overwrite)
+    local = "file" in landing.fs.protocol
+    with ThreadPoolExecutor(max_workers=1 if local else WRITERS) as pool:
+        pending: deque[Future[int]] = deque()
+        for obs in iterator:
+            observations_seen += 1
+            first = first or obs
+            pending.append(pool.submit(_write_observation, landing, obs, overwrite))
+            if len(pending) >= (2 if local else 2 * WRITERS):
+                written += pending.popleft().result()
+        written += sum(f.result() for f in pending)
     fault_files = write_faults(landing, first, overwrite) if faults and first else 0
     return {"observations": observations_seen, "files_written": written, "fault_files": fault_files}
