@@ -157,6 +157,9 @@ class Settings(BaseSettings):
         "within this (the connection is closed, or 408).")
     serve_body_timeout_s: float = Field(
         120.0, gt=0, description="A request's whole body must arrive within this (408).")
+    serve_observations: bool = Field(
+        False, description="`oceanml serve` also takes device uploads (POST /v1/observations) "
+        "into the landing zone.")
     serve_key_rate: float = Field(
         20.0, gt=0, description="Requests a second one API key may make (per replica), unless "
         "its own --rate says otherwise; past it, 429 with Retry-After.")

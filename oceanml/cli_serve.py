@@ -36,6 +36,10 @@ GET  /metrics                 Prometheus: oceanml_requests_total,
                               oceanml_model_version,
                               oceanml_requests_refused_total (by key)
 GET/POST/DELETE /v1/keys      list, create, revoke keys (admin key)
+POST /v1/observations         device uploads (with --observations): image
+                              and sidecar parts, an ingest key bound to the
+                              sidecar's device; 202 accepted, 200 already
+                              received, 4xx with the ingestion reason
 
 \b
 Once a key exists (`oceanml keys create NAME --scope predict`), every route
@@ -74,6 +78,11 @@ def serve(
     poll_s: Annotated[float | None, typer.Option(
         help="Registry poll interval (OCEANML_SERVE_POLL_S).")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: best).")] = None,
+    observations: Annotated[bool, typer.Option(
+        "--observations", help="Also take device uploads: POST /v1/observations "
+                               "(OCEANML_SERVE_OBSERVATIONS).")] = False,
+    only_observations: Annotated[bool, typer.Option(
+        "--only-observations", help="Take device uploads and serve no model.")] = False,
     insecure: Annotated[bool, typer.Option(
         "--insecure", help="Bind an address other than loopback with no API key: anyone who "
                            "reaches it may call it.")] = False,
@@ -86,14 +95,16 @@ def serve(
     from oceanml.serving.app import create_app, server_config
 
     overrides = {"serve_max_batch": max_batch, "serve_max_wait_ms": max_wait_ms,
-                 "serve_poll_s": poll_s}
+                 "serve_poll_s": poll_s,
+                 "serve_observations": True if observations or only_observations else None}
     settings = get_settings().model_copy(
         update={k: v for k, v in overrides.items() if v is not None})
     log_to_stderr("oceanml.serve", settings.log_format)
     open_door(settings, host, insecure)
     mlc = mlflow_client(settings)
-    names = served_models(mlc, models)
-    typer.echo(f"serving {', '.join(names)} on http://{host}:{port} (docs at /docs)")
+    names = [] if only_observations else served_models(mlc, models)
+    what = [*names, *(["device uploads"] if settings.serve_observations else [])]
+    typer.echo(f"serving {', '.join(what)} on http://{host}:{port} (docs at /docs)")
     app = create_app(settings, names, mlc, device)
     uvicorn.Server(server_config(app, settings, host, port, log_level="info")).run()
 

@@ -34,8 +34,15 @@ from core.logs import stage_logger
 from core.progress import StageProgress
 from core.settings import Settings, get_settings
 from core.store import Location, filesystem
-from tasks.landing import Candidate, Prepared, Preparer, pair_files, worker_count
-from tasks.validate import Limits, Rejection
+from tasks.landing import (
+    Candidate,
+    Prepared,
+    Preparer,
+    ingest_limits,
+    pair_files,
+    worker_count,
+)
+from tasks.validate import Rejection
 
 Progress = Callable[[int, int], None]
 
@@ -235,8 +242,7 @@ def ingest(
     """Ingest everything new under the landing URL; returns counts and reject reasons."""
     landing = filesystem(settings.landing_url, settings)
     lake = filesystem(settings.lake_url, settings)
-    limits = Limits(now=now or datetime.now(UTC), max_skew_s=settings.max_clock_skew_s,
-                    oldest=settings.oldest_observation, devices=load_device_registry(settings))
+    limits = ingest_limits(settings, now, load_device_registry(settings))
     total = IngestResult()
     if not landing.fs.exists(landing.root):
         return total

@@ -12,6 +12,7 @@ import os
 import posixpath
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import PurePosixPath
 from typing import Any
@@ -30,6 +31,7 @@ from tasks.device_tables import read_table, row_document
 from tasks.validate import (
     Limits,
     Rejection,
+    Sidecar,
     check_key,
     check_observation,
     decode_sidecar,
@@ -129,6 +131,40 @@ def _canonical(doc: dict[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
+@dataclass(frozen=True)
+class CheckedPair:
+    """An image and its sidecar that passed: the observation's content hash and row."""
+
+    content_hash: str
+    sidecar: Sidecar
+    row: dict[str, Any]
+    image_format: str
+
+
+def check_pair(image: bytes, raw_sidecar: bytes, settings: Settings, limits: Limits
+               ) -> CheckedPair:
+    """The checks every image and sidecar pass, wherever they come from (a landing listing,
+    the device API): sizes, the sidecar's schema and ranges, the image decoded whole; the
+    content hash (image, then the canonical sidecar) is the observation's identity."""
+    if len(raw_sidecar) > settings.max_sidecar_bytes:
+        raise Rejection("sidecar_too_large",
+                        f"{len(raw_sidecar)} bytes > limit {settings.max_sidecar_bytes}")
+    doc = decode_sidecar(raw_sidecar)
+    sidecar = check_observation(doc, limits)
+    info = inspect_image(image, max_bytes=settings.max_image_bytes,
+                         max_pixels=settings.max_image_pixels)
+    row = {**observation_row(sidecar), "image_width": info.width,
+           "image_height": info.height, "image_stats": info.stats}
+    return CheckedPair(sha256_hex(image, b"\0", _canonical(doc)), sidecar, row, info.format)
+
+
+def ingest_limits(settings: Settings, now: datetime | None = None,
+                  devices: frozenset[str] | None = None) -> Limits:
+    """The limits an observation is checked against at ``now``."""
+    return Limits(now=now or datetime.now(UTC), max_skew_s=settings.max_clock_skew_s,
+                  oldest=settings.oldest_observation, devices=devices)
+
+
 def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
                  limits: Limits, lake: Location) -> Prepared:
     """Read and validate an image with its sidecar (sizes are checked before reading), then
@@ -147,21 +183,11 @@ def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
         _check_size(candidate, candidate.image_key, settings.max_image_bytes, "image")
         _check_size(candidate, candidate.sidecar_key, settings.max_sidecar_bytes, "sidecar")
         image = read_bytes(landing, candidate.image_key)
-        raw_sidecar = read_bytes(landing, candidate.sidecar_key)
-        doc = decode_sidecar(raw_sidecar)
-        sidecar = check_observation(doc, limits)
-        info = inspect_image(
-            image, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-        )
-        prepared.content_hash = sha256_hex(image, b"\0", _canonical(doc))
-        prepared.image_key = content_key(prepared.content_hash,
+        checked = check_pair(image, read_bytes(landing, candidate.sidecar_key), settings, limits)
+        prepared.content_hash = checked.content_hash
+        prepared.image_key = content_key(checked.content_hash,
                                          PurePosixPath(candidate.image_key).suffix.lower())
-        prepared.row = {
-            **observation_row(sidecar),
-            "image_width": info.width,
-            "image_height": info.height,
-            "image_stats": info.stats,
-        }
+        prepared.row = checked.row
     except Rejection as rejection:
         prepared.rejection = rejection
         return prepared

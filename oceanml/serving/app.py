@@ -30,12 +30,13 @@ from core.settings import Settings
 from models.predictor import Predictor, answers
 from oceanml.serving.auth import KeyRing, presented_key
 from oceanml.serving.batcher import Batcher
-from oceanml.serving.body_budget import BodyBudget, Held, metered
+from oceanml.serving.body_budget import BodyBudget
 from oceanml.serving.champions import Champions
-from oceanml.serving.inputs import BadInput, Limits, open_image, parse
+from oceanml.serving.inputs import BadInput, Limits, open_image
 from oceanml.serving.key_routes import key_routes
 from oceanml.serving.metrics import Metrics
 from oceanml.serving.prediction_log import PredictionLog
+from oceanml.serving.reading import declared_size, read_request
 from oceanml.serving.request_ids import RequestIds
 from tasks.validate import image_rejection
 
@@ -137,7 +138,8 @@ class Service:
 
 def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
                device: str | None = None) -> FastAPI:
-    """The app serving the champions of ``names``; models load in the background at start."""
+    """The app serving the champions of ``names`` (models load in the background at start),
+    and the device upload route when ``OCEANML_SERVE_OBSERVATIONS`` is on."""
     service = Service(settings, names, mlc, device)
 
     @asynccontextmanager
@@ -151,6 +153,10 @@ def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
     app.state.service = service
     app.add_middleware(RequestIds)
     app.include_router(key_routes(service))
+    if settings.serve_observations:
+        from oceanml.serving.observations import observation_routes
+
+        app.include_router(observation_routes(service))
     predict_scope = service.needs(Scope.predict)
 
     @app.exception_handler(BadInput)
@@ -232,39 +238,6 @@ async def answer(service: Service, name: str, request: Request, started: float
                    getattr(request.state, "client", None))
     return {"model": name, "version": predictor.version, "predictions": answered,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
-
-
-def declared_size(service: Service, request: Request) -> int:
-    """The body's declared size, refused with 413 when it is over what the limits allow."""
-    cap = service.limits.max_body_bytes
-    declared = request.headers.get("content-length")
-    if declared is None or not declared.isdigit():
-        return 0
-    if int(declared) > cap:
-        raise BadInput(413, "body_too_large", f"{declared} bytes > limit {cap}")
-    return int(declared)
-
-
-async def read_request(service: Service, request: Request, held: Held) -> Any:
-    """The body, read as it streams (multipart file parts spooled, not joined), refused
-    with 413 as soon as it outgrows the limits, 408 when the client stalls."""
-    s = service.settings
-    request = Request(request.scope, metered(
-        request.receive, held, service.limits.max_body_bytes,
-        idle_s=s.serve_read_timeout_s, total_s=s.serve_body_timeout_s))
-    content_type = request.headers.get("content-type", "")
-    if not content_type.lower().startswith("multipart/form-data"):
-        return parse(content_type, await request.body(), None, service.limits)
-    try:
-        form = await request.form(max_files=service.limits.max_images + 1, max_fields=8)
-    except BadInput:
-        raise
-    except Exception as exc:  # malformed multipart
-        raise BadInput(422, "bad_multipart", str(exc) or type(exc).__name__) from None
-    try:
-        return parse(content_type, b"", form, service.limits)
-    finally:
-        await form.close()
 
 
 def server_config(app: FastAPI, settings: Settings, host: str, port: int,
