@@ -10,7 +10,7 @@ import json
 import os
 from datetime import datetime
 from enum import Enum, StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -50,8 +50,16 @@ def simulate(
     end: Annotated[datetime | None, typer.Option(help="Last day (default: today).")] = None,
     out: Annotated[str | None, typer.Option(help="Landing URL (default: settings).")] = None,
     faults: Annotated[bool, typer.Option(help="Add the bad files the field sends.")] = True,
+    to: Annotated[str | None, typer.Option(
+        help="Send through a server's device API (POST URL/v1/observations) instead of "
+             "writing the landing zone.")] = None,
+    key: Annotated[str | None, typer.Option(
+        envvar="OCEANML_DEVICE_KEY", help="The ingest key (bound to the device) or an admin "
+                                          "key for --to.")] = None,
+    attempts: Annotated[int, typer.Option(help="Tries per observation with --to.")] = 5,
 ) -> None:
-    """Write simulated observations (JPEG + JSON sidecar) into the landing prefix."""
+    """Write simulated observations (JPEG + JSON sidecar) into the landing prefix, or send
+    them through the device API (--to)."""
     from datetime import UTC
 
     from core.settings import get_settings
@@ -59,14 +67,32 @@ def simulate(
     from oceanml.simulator import simulate as generate
     from oceanml.simulator import write_landing
 
-    settings = get_settings()
-    landing = filesystem(out or settings.landing_url, settings)
     stream = generate(days=days, devices=devices, per_day=per_day, scenario=scenario.value,
                       seed=seed, end=end.replace(tzinfo=UTC) if end else None)
+    if to:
+        send(to, key, stream, attempts)
+        return
+    settings = get_settings()
+    landing = filesystem(out or settings.landing_url, settings)
     counts = write_landing(landing, stream, faults=faults, progress=True)
     typer.echo(f"simulated {counts['observations']} observations ({scenario.value}) into "
                f"{out or settings.landing_url}: {counts['files_written']} files written, "
                f"{counts['fault_files']} fault files")
+
+
+def send(url: str, key: str | None, stream: Any, attempts: int) -> None:
+    """Send ``stream`` through the device API; exit 1 when some never got an answer."""
+    from oceanml.device_client import send_observations
+
+    if not key:
+        raise typer.BadParameter("--to needs --key (or OCEANML_DEVICE_KEY)")
+    sent = send_observations(url, key, stream, attempts=attempts, progress=True)
+    refused = ", ".join(f"{k}: {v}" for k, v in sent.refused.items()) or "none"
+    typer.echo(f"sent to {url}: {sent.accepted} accepted, {sent.already_received} already "
+               f"received, refused {refused}, {sent.failed} unanswered after {attempts} "
+               f"tries ({sent.retries} retries)")
+    if sent.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

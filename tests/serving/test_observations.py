@@ -5,6 +5,8 @@ accepted upload exactly once."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -130,3 +132,44 @@ def test_refused_uploads_get_the_ingestion_reason_and_write_nothing(settings, up
     assert mixed.status_code == 202, mixed.text
     assert [o["status"] for o in mixed.json()["observations"]] == ["accepted", "refused"]
     assert len(landing_files(settings)) == 2
+
+
+def test_the_simulator_sends_through_the_api_and_resends_what_was_refused_for_now(
+        settings, sessions, uploads) -> None:
+    from typer.testing import CliRunner
+
+    from oceanml.cli import app as cli
+
+    server, _ = uploads
+    device = next(iter(simulate(days=1, devices=1, per_day=1, end=END, seed=9))).device
+    # one upload a second: the second and third are refused with 429 and sent again
+    slow = create_key(sessions, "slow-buoy", Scope.ingest, device_id=device.device_id,
+                      rate=1)[0]
+    time.sleep(1.0)  # the server reads the new key
+    args = ["simulate", "--to", server.url, "--key", slow, "--days", "1", "--devices", "1",
+            "--per-day", "3", "--seed", "9", "--end", f"{END:%Y-%m-%d}"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "3 accepted, 0 already received, refused none, 0 unanswered" in result.output
+    retries = int(result.output.split("(")[-1].split()[0])
+    assert retries >= 1, result.output  # the rate limit was met, and waited out
+    again = CliRunner().invoke(cli, args)
+    assert "0 accepted, 3 already received" in again.output, again.output
+    assert len(landing_files(settings)) == 6
+
+
+def test_a_device_that_cannot_reach_the_server_gives_up_after_its_attempts(settings) -> None:
+    from typer.testing import CliRunner
+
+    from oceanml.cli import app as cli
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["simulate", "--to", f"http://127.0.0.1:{port}", "--key",
+                                      "ocn_x", "--days", "1", "--devices", "1", "--per-day",
+                                      "2", "--attempts", "2"])
+    assert result.exit_code == 1, result.output
+    assert "0 accepted" in result.output and "2 unanswered after 2 tries" in result.output
+    assert time.monotonic() - started < 20
