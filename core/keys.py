@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Double, Integer, String, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column, sessionmaker
 
 from core.access import ConfiguredKey, Grant, Scope, hash_key, new_key
@@ -78,12 +79,17 @@ def create_key(sessions: sessionmaker, name: str, scope: Scope, *, device_id: st
     token, key_id = new_key()
     row = ApiKey(name=name, key_id=key_id, hash=hash_key(token), scope=scope.value,
                  device_id=device_id, rate=rate, created_by=by or actor())
-    with sessions.begin() as s:
-        if s.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
-            raise KeyExists(f"a key named {name!r} exists (revoked keys keep their name)")
-        s.add(row)
-        s.add(ApiKeyEvent(action="create", name=name, actor=row.created_by,
-                          detail={"scope": scope.value, "device_id": device_id, "rate": rate}))
+    exists = KeyExists(f"a key named {name!r} exists (revoked keys keep their name)")
+    try:
+        with sessions.begin() as s:
+            if s.scalar(select(ApiKey.id).where(ApiKey.name == name)) is not None:
+                raise exists
+            s.add(row)
+            s.add(ApiKeyEvent(action="create", name=name, actor=row.created_by,
+                              detail={"scope": scope.value, "device_id": device_id,
+                                      "rate": rate}))
+    except IntegrityError:  # another creation of the same name won the race
+        raise exists from None
     return token, row
 
 

@@ -69,6 +69,7 @@ class KeyRing:
         self.on_refused = on_refused or (lambda key, reason: None)
         self.grants: dict[str, Grant] = {}
         self.loaded = False
+        self.seen_keys = False
         self.passed: dict[str, bytes] = {}  # key id -> SHA-256 of the key that passed scrypt
         self.checking: dict[str, asyncio.Lock] = {}
         self.buckets: dict[str, TokenBucket] = {}
@@ -78,8 +79,9 @@ class KeyRing:
 
     @property
     def enforced(self) -> bool:
-        """Keys are required once any key exists; unknown (not loaded yet) counts as yes."""
-        return bool(self.grants) or not self.loaded
+        """Keys are required once a key was ever seen (a table emptied later, or restored
+        from an older backup, opens nothing); not loaded yet counts as yes."""
+        return self.seen_keys or not self.loaded
 
     def refresh(self) -> None:
         """Read the keys again; forget what passed for a key revoked or replaced. A failed
@@ -95,6 +97,7 @@ class KeyRing:
             if new is None or new.revoked or new.hash != old.hash:
                 self.passed.pop(key_id, None)
         self.grants, self.loaded = fresh, True
+        self.seen_keys = self.seen_keys or bool(fresh)
         self._flush_used()
 
     def _flush_used(self) -> None:

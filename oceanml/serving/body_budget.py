@@ -18,9 +18,6 @@ from typing import Any
 
 from oceanml.serving.inputs import BadInput
 
-#: A request refused before its body was read: the connection cannot carry another one.
-CLOSE = {"Connection": "close"}
-
 
 class BodyBudget:
     """Bytes of request bodies in flight, against a capacity."""
@@ -29,6 +26,7 @@ class BodyBudget:
         self.capacity, self.wait_s, self.used = capacity, wait_s, 0
         self.on_change = on_change
         self._freed: asyncio.Condition | None = None  # made in the server's loop
+        self._waking: set[asyncio.Task] = set()
 
     @asynccontextmanager
     async def hold(self, declared: int) -> AsyncIterator[Held]:
@@ -39,7 +37,7 @@ class BodyBudget:
             held.size = held.declared = declared
             yield held
         finally:
-            await self._give(held.size)
+            self._give(held.size)
 
     async def take(self, n: int) -> None:
         if n > self.capacity:
@@ -53,20 +51,27 @@ class BodyBudget:
                 if left <= 0:
                     raise BadInput(503, "busy", f"{self.used} bytes of request bodies in "
                                    f"flight, the budget is {self.capacity}: try again",
-                                   {"Retry-After": str(max(1, round(self.wait_s))), **CLOSE})
+                                   {"Retry-After": str(max(1, round(self.wait_s)))})
                 with suppress(TimeoutError):
                     await asyncio.wait_for(freed.wait(), left)
             self.used += n
         self.on_change(self.used)
 
-    async def _give(self, n: int) -> None:
+    def _give(self, n: int) -> None:
+        """Synchronous, so a cancelled request cannot keep its bytes; the waiters are woken
+        by a task of their own (notifying needs the condition's lock)."""
         if not n:
             return
+        self.used -= n
+        self.on_change(self.used)
+        task = asyncio.get_running_loop().create_task(self._wake())
+        self._waking.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._waking.discard)
+
+    async def _wake(self) -> None:
         freed = self._condition()
         async with freed:
-            self.used -= n
             freed.notify_all()
-        self.on_change(self.used)
 
     def _condition(self) -> asyncio.Condition:
         if self._freed is None:
@@ -105,12 +110,12 @@ def metered(receive: Callable[[], Awaitable[dict]], held: Held, cap: int, *,
         except TimeoutError:
             why = (f"the body did not arrive within {total_s:g} s" if left <= idle_s
                    else f"the client sent nothing for {idle_s:g} s")
-            raise BadInput(408, "request_timeout", why, CLOSE) from None
+            raise BadInput(408, "request_timeout", why) from None
         if message["type"] == "http.request":
             n = len(message.get("body", b""))
             size += n
             if size > cap:
-                raise BadInput(413, "body_too_large", f"more than {cap} bytes", CLOSE)
+                raise BadInput(413, "body_too_large", f"more than {cap} bytes")
             await held.grow(n)
         return message
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from core.access import Grant, Scope
@@ -36,7 +36,9 @@ def key_routes(service: Any) -> APIRouter:
         return {"keys": [describe(row) for row in rows]}
 
     @router.post("", status_code=201)
-    async def created(new: NewKey, grant: Grant | None = admin) -> dict[str, Any]:
+    async def created(request: Request, grant: Grant | None = admin) -> dict[str, Any]:
+        by(grant)  # before a byte of the body is read
+        new = await read_new_key(request)
         try:
             key, row = await run_in_threadpool(
                 lambda: create_key(service.sessions, new.name, new.scope,
@@ -57,6 +59,24 @@ def key_routes(service: Any) -> APIRouter:
         return describe(row)
 
     return router
+
+
+MAX_BODY = 4096
+
+
+async def read_new_key(request: Request) -> NewKey:
+    """The body of a key creation: small JSON, refused past ``MAX_BODY`` bytes."""
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY:
+            raise BadInput(413, "body_too_large", f"more than {MAX_BODY} bytes")
+    try:
+        return NewKey.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadInput(422, "bad_key", f"{where}: {first['msg']}") from None
 
 
 def by(grant: Grant | None) -> str:

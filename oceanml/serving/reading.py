@@ -7,9 +7,16 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from oceanml.serving.body_budget import Held, metered
 from oceanml.serving.inputs import BadInput, parse
+
+
+
+def gone() -> BadInput:
+    """The client hung up before its body arrived: nobody reads the answer, but it is no 500."""
+    return BadInput(400, "client_disconnected", "the client closed the connection mid-body")
 
 
 def declared_size(service: Any, request: Request) -> int:
@@ -42,6 +49,8 @@ async def read_form(service: Any, request: Request, held: Held) -> Any:
             max_files=service.limits.max_images + 1, max_fields=service.limits.max_images + 8)
     except BadInput:
         raise
+    except ClientDisconnect:
+        raise gone() from None
     except Exception as exc:  # malformed multipart
         raise BadInput(422, "bad_multipart", str(exc) or type(exc).__name__) from None
 
@@ -50,7 +59,10 @@ async def read_request(service: Any, request: Request, held: Held) -> Any:
     """A prediction request's images and readings (:func:`oceanml.serving.inputs.parse`)."""
     content_type = request.headers.get("content-type", "")
     if not content_type.lower().startswith("multipart/form-data"):
-        body = await metered_request(service, request, held).body()
+        try:
+            body = await metered_request(service, request, held).body()
+        except ClientDisconnect:
+            raise gone() from None
         return parse(content_type, body, None, service.limits)
     form = await read_form(service, request, held)
     try:

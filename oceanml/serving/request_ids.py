@@ -39,21 +39,45 @@ class RequestIds:
         state["request_id"] = rid
         started = time.perf_counter()
         status = 500
+        body_read = not has_body(scope["headers"])
+
+        async def receive_noting_the_end() -> dict:
+            nonlocal body_read
+            message = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                body_read = True
+            return message
 
         async def send_with_id(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []),
-                                      (b"x-request-id", rid.encode())]
+                headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+                if not body_read and not any(k.lower() == b"connection" for k, _ in headers):
+                    # answered before the body was read (refused early): the client could
+                    # otherwise trickle the rest for ever on a kept-alive connection
+                    headers.append((b"connection", b"close"))
+                message["headers"] = headers
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive_noting_the_end, send_with_id)
         finally:
             ms = round((time.perf_counter() - started) * 1000, 1)
-            log.info("%s %s %s %.1f ms request_id=%s key=%s", scope["method"], scope["path"],
+            path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")  # as sent:
+            # the decoded path could carry a CR/LF into the log
+            log.info("%s %s %s %.1f ms request_id=%s key=%s", scope["method"], path,
                      status, ms, rid, state.get("client") or "-",
                      extra={"request_id": rid, "status": status, "ms": ms,
-                            "method": scope["method"], "path": scope["path"],
+                            "method": scope["method"], "path": path,
                             "client": state.get("client")})
+
+
+def has_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether a request announces a body (a non-zero length, or chunks)."""
+    for name, value in headers:
+        name = name.lower()
+        if (name == b"content-length" and value.strip() not in (b"0", b"")) or \
+                name == b"transfer-encoding":
+            return True
+    return False

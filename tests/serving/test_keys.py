@@ -261,3 +261,33 @@ def test_the_cli_shows_a_key_once_and_never_again(settings, sessions) -> None:
     assert code == 0 and "revoked cli-key" in out
     code, out = run_cli("keys", "events")
     assert out.splitlines()[0].split()[2:4] == ["revoke", "cli-key"], out
+
+
+def test_a_refusal_before_the_body_closes_the_connection(locked) -> None:
+    """A keyless client announcing a large body (here to the admin route) is answered 401 at
+    once and cut off: it cannot keep the connection by trickling the rest."""
+    import socket
+
+    server, _ = locked
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/keys HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100000000\r\n\r\n{")
+        sock.settimeout(5)
+        started, got = time.monotonic(), b""
+        while chunk := sock.recv(65536):
+            got += chunk
+        took = time.monotonic() - started
+    assert got.startswith(b"HTTP/1.1 401") and b"connection: close" in got.lower(), got[:300]
+    assert took < 3, took
+
+
+def test_emptying_the_key_table_opens_nothing(locked, sessions) -> None:
+    from sqlalchemy import delete
+
+    server, keys = locked
+    with sessions.begin() as s:
+        s.execute(delete(ApiKey))
+    time.sleep(3 * REFRESH_S + 0.5)  # refreshed: no key is known any more
+    assert server.post(PREDICT, json=body()).status_code == 401
+    assert server.post(PREDICT, json=body(), headers=bearer(keys["app"])).status_code == 401
