@@ -15,6 +15,9 @@ Then the promotion under load: while 16 clients keep asking OceanML, a new versi
 registered and made champion. Goal: 0 failed requests and the first answer from the new
 version within 2 poll intervals.
 
+Last, keys: the same server at concurrency 16 open, then requiring a key of every request
+(goal: at least 0.95x the requests/s, p99 within 5 %).
+
     .venv/bin/python bench/serve.py            # 1 500 requests per level (300 at 1)
     .venv/bin/python bench/serve.py --quick    # 200 (50 at 1)
 """
@@ -80,7 +83,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 async def load(url: str, bodies: list[bytes], concurrency: int, total: int,
-               on_answer=None) -> dict[str, float]:
+               on_answer=None, headers: dict[str, str] | None = None) -> dict[str, float]:
     """Keep ``concurrency`` POSTs in flight until ``total`` are answered."""
     import httpx
 
@@ -97,7 +100,8 @@ async def load(url: str, bodies: list[bytes], concurrency: int, total: int,
                 t0 = time.perf_counter()
                 try:
                     r = await client.post(url, content=body,
-                                          headers={"content-type": "application/json"})
+                                          headers={"content-type": "application/json",
+                                                   **(headers or {})})
                     ok = r.status_code == 200
                     if ok and on_answer:
                         on_answer(r)
@@ -186,6 +190,7 @@ def main() -> None:
                     print(f"figure {side}_c{c}_failed {r['failed']} requests")
             stop(mlflow)
             promotion = promote_under_load(mlc, settings, predict, ocean_bodies, total)
+            keys = keys_on_and_off(settings, predict, ocean_bodies, total)
         finally:
             for proc in (ocean, mlflow):
                 if proc.poll() is None:
@@ -200,6 +205,35 @@ def main() -> None:
     print(f"figure promotion_first_new_answer_s {promotion['first_new_s']:.2f} s")
     print(f"ratio promotion_first_new_answer_in_poll_intervals "
           f"{promotion['first_new_s'] / POLL_S:.2f} goal <= 2")
+    for side, r in keys.items():
+        print(f"figure keys_{side}_c16_rps {r['rps']:.1f} req/s")
+        print(f"figure keys_{side}_c16_p99 {r['p99_ms']:.1f} ms")
+        print(f"figure keys_{side}_c16_failed {r['failed']} requests")
+    print(f"ratio keys_on_vs_off_rps_c16 {keys['on']['rps'] / keys['off']['rps']:.2f} goal >= 0.95")
+    print(f"ratio keys_on_vs_off_p99_c16 {keys['on']['p99_ms'] / keys['off']['p99_ms']:.2f} "
+          "goal <= 1.05")
+
+
+def keys_on_and_off(settings, predict: str, bodies: list[bytes], total: int) -> dict:
+    """The same server at concurrency 16 open (no key exists), then with a key required of
+    every request (made now: the server reads it within OCEANML_SERVE_KEYS_REFRESH_S)."""
+    import httpx
+
+    from core.access import Scope
+    from core.database import session_factory
+    from core.keys import create_key
+
+    off = asyncio.run(load(predict, bodies, 16, total))
+    key = create_key(session_factory(settings.db_url), "bench", Scope.predict, rate=1e6)[0]
+    deadline = time.monotonic() + 30
+    while httpx.post(predict, content=bodies[0], headers={"content-type": "application/json"}
+                     ).status_code != 401:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the server did not start asking for keys within 30 s")
+        time.sleep(0.2)
+    auth = {"Authorization": f"Bearer {key}"}
+    asyncio.run(load(predict, bodies, 16, 32, headers=auth))  # its one scrypt check: untimed
+    return {"off": off, "on": asyncio.run(load(predict, bodies, 16, total, headers=auth))}
 
 
 def promote_under_load(mlc, settings, predict: str, bodies: list[bytes], total: int) -> dict:
