@@ -128,13 +128,15 @@ def test_a_task_blocked_in_the_kernel_times_out_in_its_branch_and_the_others_fin
 
 def test_branches_past_their_deadline_are_stopped_with_what_they_started(
         prefect_harness, settings, fifo, monkeypatch) -> None:
-    monkeypatch.setenv("OCEANML_BRANCH_TIMEOUT_S", "30")
+    # long enough for the fine branch's subflow on a loaded machine (it once needed over 30 s
+    # beside the production stack's lifecycle and a benchmark)
+    monkeypatch.setenv("OCEANML_BRANCH_TIMEOUT_S", "45")
     monkeypatch.setattr(fleet, "GRACE_S", 3.0)  # from the stop signal to SIGKILL
     get_settings.cache_clear()
     result = fleet_under_test(["stuck", "deaf", "fine"], fifo)
 
     def reason(model: str) -> str:
-        return (f"the {model} branch passed its deadline of 30 s (OCEANML_BRANCH_TIMEOUT_S) "
+        return (f"the {model} branch passed its deadline of 45 s (OCEANML_BRANCH_TIMEOUT_S) "
                 "and was stopped")
 
     assert result["outcomes"] == {"stuck": BranchFailure(reason("stuck")),
