@@ -13,7 +13,6 @@ from oceanml.serving.body_budget import Held, metered
 from oceanml.serving.inputs import BadInput, parse
 
 
-
 def gone() -> BadInput:
     """The client hung up before its body arrived: nobody reads the answer, but it is no 500."""
     return BadInput(400, "client_disconnected", "the client closed the connection mid-body")
