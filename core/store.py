@@ -66,14 +66,32 @@ def content_key(digest: str, suffix: str) -> str:
     return f"images/{digest[:2]}/{digest[2:4]}/{digest}{suffix}"
 
 
-def read_bytes(location: Location, key: str) -> bytes:
-    """The whole object at ``key``; plain os calls for a local folder, where fsspec's file
-    object cost more than the read of a small file (0.060 against 0.033 ms per pair)."""
+def read_bytes(location: Location, key: str,
+               fetched: dict[str, bytes | Exception] | None = None) -> bytes:
+    """The whole object at ``key`` (from ``fetched`` when :func:`fetch_all` got it); plain os
+    calls for a local folder, where fsspec's file object cost more than the read of a small
+    file (0.060 against 0.033 ms per pair)."""
     path = location.path(key)
+    if fetched is not None and path in fetched:
+        got = fetched[path]
+        if isinstance(got, Exception):
+            raise got
+        return got
     if isinstance(location.fs, LocalFileSystem):
         with open(path, "rb") as fh:
             return fh.read()
     return location.fs.cat_file(path)
+
+
+def fetch_all(location: Location, keys: list[str]) -> dict[str, bytes | Exception] | None:
+    """The objects at ``keys`` of an object store, fetched concurrently (one request after
+    another, ingesting from S3 ran at about 23 observations a second); None for a local
+    folder, read as it goes. A failed read is kept as its exception, raised where it is read."""
+    if isinstance(location.fs, LocalFileSystem) or not keys:
+        return None
+    got = location.fs.cat([location.path(k) for k in keys], on_error="return")
+    return {p: (v if isinstance(v, bytes | Exception) else Exception(repr(v)))
+            for p, v in got.items()}
 
 
 def put_if_absent(lake: Location, key: str, data: bytes) -> None:

@@ -22,6 +22,7 @@ from core.settings import Settings
 from core.store import (
     Location,
     content_key,
+    fetch_all,
     filesystem,
     put_if_absent,
     read_bytes,
@@ -166,7 +167,8 @@ def ingest_limits(settings: Settings, now: datetime | None = None,
 
 
 def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
-                 limits: Limits, lake: Location) -> Prepared:
+                 limits: Limits, lake: Location,
+                 fetched: dict[str, bytes | Exception] | None = None) -> Prepared:
     """Read and validate an image with its sidecar (sizes are checked before reading), then
     write a valid image to the content-addressed lake: the process holding the bytes writes
     them, and a blob whose row is never committed is harmless (the same content, same key)."""
@@ -182,8 +184,9 @@ def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
             raise Rejection("missing_sidecar", f"no JSON sidecar beside {candidate.image_key}")
         _check_size(candidate, candidate.image_key, settings.max_image_bytes, "image")
         _check_size(candidate, candidate.sidecar_key, settings.max_sidecar_bytes, "sidecar")
-        image = read_bytes(landing, candidate.image_key)
-        checked = check_pair(image, read_bytes(landing, candidate.sidecar_key), settings, limits)
+        image = read_bytes(landing, candidate.image_key, fetched)
+        checked = check_pair(image, read_bytes(landing, candidate.sidecar_key, fetched),
+                             settings, limits)
         prepared.content_hash = checked.content_hash
         prepared.image_key = content_key(checked.content_hash,
                                          PurePosixPath(candidate.image_key).suffix.lower())
@@ -225,11 +228,22 @@ def prepare_table(candidate: Candidate, landing: Location, settings: Settings,
 
 
 def prepare(candidate: Candidate, landing: Location, settings: Settings, limits: Limits,
-            lake: Location) -> list[Prepared]:
+            lake: Location, fetched: dict[str, bytes | Exception] | None = None
+            ) -> list[Prepared]:
     """Read and validate one candidate; never raises for bad input."""
     if candidate.table_key is not None:
         return prepare_table(candidate, landing, settings, limits)
-    return [prepare_pair(candidate, landing, settings, limits, lake)]
+    return [prepare_pair(candidate, landing, settings, limits, lake, fetched)]
+
+
+def pair_keys(candidates: list[Candidate], settings: Settings) -> list[str]:
+    """The images and sidecars of ``candidates`` within their size limits (a file over its
+    limit is refused before it is read)."""
+    return [key for c in candidates
+            if c.table_key is None and c.problem is None and c.image_key and c.sidecar_key
+            and c.size(c.image_key) <= settings.max_image_bytes
+            and c.size(c.sidecar_key) <= settings.max_sidecar_bytes
+            for key in (c.image_key, c.sidecar_key)]
 
 
 BATCH = 32  # candidates per worker call: amortises pickling without starving a worker
@@ -245,7 +259,8 @@ def _start_worker(settings: Settings, limits: Limits) -> None:
 
 def _prepare_batch(candidates: list[Candidate]) -> list[Prepared]:
     landing, settings, limits, lake = _worker_state
-    return [p for c in candidates for p in prepare(c, landing, settings, limits, lake)]
+    fetched = fetch_all(landing, pair_keys(candidates, settings))
+    return [p for c in candidates for p in prepare(c, landing, settings, limits, lake, fetched)]
 
 
 def worker_count(setting: int) -> int:
