@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from tasks.validate import Readings, Rejection, open_checked
 
 # A refused image's reason -> the status that says it: too big is 413, the rest cannot be read.
-STATUS = {"image_too_large": 413, "decompression_bomb": 413}
+STATUS = {"image_too_large": 413, "sidecar_too_large": 413, "decompression_bomb": 413}
 
 
 class BadInput(Exception):
@@ -73,9 +73,6 @@ def parse(content_type: str, body: bytes, form: Any | None, limits: Limits) -> R
 
 def _from_form(form: Any, limits: Limits) -> tuple[list[bytes], Any]:
     images = [part for _, part in form.multi_items() if hasattr(part, "read")]
-    if len(images) > limits.max_images:
-        raise BadInput(413, "too_many_images",
-                       f"{len(images)} images > limit {limits.max_images} per request")
     for n, part in enumerate(images):  # spooled: refused before it is read into memory
         if part.size is not None and part.size > limits.max_image_bytes:
             raise BadInput(413, "image_too_large",

@@ -23,15 +23,13 @@ from starlette.concurrency import run_in_threadpool
 from core.access import Grant, Scope
 from core.db import Observation
 from core.store import filesystem, put_if_absent
-from oceanml.serving.inputs import BadInput
+from oceanml.serving.inputs import STATUS, BadInput
 from oceanml.serving.reading import declared_size, read_form
 from tasks.ingest import load_device_registry
 from tasks.landing import CheckedPair, check_pair, ingest_limits
 from tasks.validate import Rejection
 
 SUFFIX = {"JPEG": ".jpg", "PNG": ".png"}
-#: A refusal's reason -> its status: too big is 413, the rest cannot be accepted as sent.
-STATUS = {"image_too_large": 413, "sidecar_too_large": 413, "decompression_bomb": 413}
 
 
 @dataclass
