@@ -62,7 +62,8 @@ def branch_main(sender: Connection, payload: bytes, parent_pid: int) -> None:
     """A branch's process: lead a process group (so the parent can end it with its DataLoader
     workers), end itself should the parent die, turn :data:`STOP_SIGNAL` into
     :class:`DeadlinePassed`, run the branch subflow on this main thread inside the parent's
-    context, and send back its outcome once its logs and events are sent."""
+    context, send back its outcome, then send its last logs and events (a loaded API server
+    once took most of a deadline to take them, with the branch's work long done)."""
     os.setpgrp()
     call: BranchCall = cloudpickle.loads(payload)
     if call.env is not None:  # a fork server's environment is the one it started with
@@ -91,9 +92,9 @@ def branch_main(sender: Connection, payload: bytes, parent_pid: int) -> None:
     except Exception as exc:  # noqa: BLE001 - e.g. a result that would not load
         outcome = BranchFailure(f"{type(exc).__name__}: {exc}"[:MAX_ERROR])
     signal.signal(STOP_SIGNAL, signal.SIG_IGN)
-    _drain_prefect_workers()
-    sender.send_bytes(cloudpickle.dumps(outcome))
+    sender.send_bytes(cloudpickle.dumps(outcome))  # the deadline stops counting here
     sender.close()
+    _drain_prefect_workers()  # the parent waits for this process's exit (fleet.EXIT_S)
 
 
 def _follow_parent(parent_pid: int, nightly_pid: int) -> None:
