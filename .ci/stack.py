@@ -1,7 +1,9 @@
 """The production stack on loopback, for the integration suite: an S3 server (moto) with the
 buckets OceanML writes to, an OpenAI-protocol LLM stand-in, an MLflow tracking server
-(PostgreSQL backend store, artifacts proxied to S3), a Prefect server on PostgreSQL and a
-process worker configured the way an operator configures one (environment only).
+(PostgreSQL backend store, artifacts proxied to S3, MLflow's basic-auth app), a Prefect
+server on PostgreSQL with an API auth string, and a process worker configured the way an
+operator configures one (environment only). Nothing answers without its credentials but the
+health probes.
 
     python .ci/stack.py start DIR      # PostgreSQL at $OCEANML_STACK_PG_URL must be running
                                        # (else $OCEANML_TEST_PG_URL); with OCEANML_PG_DATA,
@@ -18,6 +20,7 @@ Run it with the project's virtual environment (`.venv/bin/python`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -117,8 +120,28 @@ def worker_online(state: dict) -> bool:
     import httpx
 
     answer = httpx.post(f"{state['urls']['prefect']}/work_pools/{POOL}/workers/filter",
-                        json={}, timeout=5)
+                        json={}, timeout=5, auth=prefect_login(state))
     return answer.status_code == 200 and any(w["status"] == "ONLINE" for w in answer.json())
+
+
+def prefect_login(state: dict) -> tuple[str, str]:
+    """The user and password of the Prefect server's auth string (``user:password``)."""
+    user, password = state["oceanml_env"]["PREFECT_API_AUTH_STRING"].split(":", 1)
+    return user, password
+
+
+def mlflow_auth_config(directory: Path) -> Path:
+    """MLflow's basic-auth app's settings: its users in a SQLite file of the stack's (the admin
+    user, ``oceanml``, is created on the first start from ``MLFLOW_AUTH_ADMIN_PASSWORD``), no
+    permission for a user not granted one, and a checked password remembered for a minute
+    (PBKDF2 on every request otherwise)."""
+    path = directory / "mlflow-auth.ini"
+    path.write_text("[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                    f"database_uri = sqlite:///{directory / 'mlflow-auth.db'}\n"
+                    "admin_username = oceanml\n"
+                    "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+                    "auth_cache_ttl_seconds = 60\n")
+    return path
 
 
 def base_env(home: Path) -> dict[str, str]:
@@ -136,7 +159,7 @@ def plan(directory: Path, admin_url: str, pg_data: str | None) -> dict:
             "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
             "prefect": f"http://127.0.0.1:{ports['prefect']}/api"}
     sentinel = {name: f"sentinel-{name}-{secrets.token_hex(8)}"
-                for name in ("db", "mlflow", "llm", "s3")}
+                for name in ("db", "mlflow", "llm", "s3", "prefect")}
     aws = {"AWS_ACCESS_KEY_ID": "oceanml-ci", "AWS_SECRET_ACCESS_KEY": sentinel["s3"],
            "AWS_DEFAULT_REGION": "us-east-1"}
     mlflow_db = with_database(admin_url, "oceanml_stack_mlflow", driver="psycopg")
@@ -160,6 +183,7 @@ def plan(directory: Path, admin_url: str, pg_data: str | None) -> dict:
         "OCEANML_LLM_API_KEY": sentinel["llm"],
         "OCEANML_PROFILE": "cpu-small",
         "PREFECT_API_URL": urls["prefect"],
+        "PREFECT_API_AUTH_STRING": f"oceanml:{sentinel['prefect']}",
         **aws,
     }
     env = base_env(directory / "prefect-home")
@@ -171,12 +195,18 @@ def plan(directory: Path, admin_url: str, pg_data: str | None) -> dict:
                 "env": {**env, "OCEANML_LLM_API_KEY": sentinel["llm"]}},
         "mlflow": {"cmd": [str(BIN / "mlflow"), "server", "--host", "127.0.0.1",
                            "--port", str(ports["mlflow"]), "--backend-store-uri", mlflow_db,
-                           "--artifacts-destination", "s3://oceanml-mlflow/artifacts"],
-                   "env": {**env, **aws, "MLFLOW_S3_ENDPOINT_URL": urls["s3"]}},
+                           "--artifacts-destination", "s3://oceanml-mlflow/artifacts",
+                           "--app-name", "basic-auth"],
+                   "env": {**env, **aws, "MLFLOW_S3_ENDPOINT_URL": urls["s3"],
+                           "MLFLOW_AUTH_CONFIG_PATH": str(mlflow_auth_config(directory)),
+                           "MLFLOW_AUTH_ADMIN_PASSWORD": sentinel["mlflow"],
+                           # signs the auth app's CSRF tokens; the same on every restart
+                           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32)}},
         "prefect": {"cmd": [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                             "--port", str(ports["prefect"])],
                     "env": {**env, "PREFECT_API_DATABASE_CONNECTION_URL": prefect_db,
-                            "PREFECT_UI_API_URL": urls["prefect"]}},
+                            "PREFECT_UI_API_URL": urls["prefect"],
+                            "PREFECT_SERVER_API_AUTH_STRING": f"oceanml:{sentinel['prefect']}"}},
         "worker": {"cmd": [str(BIN / "prefect"), "worker", "start", "--pool", POOL,
                            "--type", "process", "--limit", "1"],
                    "env": {**base_env(directory / "worker-prefect-home"), **oceanml,
@@ -232,28 +262,34 @@ def start(directory: Path) -> None:
     print(f"stack: up; settings in {directory / 'stack.env'}", file=sys.stderr)
 
 
-def stop_part(state: dict, name: str) -> None:
-    pid = state["parts"][name].get("pid")
-    if not pid:
-        return
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def stop_parts(state: dict, names: list[str]) -> None:
+    """SIGTERM to each part's process group at once, SIGKILL to what still runs 30 s later."""
+    groups = []
+    for name in names:
+        pid = state["parts"][name].get("pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+                groups.append(pid)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.killpg(pid, 0)
-        except ProcessLookupError:
-            return
+    while groups and time.monotonic() < deadline:
+        groups = [pid for pid in groups if group_alive(pid)]
         time.sleep(0.5)
-    os.killpg(pid, signal.SIGKILL)
+    for pid in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+
+
+def group_alive(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def stop(directory: Path) -> None:
-    state = load(directory)
-    for name in ("worker", "prefect", "mlflow", "llm", "s3"):
-        stop_part(state, name)
+    stop_parts(load(directory), ["worker", "prefect", "mlflow", "llm", "s3"])
 
 
 def restart(directory: Path, name: str) -> None:
@@ -261,7 +297,7 @@ def restart(directory: Path, name: str) -> None:
     if name == "postgres":
         restart_postgres(state)
         return
-    stop_part(state, name)
+    stop_parts(state, [name])
     proc = spawn(state, name)
     save(state)
     ready(state, name, proc)

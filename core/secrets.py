@@ -21,7 +21,8 @@ def mask_url(url: str | None) -> str | None:
 
 
 SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_PASSWORD",
-              "MLFLOW_TRACKING_TOKEN", "OPENAI_API_KEY")
+              "MLFLOW_TRACKING_TOKEN", "OPENAI_API_KEY", "PREFECT_API_KEY",
+              "PREFECT_API_AUTH_STRING")
 
 
 def known_secrets(settings: object | None = None) -> set[str]:
@@ -37,6 +38,8 @@ def known_secrets(settings: object | None = None) -> set[str]:
         elif isinstance(value, str) and "://" in value:
             urls.append(value)
     values += [urlsplit(u).password for u in urls]
+    auth = os.environ.get("PREFECT_API_AUTH_STRING", "")  # user:password; either half alone
+    values.append(auth.partition(":")[2])
     return {v for v in values if v and len(v) >= 4}
 
 

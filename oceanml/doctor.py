@@ -85,9 +85,21 @@ def check_mlflow(settings: Settings) -> Check:
                   MLFLOW_HTTP_REQUEST_TIMEOUT=str(int(TIMEOUT_S))):
             models = client(settings).search_registered_models(max_results=10)
     except Exception as exc:
+        if _refused(exc):
+            return Check("mlflow", False, f"{where}: the server refused the credentials",
+                         "put the user and password in OCEANML_MLFLOW_TRACKING_URI "
+                         "(http://USER:PASSWORD@host:5000) or set MLFLOW_TRACKING_USERNAME "
+                         "and MLFLOW_TRACKING_PASSWORD")
         return Check("mlflow", False, f"{where}: {_short(exc)}",
                      "set OCEANML_MLFLOW_TRACKING_URI (the tracking server must be up)")
     return Check("mlflow", True, f"{where}: {len(models)} registered models")
+
+
+def _refused(exc: Exception) -> bool:
+    """An MLflow error for a 401 or 403 (MLflow raises them as text, with the status)."""
+    text = str(exc)
+    return any(f"{code}" in text for code in ("code 401", "code 403", "Unauthorized",
+                                               "Permission denied"))
 
 
 def check_prefect(settings: Settings) -> Check:
@@ -102,6 +114,14 @@ def check_prefect(settings: Settings) -> Check:
     try:
         prefect_api("GET", api, "/health")
         answer = prefect_api("POST", api, "/work_pools/filter")
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code in (401, 403):
+            return Check("prefect", False, f"{mask_url(api)}: the server refused the "
+                         f"credentials (HTTP {exc.response.status_code})",
+                         "set PREFECT_API_AUTH_STRING to the server's "
+                         "PREFECT_SERVER_API_AUTH_STRING (or PREFECT_API_KEY for Prefect Cloud)")
+        return Check("prefect", False, f"{mask_url(api)}: {_short(exc)}",
+                     "set PREFECT_API_URL (the server must be up)")
     except httpx.HTTPError as exc:
         return Check("prefect", False, f"{mask_url(api)}: {_short(exc)}",
                      "set PREFECT_API_URL (the server must be up)")
@@ -143,15 +163,27 @@ def check_notifications(settings: Settings) -> Check:
 
 def prefect_api(method: str, api: str, path: str):
     """``path`` of the Prefect API at ``api`` (a filter is POSTed empty), with the
-    ``PREFECT_API_KEY`` where one is set; raises on an error status."""
+    credentials Prefect's own client sends (``PREFECT_API_AUTH_STRING`` for a server with
+    basic auth, else ``PREFECT_API_KEY``); raises on an error status."""
     import httpx
 
-    key = os.environ.get("PREFECT_API_KEY")
     answer = httpx.request(method, f"{api}{path}", json={} if method == "POST" else None,
-                           timeout=TIMEOUT_S,
-                           headers={"Authorization": f"Bearer {key}"} if key else {})
+                           timeout=TIMEOUT_S, headers=prefect_auth_headers())
     answer.raise_for_status()
     return answer
+
+
+def prefect_auth_headers() -> dict[str, str]:
+    """The ``Authorization`` header Prefect's client would send, from the environment or the
+    active profile (the auth string wins, as in the client)."""
+    import base64
+
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY
+
+    auth, key = PREFECT_API_AUTH_STRING.value(), PREFECT_API_KEY.value()
+    if auth:
+        return {"Authorization": "Basic " + base64.b64encode(auth.encode()).decode()}
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def prefect_api_url() -> str | None:

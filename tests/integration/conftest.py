@@ -33,6 +33,11 @@ class Stack:
                    state.get("pg_data"))
 
     @property
+    def prefect_auth(self) -> str:
+        """The Prefect server's auth string (``user:password``), as its clients send it."""
+        return self.env["PREFECT_API_AUTH_STRING"]
+
+    @property
     def worker_log(self) -> Path:
         return self.dir / "worker.log"
 

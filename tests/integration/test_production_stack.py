@@ -17,10 +17,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from prefect.deployments import run_deployment
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 from sqlalchemy import func, select
 
 from core.database import session_factory
@@ -124,7 +125,8 @@ class Stopwatch:
 @pytest.fixture(scope="module")
 def lifecycle(stack) -> Iterator[Lifecycle]:
     with pytest.MonkeyPatch.context() as mp, \
-            temporary_settings(updates={PREFECT_API_URL: stack.urls["prefect"]}):
+            temporary_settings(updates={PREFECT_API_URL: stack.urls["prefect"],
+                                        PREFECT_API_AUTH_STRING: stack.prefect_auth}):
         for name, value in stack.env.items():
             mp.setenv(name, value)
         get_settings.cache_clear()
@@ -272,7 +274,7 @@ def doctor(**env: str) -> subprocess.CompletedProcess:
                           text=True, env={**os.environ, **env}, timeout=300)
 
 
-def test_doctor_finds_every_backend_of_the_stack(lifecycle) -> None:
+def test_doctor_finds_every_backend_of_the_stack(lifecycle, stack) -> None:
     found = doctor()
     assert found.returncode == 0, found.stdout + found.stderr
     status = {line[6:18].strip(): line.split()[0] for line in found.stdout.splitlines()
@@ -281,19 +283,45 @@ def test_doctor_finds_every_backend_of_the_stack(lifecycle) -> None:
                                                  "mlflow", "prefect", "llm", "gpu")},
                       "notify": "warn"}, found.stdout  # the stack sets no webhook
     assert "schema at head" in found.stdout and "work pools oceanml-process" in found.stdout
-    refused = doctor(OCEANML_LLM_API_KEY="not-the-key")  # the stand-in refuses other keys
+    wrong = "not-the-key"  # every server refuses it, and doctor names what to set
+    mlflow_url = urlsplit(stack.urls["mlflow"])
+    refused = doctor(OCEANML_LLM_API_KEY=wrong, PREFECT_API_AUTH_STRING=f"oceanml:{wrong}",
+                     OCEANML_MLFLOW_TRACKING_URI=urlunsplit(mlflow_url._replace(
+                         netloc=f"oceanml:{wrong}@{mlflow_url.netloc}")))
     assert refused.returncode == 1
-    assert [line.split()[:2] for line in refused.stdout.splitlines()
-            if line.startswith("FAIL")] == [["FAIL", "llm"]], refused.stdout
-    assert "-> set OCEANML_LLM_API_KEY" in refused.stdout
-    assert "not-the-key" not in refused.stdout + refused.stderr
+    assert sorted(line.split()[1] for line in refused.stdout.splitlines()
+                  if line.startswith("FAIL")) == ["llm", "mlflow", "prefect"], refused.stdout
+    for fix in ("-> set OCEANML_LLM_API_KEY", "-> set PREFECT_API_AUTH_STRING",
+                "MLFLOW_TRACKING_USERNAME"):
+        assert fix in refused.stdout, (fix, refused.stdout)
+    assert wrong not in refused.stdout + refused.stderr
+
+
+def test_no_server_of_the_stack_answers_without_its_credentials(lifecycle, stack) -> None:
+    """Prefect's API (and so its UI), MLflow's tracking server and the LLM endpoint refuse a
+    caller without credentials, and one with a wrong password; only the health probes
+    answer. (``oceanml serve``'s keys: tests/serving/test_keys.py.)"""
+    import httpx
+
+    user, password = stack.prefect_auth.split(":", 1)
+    prefect, mlflow = stack.urls["prefect"], stack.urls["mlflow"]
+    guarded = [("POST", f"{prefect}/flow_runs/filter", {}, (user, password)),
+               ("GET", f"{mlflow}/api/2.0/mlflow/registered-models/search", None,
+                ("oceanml", stack.sentinels["mlflow"])),
+               ("GET", f"{stack.urls['llm']}/models", None, None)]
+    for method, url, body, login in guarded:
+        for auth in (None, ("oceanml", "not-the-password")):
+            answer = httpx.request(method, url, json=body, auth=auth, timeout=30)
+            assert answer.status_code == 401, (url, auth and "wrong password", answer.text)
+        if login:
+            assert httpx.request(method, url, json=body, auth=login, timeout=30).is_success
+    assert httpx.get(f"{prefect}/health", timeout=30).status_code == 200
+    assert httpx.get(f"{mlflow}/health", timeout=30).status_code == 200
 
 
 # -- secrets ---------------------------------------------------------------------------------
 
 def pg_dump(stack, database: str) -> bytes:
-    from urllib.parse import urlsplit
-
     binary = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"))
     if not binary:
         pytest.fail("pg_dump not found under /usr/lib/postgresql (Debian's postgresql package)")
@@ -385,6 +413,21 @@ def page(browser, url: str, shows: str, shot: str, timeout_s: float = 60) -> str
     return text
 
 
+def log_in(browser, ui: str, auth: str, timeout_s: float = 60) -> None:
+    """Through the UI's own login page, which a server with an auth string shows first."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(f"{ui}/dashboard")
+    found = WebDriverWait(browser, timeout_s).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, "input[type=password]"))
+    browser.save_screenshot(str(SCREENSHOTS / "login.png"))
+    found[0].send_keys(auth, Keys.ENTER)
+    WebDriverWait(browser, timeout_s).until(
+        lambda b: not b.find_elements(By.CSS_SELECTOR, "input[type=password]"))
+
+
 def latest_artifact_id(key: str) -> str:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
@@ -403,6 +446,7 @@ def test_the_prefect_ui_shows_the_nightly_completed_with_its_reports(
     """The run page says Completed; the artifacts page lists every report; the summary and
     the drift table open as tables (screenshots in OCEANML_UI_SCREENSHOTS)."""
     ui = stack.urls["prefect"].removesuffix("/api")
+    log_in(browser, ui, stack.prefect_auth)  # the UI asks first: its API refuses without it
     first = lifecycle.first
     run_page = page(browser, f"{ui}/runs/flow-run/{first.id}", first.name, "nightly-run")
     assert "Completed" in run_page
