@@ -193,7 +193,10 @@ def _await(process: multiprocessing.process.BaseProcess, receiver: Connection,
         reason = call.deadline_reason
     _interrupt(process)
     message = _next(process, receiver, call.model, GRACE_S)
-    return message if message not in (None, STARTED) else BranchFailure(reason)
+    if message in (None, STARTED):  # deaf to the stop signal: killed now, not after EXIT_S
+        _stop(process, signal.SIGKILL)
+        return BranchFailure(reason)
+    return message
 
 
 def _next(process: multiprocessing.process.BaseProcess, receiver: Connection, model: str,
