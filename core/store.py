@@ -11,7 +11,9 @@ import hashlib
 import os
 import socket
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -35,6 +37,37 @@ class Location:
     def relative(self, path: str) -> str:
         root = self.root.rstrip("/") + "/"
         return path[len(root) :] if path.startswith(root) else path
+
+
+def listings(location: Location) -> Iterator[dict[str, dict[str, Any]]]:
+    """Each folder under the location's root as ``{key: info}`` of its files (``size``,
+    ``mtime`` or the object store's ``ETag``), a folder at a time. A local folder is walked
+    with ``os.scandir``: fsspec's walk built an info dict per file through its own path
+    handling, 0.5 s of the main process for 10 000 files. The same files and the same values
+    as fsspec's (regular files only, links not followed), so ledger fingerprints match."""
+    if not isinstance(location.fs, LocalFileSystem):
+        for _dirpath, _dirs, files in location.fs.walk(location.root, detail=True):
+            yield {location.relative(info["name"]): info for info in files.values()
+                   if info.get("type", "file") == "file"}
+        return
+    pending = [location.root]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = os.scandir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        files: dict[str, dict[str, Any]] = {}
+        with entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    stat = entry.stat(follow_symlinks=False)
+                    files[location.relative(entry.path)] = {
+                        "name": entry.path, "size": stat.st_size, "mtime": stat.st_mtime,
+                        "type": "file"}
+        yield files
 
 
 def filesystem(url: str, settings: Settings | None = None) -> Location:

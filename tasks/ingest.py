@@ -33,7 +33,7 @@ from core.lineage import flow_run_id
 from core.logs import stage_logger
 from core.progress import StageProgress
 from core.settings import Settings, get_settings
-from core.store import Location, filesystem
+from core.store import Location, filesystem, listings
 from tasks.landing import (
     Candidate,
     Prepared,
@@ -91,9 +91,7 @@ def iter_new(landing: Location, sessions: sessionmaker) -> Iterator[tuple[list[C
     folders (a device per day) cost one query and session per 40 files."""
     landing.fs.invalidate_cache()  # object-store listings are cached per process
     group: list[Candidate] = []
-    for _dirpath, _dirs, files in landing.fs.walk(landing.root, detail=True):
-        listing = {landing.relative(info["name"]): info for info in files.values()
-                   if info.get("type", "file") == "file"}
+    for listing in listings(landing):
         group += pair_files(listing)
         if len(group) >= SLICE:
             yield _unknown(sessions, group)
