@@ -113,25 +113,26 @@ def check_image(data: bytes) -> tuple[int, int, dict]:
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for a broken image
         raise Refused(f"image: {exc}") from None
     small = img.convert("RGB").resize((32, 32), Image.Resampling.BOX)
-    pixels = np.asarray(small, dtype=np.float32) / 255.0
-    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
-    grey = pixels.mean(axis=2)
+    r, g, b = (np.asarray(band, dtype=np.float32) / 255.0 for band in small.split())
+    grey = (r + g + b) / 3.0
     red, green, blue = float(r.mean()), float(g.mean()), float(b.mean())
     stats = {"brightness": round(float(grey.mean()), 4), "contrast": round(float(grey.std()), 4),
              "red": round(red, 4), "green": round(green, 4), "blue": round(blue, 4),
              "green_ratio": round(green / (red + green + blue + 1e-6), 4),
-             "saturation": round(float((pixels.max(axis=2) - pixels.min(axis=2)).mean()), 4)}
+             "saturation": round(float((np.maximum(np.maximum(r, g), b)
+                                        - np.minimum(np.minimum(r, g), b)).mean()), 4)}
     return width, height, stats
 
 
-def write_blob(lake: Path, digest: str, data: bytes) -> str:
+def write_blob(lake: str, digest: str, data: bytes) -> str:
     """The image under its content key, written once."""
     key = f"images/{digest[:2]}/{digest[2:4]}/{digest}.jpg"
-    path = lake / key
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
+    path = os.path.join(lake, key)
+    if not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     return key
 
@@ -139,13 +140,19 @@ def write_blob(lake: Path, digest: str, data: bytes) -> str:
 def content_hash(image: bytes, doc: dict) -> str:
     """sha256 of the image and the canonical sidecar: the same pair, the same hash."""
     canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(image + b"\0" + canonical).hexdigest()
+    digest = hashlib.sha256(image)  # fed in parts: no concatenated copy of the image
+    digest.update(b"\0")
+    digest.update(canonical)
+    return digest.hexdigest()
 
 
-def prepare(image_path: str, sidecar_path: str, source_key: str, lake: Path,
+def prepare(image_path: str, sidecar_path: str, source_key: str, lake: str,
             now: datetime) -> dict:
     """One pair's row, or ``{"refused": why}``."""
-    image, raw = Path(image_path).read_bytes(), Path(sidecar_path).read_bytes()
+    with open(image_path, "rb") as fh:
+        image = fh.read()
+    with open(sidecar_path, "rb") as fh:
+        raw = fh.read()
     try:
         row = check_sidecar(raw, now)
         width, height, stats = check_image(image)
@@ -158,7 +165,7 @@ def prepare(image_path: str, sidecar_path: str, source_key: str, lake: Path,
 
 
 def prepare_batch(pairs: list[tuple[str, str, str]], lake: str, now: datetime) -> list[dict]:
-    return [prepare(i, s, k, Path(lake), now) for i, s, k in pairs]
+    return [prepare(i, s, k, lake, now) for i, s, k in pairs]
 
 
 def pairs_under(landing: Path) -> list[tuple[str, str, str]]:
