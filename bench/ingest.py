@@ -304,6 +304,7 @@ def step_costs(landing: Path, home: Path, db_url: str | None) -> dict[str, float
 
 
 def run_child(mode: str, landing: Path, home: Path, db_url: str | None) -> dict:
+    os.sync()  # the last side's writes reach the disk now, not during this side's timing
     args = [sys.executable, __file__, mode, str(landing), str(home)]
     if db_url:
         args.append(db_url)
@@ -327,7 +328,9 @@ def measure(n: int, stems: list[Path], src: Path, root: Path, server_url: str | 
               else nullcontext(None)) as db_url:
             home = root / f"home-{tag}-{i}"
             runs.append(run_child("--worker", landing, home, db_url))
+            os.sync()
             single_runs.append(baseline_files(landing, root / f"cp1-{tag}-{i}", 1))
+            os.sync()
             parallel_runs.append(baseline_files(landing, root / f"cpn-{tag}-{i}", workers))
             columns, rows = our_rows(home, db_url)
             rows_runs.append(baseline_pg_copy(columns, rows, db_url) if db_url
