@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -148,7 +149,8 @@ def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
         yield
         await service.stop()
 
-    app = FastAPI(title="OceanML", lifespan=lifespan,
+    app = FastAPI(title="OceanML", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url=None,
                   description="The champions of the OceanML fleet, answering images now.")
     app.state.service = service
     app.add_middleware(RequestIds)
@@ -209,6 +211,16 @@ def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
         return JSONResponse({"status": "ready"})
 
     metrics_scope = [] if service.settings.serve_open_metrics else [predict_scope]
+
+    # the API's own description behind a key too (FastAPI's are open): a browser sends no
+    # bearer header, so with keys the schema is read with curl or a client, not /docs
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[predict_scope])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[predict_scope])
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="OceanML")
 
     @app.get("/metrics", dependencies=metrics_scope)
     async def metrics() -> Response:
