@@ -4,6 +4,7 @@ it made: one string ties what a client saw to what the server logged and stored.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -12,6 +13,7 @@ from typing import Any
 
 SANE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 log = logging.getLogger("oceanml.serve.access")
+errors = logging.getLogger("oceanml.serve")
 
 
 def request_id(given: str | None) -> str:
@@ -48,10 +50,12 @@ class RequestIds:
                 body_read = True
             return message
 
+        started_response = False
+
         async def send_with_id(message: dict) -> None:
-            nonlocal status
+            nonlocal status, started_response
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, started_response = message["status"], True
                 headers = [*message.get("headers", []), (b"x-request-id", rid.encode())]
                 if not body_read and not any(k.lower() == b"connection" for k, _ in headers):
                     # answered before the body was read (refused early): the client could
@@ -62,6 +66,16 @@ class RequestIds:
 
         try:
             await self.app(scope, receive_noting_the_end, send_with_id)
+        except Exception:
+            # answered here rather than by Starlette's last-resort handler, which knows no id
+            errors.exception("request %s failed", rid, extra={"request_id": rid})
+            if started_response:
+                raise
+            await send_with_id({"type": "http.response.start", "status": 500,
+                                "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": json.dumps(
+                {"error": "internal", "detail": f"the server failed on this request; "
+                 f"its log says why under request_id={rid}"}).encode()})
         finally:
             ms = round((time.perf_counter() - started) * 1000, 1)
             path = scope.get("raw_path", scope["path"].encode()).decode("latin-1")  # as sent:

@@ -192,6 +192,34 @@ def test_the_request_id_is_answered_logged_and_stored(locked, sessions, caplog) 
     assert stored()["buoy-7:0042"] == "app"
 
 
+def test_a_failure_inside_a_route_is_a_500_carrying_its_request_id(settings, champion,
+                                                                     monkeypatch, caplog) -> None:
+    """A bug on the answer path (made here by breaking it): the client gets a JSON 500 with the
+    request id and none of the error's text, the log has the traceback under that id, and the
+    server goes on answering."""
+    from oceanml.serving import app as serving_app
+
+    server = fresh_server(monkeypatch)
+    try:
+        def broken(*args, **kwargs):
+            raise RuntimeError("secret internals of a bug")
+
+        monkeypatch.setattr(serving_app, "answer", broken)
+        with caplog.at_level(logging.INFO):
+            failed = server.post(PREDICT, json=body(), headers={"X-Request-ID": "trace-500"})
+        assert failed.status_code == 500, failed.text
+        assert failed.headers["x-request-id"] == "trace-500"
+        assert failed.json()["error"] == "internal" and "trace-500" in failed.json()["detail"]
+        assert "secret internals" not in failed.text
+        logged = [r for r in caplog.records if getattr(r, "request_id", None) == "trace-500"]
+        assert any(r.exc_info and "secret internals" in str(r.exc_info[1]) for r in logged)
+        assert any(r.name == "oceanml.serve.access" and r.status == 500 for r in logged)
+        monkeypatch.undo()
+        assert server.post(PREDICT, json=body()).status_code == 200
+    finally:
+        stop_server(server)
+
+
 def test_only_hashes_are_stored(settings, sessions) -> None:
     key, row = create_key(sessions, "stored", Scope.predict)
     with sessions() as s:
