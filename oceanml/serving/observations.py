@@ -98,8 +98,8 @@ def observation_routes(service: Any) -> APIRouter:
     async def upload(request: Request, grant: Grant | None = ingest) -> JSONResponse:
         async with service.budget.hold(declared_size(service, request)) as held:
             form = await read_form(service, request, held)
-            try:
-                pairs = pairs_of(form)
+            try:  # the parts are spooled files (up to the image limit each): read off the loop
+                pairs = await run_in_threadpool(pairs_of, form)
             finally:
                 await form.close()
             outcomes = await run_in_threadpool(uploads.accept, pairs, grant)
