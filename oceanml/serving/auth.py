@@ -4,8 +4,11 @@ A replica reads the keys (the ``api_keys`` table and the ``OCEANML_API_KEYS`` se
 start and every ``OCEANML_SERVE_KEYS_REFRESH_S`` seconds, so a revoked key is refused by every
 replica within that time, without a restart. A key is checked against its scrypt hash once
 (about 50 ms, in a worker thread, one check per key at a time); what passed is remembered as
-its SHA-256 digest in memory only. Until a key has ever existed (revoked ones count), the
-server is open, which ``oceanml serve`` allows on loopback only (or with ``--insecure``).
+its SHA-256 digest in memory only. A wrong secret for a real key id costs a scrypt check too,
+so those are rationed per key id (:data:`GUESSES_PER_S`; past it, 429): guessing cannot hold
+a core, nor queue the key's holder behind a minute of checks. Until a key has ever existed
+(revoked ones count), the server is open, which ``oceanml serve`` allows on loopback only (or
+with ``--insecure``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from core.keys import grants, mark_used
 from oceanml.serving.inputs import BadInput
 
 log = logging.getLogger("oceanml.serve")
+GUESSES_PER_S = 4.0  # scrypt checks a second per key id of secrets not known to pass
 
 
 @dataclass
@@ -72,6 +76,7 @@ class KeyRing:
         self.seen_keys = False
         self.passed: dict[str, bytes] = {}  # key id -> SHA-256 of the key that passed scrypt
         self.checking: dict[str, asyncio.Lock] = {}
+        self.guesses: dict[str, TokenBucket] = {}  # per key id: scrypt checks not yet passed
         self.buckets: dict[str, TokenBucket] = {}
         self.used: dict[str, datetime] = {}
         self._stop = threading.Event()
@@ -157,6 +162,12 @@ class KeyRing:
         known = self.passed.get(grant.key_id)
         if known is not None:
             return hmac.compare_digest(known, digest)
+        guesses = self.guesses.setdefault(grant.key_id, TokenBucket(GUESSES_PER_S))
+        wait = guesses.take(time.monotonic())
+        if wait:
+            raise self._refused(grant.name, 429, "too_many_attempts",
+                                f"too many unverified attempts at key {grant.name!r}",
+                                {"Retry-After": str(max(1, math.ceil(wait)))})
         lock = self.checking.setdefault(grant.key_id, asyncio.Lock())
         async with lock:  # one scrypt per key at a time: the others wait for its verdict
             known = self.passed.get(grant.key_id)

@@ -89,6 +89,34 @@ def test_each_route_asks_for_a_key_of_its_scope(locked) -> None:
     assert refused_count(server, "buoy", app, "forbidden") == 1
 
 
+def test_guesses_at_a_keys_secret_are_rationed_and_its_holder_still_gets_in(locked) -> None:
+    """Wrong secrets for a real key id each cost a scrypt check until the key has passed once:
+    past GUESSES_PER_S they are refused with 429 before any check, so 16 at once cannot queue
+    the holder behind them; the holder gets in after the Retry-After."""
+    import secrets as random_secrets
+    from concurrent.futures import ThreadPoolExecutor
+
+    from oceanml.serving.auth import GUESSES_PER_S
+
+    server, keys = locked
+    key_id = keys["app"][:17]  # "ocn_<key id>_": the id is in every log line that names it
+    guesses = [key_id + random_secrets.token_urlsafe(32) for _ in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(
+            lambda guess: server.post(PREDICT, json=body(), headers=bearer(guess)), guesses))
+    statuses = [a.status_code for a in answers]
+    assert set(statuses) <= {401, 429}, statuses
+    checked = statuses.count(401)  # the bucket's capacity, plus what refilled meanwhile
+    assert 1 <= checked <= GUESSES_PER_S + 4 and statuses.count(429) >= 8, statuses
+    refused = next(a for a in answers if a.status_code == 429)
+    assert refused.json()["error"] == "too_many_attempts" and int(refused.headers["retry-after"])
+    deadline = time.monotonic() + 10
+    while (held := server.post(PREDICT, json=body(), headers=bearer(keys["app"]))
+           ).status_code == 429 and time.monotonic() < deadline:
+        time.sleep(int(held.headers["retry-after"]))
+    assert held.status_code == 200, held.text
+
+
 def test_keys_are_managed_over_http_with_an_admin_key_and_audited(locked, sessions) -> None:
     server, keys = locked
     new = {"name": "partner", "scope": "predict", "rate": 3}
