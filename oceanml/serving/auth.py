@@ -162,17 +162,17 @@ class KeyRing:
         known = self.passed.get(grant.key_id)
         if known is not None:
             return hmac.compare_digest(known, digest)
-        guesses = self.guesses.setdefault(grant.key_id, TokenBucket(GUESSES_PER_S))
-        wait = guesses.take(time.monotonic())
-        if wait:
-            raise self._refused(grant.name, 429, "too_many_attempts",
-                                f"too many unverified attempts at key {grant.name!r}",
-                                {"Retry-After": str(max(1, math.ceil(wait)))})
         lock = self.checking.setdefault(grant.key_id, asyncio.Lock())
         async with lock:  # one scrypt per key at a time: the others wait for its verdict
             known = self.passed.get(grant.key_id)
-            if known is not None:
+            if known is not None:  # the holder's requests that waited on its first check
                 return hmac.compare_digest(known, digest)
+            guesses = self.guesses.setdefault(grant.key_id, TokenBucket(GUESSES_PER_S))
+            wait = guesses.take(time.monotonic())
+            if wait:
+                raise self._refused(grant.name, 429, "too_many_attempts",
+                                    f"too many unverified attempts at key {grant.name!r}",
+                                    {"Retry-After": str(max(1, math.ceil(wait)))})
             if await run_in_threadpool(verify, token, grant.hash):
                 self.passed[grant.key_id] = digest
                 return True
