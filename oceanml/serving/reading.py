@@ -50,8 +50,12 @@ async def read_form(service: Any, request: Request, held: Held) -> Any:
         raise
     except ClientDisconnect:
         raise gone() from None
-    except Exception as exc:  # malformed multipart
-        raise BadInput(422, "bad_multipart", str(exc) or type(exc).__name__) from None
+    except Exception as exc:  # malformed multipart, or past the part limits
+        text = str(exc) or type(exc).__name__
+        if "Too many files" in text or "Too many fields" in text:  # Starlette's words
+            raise BadInput(413, "too_many_images", f"at most {service.limits.max_images} "
+                           "images a request") from None
+        raise BadInput(422, "bad_multipart", text) from None
 
 
 async def read_request(service: Any, request: Request, held: Held) -> Any:

@@ -132,6 +132,8 @@ BAD_INPUTS = [
     ("readings not JSON", {"files": {"image": ("x.jpg", jpeg(), "image/jpeg")},
                            "data": {"readings": "{nope"}}, 422, "bad_readings"),
     ("too many images", {"json": {"images": [b64(jpeg())] * 17}}, 413, "too_many_images"),
+    ("too many image parts", {"files": [("image", ("x.jpg", jpeg(), "image/jpeg"))] * 40},
+     413, "too_many_images"),
 ]
 
 
