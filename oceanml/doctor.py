@@ -98,8 +98,8 @@ def check_mlflow(settings: Settings) -> Check:
 def _refused(exc: Exception) -> bool:
     """An MLflow error for a 401 or 403 (MLflow raises them as text, with the status)."""
     text = str(exc)
-    return any(f"{code}" in text for code in ("code 401", "code 403", "Unauthorized",
-                                               "Permission denied"))
+    return any(words in text for words in ("code 401", "code 403", "Unauthorized",
+                                           "Permission denied"))
 
 
 def check_prefect(settings: Settings) -> Check:
@@ -114,15 +114,12 @@ def check_prefect(settings: Settings) -> Check:
     try:
         prefect_api("GET", api, "/health")
         answer = prefect_api("POST", api, "/work_pools/filter")
-    except httpx.HTTPStatusError as exc:
-        if exc.response.status_code in (401, 403):
+    except httpx.HTTPError as exc:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code in (401, 403):
             return Check("prefect", False, f"{mask_url(api)}: the server refused the "
                          f"credentials (HTTP {exc.response.status_code})",
                          "set PREFECT_API_AUTH_STRING to the server's "
                          "PREFECT_SERVER_API_AUTH_STRING (or PREFECT_API_KEY for Prefect Cloud)")
-        return Check("prefect", False, f"{mask_url(api)}: {_short(exc)}",
-                     "set PREFECT_API_URL (the server must be up)")
-    except httpx.HTTPError as exc:
         return Check("prefect", False, f"{mask_url(api)}: {_short(exc)}",
                      "set PREFECT_API_URL (the server must be up)")
     missing = sorted(pools - {p["name"] for p in answer.json()})

@@ -124,6 +124,11 @@ def check_image(data: bytes) -> tuple[int, int, dict]:
     return width, height, stats
 
 
+def read_file(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 def write_blob(lake: str, digest: str, data: bytes) -> str:
     """The image under its content key, written once."""
     key = f"images/{digest[:2]}/{digest[2:4]}/{digest}.jpg"
@@ -149,10 +154,7 @@ def content_hash(image: bytes, doc: dict) -> str:
 def prepare(image_path: str, sidecar_path: str, source_key: str, lake: str,
             now: datetime) -> dict:
     """One pair's row, or ``{"refused": why}``."""
-    with open(image_path, "rb") as fh:
-        image = fh.read()
-    with open(sidecar_path, "rb") as fh:
-        raw = fh.read()
+    image, raw = read_file(image_path), read_file(sidecar_path)
     try:
         row = check_sidecar(raw, now)
         width, height, stats = check_image(image)
@@ -232,8 +234,8 @@ def step_costs(landing: Path, lake: Path, db: str, now: datetime) -> dict[str, f
         return out
 
     for image_path, sidecar_path, key in pairs:
-        image = timed("read", Path(image_path).read_bytes)
-        raw = timed("read", Path(sidecar_path).read_bytes)
+        image = timed("read", read_file, image_path)
+        raw = timed("read", read_file, sidecar_path)
         row = timed("decode_validate", check_sidecar, raw, now)
         width, height, stats = timed("decode_validate", check_image, image)
         digest = timed("hash", content_hash, image, row.pop("_doc"))
