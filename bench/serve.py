@@ -15,6 +15,11 @@ Then the promotion under load: while 16 clients keep asking OceanML, a new versi
 registered and made champion. Goal: 0 failed requests and the first answer from the new
 version within 2 poll intervals.
 
+Releases: the same server with no release, with a 10% canary of a second version and with
+a shadow of it (every request), in turns, three times each, concurrency 16, medians. Goals:
+with the canary at least 0.9x the requests/s; with the shadow the champion's p99 at most 1.2x
+(the shadow's predictions take only the idle moments; those skipped are counted).
+
 Last, keys: the open server against a second one requiring a key of every request (its own
 database; the same version), concurrency 16, three turns each, medians (goal: at least 0.95x
 the requests/s, p99 within 5 %).
@@ -36,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,9 +158,9 @@ def main() -> None:
         get_settings.cache_clear()
         settings = get_settings()
         landing = filesystem(settings.landing_url)
-        write_landing(landing, simulate(days=1, devices=4, per_day=16, end=END), faults=False)
+        write_landing(landing, simulate(days=1, devices=4, per_day=64, end=END), faults=False)
         images = [landing.fs.cat_file(p) for p in sorted(landing.fs.find(landing.root))
-                  if p.endswith(".jpg")][:64]
+                  if p.endswith(".jpg")][:256]  # a canary's share is drawn per image
         mlc = client(settings)
         v1 = register(mlc, settings, resnet18_net(), "bench-v1", size=SIZE)
         set_champion(mlc, SPEC.name, v1)
@@ -190,6 +195,8 @@ def main() -> None:
                     print(f"figure {side}_c{c}_p99 {r['p99_ms']:.1f} ms")
                     print(f"figure {side}_c{c}_failed {r['failed']} requests")
             stop(mlflow)
+            releases = releases_under_load(mlc, settings, ocean_url, predict, ocean_bodies,
+                                           total, 1 if args.quick else ROUNDS)
             promotion = promote_under_load(mlc, settings, predict, ocean_bodies, total)
             keys = keys_on_and_off(env, root, settings, predict, ocean_bodies, total)
         finally:
@@ -200,6 +207,16 @@ def main() -> None:
         o, m = results[c]["oceanml"], results[c]["mlflow"]
         print(f"ratio rps_vs_mlflow_c{c} {o['rps'] / m['rps']:.2f} goal >= 3")
         print(f"ratio p99_vs_mlflow_c{c} {o['p99_ms'] / m['p99_ms']:.2f} goal <= 1")
+    for side, r in releases.items():
+        print(f"figure release_{side}_c16_rps {r['rps']:.1f} req/s")
+        print(f"figure release_{side}_c16_p99 {r['p99_ms']:.1f} ms")
+        print(f"figure release_{side}_c16_failed {r['failed']} requests")
+        print(f"figure release_{side}_c16_candidate_share {r['candidate_share']:.3f}")
+    print(f"figure release_shadow_skipped {releases['shadow']['skipped']:.0f} predictions")
+    print(f"ratio canary_vs_none_rps_c16 {releases['canary']['rps'] / releases['none']['rps']:.2f} "
+          "goal >= 0.9")
+    print(f"ratio shadow_vs_none_p99_c16 "
+          f"{releases['shadow']['p99_ms'] / releases['none']['p99_ms']:.2f} goal <= 1.2")
     print(f"figure promotion_requests {promotion['n']} requests")
     print(f"figure promotion_failed {promotion['failed']} requests")
     print(f"ratio promotion_failed_requests {promotion['failed']} goal == 0")
@@ -260,6 +277,80 @@ def keys_on_and_off(env: dict[str, str], root: Path, settings, open_predict: str
     return {side: {"rps": statistics.median(r["rps"] for r in runs),
                    "p99_ms": statistics.median(r["p99_ms"] for r in runs),
                    "failed": sum(r["failed"] for r in runs)} for side, runs in rounds.items()}
+
+
+def releases_under_load(mlc, settings, url: str, predict: str, bodies: list[bytes],
+                        total: int, turns: int) -> dict:
+    """No release, a 10% canary and a shadow of a second version, in turns (``turns`` each,
+    concurrency 16): each side's median requests/s and p99, the share the candidate answered
+    (canary) and the shadow predictions skipped for want of an idle moment."""
+    import httpx
+
+    from core.database import session_factory
+    from core.releases import ABORTED, start_release
+    from core.releases import end_release as end
+    from tests.registered import SPEC, register
+
+    candidate = register(mlc, settings, resnet18_candidate(), "bench-candidate", size=SIZE)
+    sessions = session_factory(settings.db_url)
+
+    def follow(release: dict | None) -> None:
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{url}/v1/models").json()["models"][0]["release"] != release:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not follow the release {release}")
+            time.sleep(0.1)
+
+    def skipped() -> float:
+        text = httpx.get(f"{url}/metrics").text
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("oceanml_shadow_skipped_total"))
+
+    def side(mode: str | None) -> dict:
+        release = None
+        if mode is not None:
+            release = start_release(sessions, SPEC.name, candidate, "1", mode,
+                                    0.1 if mode == "canary" else 1.0,
+                                    timedelta(hours=1), "bench")
+            follow({"id": release.id, "mode": mode, "share": release.share,
+                    "candidate_version": candidate})
+        answered: dict[str, int] = {}
+
+        def count(response) -> None:
+            version = response.json()["version"]
+            answered[version] = answered.get(version, 0) + 1
+
+        before = skipped()
+        try:
+            result = asyncio.run(load(predict, bodies, 16, total, count))
+        finally:
+            if release is not None:
+                end(sessions, release.id, ABORTED, "bench turn over", "bench")
+                follow(None)
+        result["candidate_share"] = answered.get(candidate, 0) / max(sum(answered.values()), 1)
+        result["skipped"] = skipped() - before
+        return result
+
+    asyncio.run(load(predict, bodies, 16, 32))
+    rounds: dict[str, list[dict]] = {"none": [], "canary": [], "shadow": []}
+    for _ in range(turns):
+        for mode in rounds:
+            rounds[mode].append(side(None if mode == "none" else mode))
+    return {mode: {"rps": statistics.median(r["rps"] for r in runs),
+                   "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+                   "failed": sum(r["failed"] for r in runs),
+                   "candidate_share": statistics.median(r["candidate_share"] for r in runs),
+                   "skipped": sum(r["skipped"] for r in runs)} for mode, runs in rounds.items()}
+
+
+def resnet18_candidate():
+    """A second version of the same architecture (other weights, the same cost per image)."""
+    import torch
+
+    torch.manual_seed(11)
+    from bench.score import resnet18_net
+
+    return resnet18_net()
 
 
 def promote_under_load(mlc, settings, predict: str, bodies: list[bytes], total: int) -> dict:

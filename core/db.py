@@ -154,9 +154,14 @@ class Prediction(Base):
     scored_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     request_id: Mapped[str | None] = mapped_column(String(64))  # online: the request's id
     client: Mapped[str | None] = mapped_column(String(64))  # online: the key's name
+    # online, beside a release (core.releases): champion, canary or shadow; how long the
+    # answer took; and, for an answer the model failed to give, why (no label or values)
+    role: Mapped[str | None] = mapped_column(String(16))
+    latency_ms: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(String(64))
 
 
 # The model lifecycle's tables live in core.records, the API keys' in core.keys; importing
 # them here puts them on Base.metadata whichever module a process imports first (migrations
 # compare against it).
-from core import keys, records  # noqa: E402, F401
+from core import keys, records, releases  # noqa: E402, F401

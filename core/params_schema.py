@@ -238,6 +238,20 @@ class DriftSection(DriftThresholds):
         return DriftThresholds(**self.model_dump(exclude={"performance"}))
 
 
+class ReleasePolicy(Section):
+    """``release``: how long a release of a candidate runs by default, and what the release
+    check needs of what the endpoint served before it promotes the candidate."""
+
+    max_hours: float = Field(24.0, gt=0)  # the default deadline; at it, decided on what it has
+    min_requests: int = Field(200, gt=0)  # answers per version before an early decision
+    max_error_ratio: float = Field(1.5, ge=1)  # candidate error rate / champion's (+ 0.5 %)
+    max_latency_ratio: float = Field(1.2, ge=1)  # candidate p99 / champion p99 (canary)
+    min_agreement: float = Field(0.8, ge=0, le=1)  # same label as the champion (shadow)
+    required_gain: float = Field(0.0, ge=0)  # estimated accuracy over the champion's
+    confidence: float = Field(0.9, gt=0, lt=1)
+    bootstrap_samples: int = Field(500, gt=0)
+
+
 class ProfileModel(Section):
     datasets: dict[str, Any] = {}
     train: dict[str, Any] = {}
@@ -262,3 +276,4 @@ class ParamsFile(Section):
     profiles: dict[str, Profile] = {}
     promote: PromoteSection = PromoteSection()
     drift: DriftSection = DriftSection()
+    release: ReleasePolicy = ReleasePolicy()

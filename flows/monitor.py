@@ -1,8 +1,9 @@
 """The hourly watch between nightly runs: ingest and enrich what arrived, let every champion
-score it, and check each model's recent window for drift against its champion's training
-data. A drifted model emits ``oceanml.drift.detected``, which starts the ``retrain``
-deployment for that model (``prefect.yaml``); the retrain's cool-down keeps an hour of
-events to one retrain.
+score it, check each model's recent window for drift against its champion's training
+data, and judge the open releases (``flows/release_check.py``, also every 10 minutes). A
+drifted model emits ``oceanml.drift.detected``, which starts the ``retrain`` deployment for
+that model (``prefect.yaml``); the retrain's cool-down keeps an hour of events to one
+retrain.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from models.zoo import fleet
 from tasks.drift import drift_task
 from tasks.enrich import enrich_task
 from tasks.ingest import ingest_task
+from tasks.release_check import ReleaseOutcome, release_check_task
 from tasks.results import BranchFailure, FleetResult, WatchResult
 from tasks.score import distribution_task
 from tasks.summary import drift_outcome, shared_rows
@@ -47,7 +49,8 @@ def monitor(models: list[str] | None = None) -> FleetResult:
     if versions := scored_versions(outcomes):
         timed(distribution_task)(versions)
     results = FleetResult(ingest, enrich, outcomes)
-    text = monitor_summary(results)
+    releases = timed(release_check_task)(names)
+    text = monitor_summary(results, releases)
     create_markdown_artifact(text, key="monitor-summary",
                              description=f"monitor run of {', '.join(names)}")
     print(text)
@@ -55,8 +58,9 @@ def monitor(models: list[str] | None = None) -> FleetResult:
     return results
 
 
-def monitor_summary(results: FleetResult) -> str:
-    """Markdown: what arrived, then per model its champion, what it scored and the verdict."""
+def monitor_summary(results: FleetResult, releases: list[ReleaseOutcome] = ()) -> str:
+    """Markdown: what arrived, then per model its champion, what it scored and the verdict,
+    and what the release check decided."""
     lines = ["# OceanML monitor", "", "| stage | outcome |", "|---|---|"]
     lines += [f"| {stage} | {text} |" for stage, text in shared_rows(results)]
     lines += ["", "| model | champion | scored | drift |", "|---|---|---|---|"]
@@ -68,4 +72,8 @@ def monitor_summary(results: FleetResult) -> str:
         lines.append(f"| {model} | {'v' + version if version else 'none'} | "
                      f"{outcome.score.scored if version else '-'} | "
                      f"{drift_outcome(outcome.drift)} |")
+    if releases:
+        lines += ["", "| release | candidate | decision |", "|---|---|---|"]
+        lines += [f"| {r.release_id} ({r.model}) | v{r.candidate_version} {r.mode} | "
+                  f"{r.action.upper()}: {r.reason} |" for r in releases]
     return "\n".join(lines)

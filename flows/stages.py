@@ -5,6 +5,7 @@ from __future__ import annotations
 from prefect import flow
 
 from core.params import run_profile
+from flows.release_check import release_check
 from flows.score import score
 from tasks.dataset import DatasetVersion, build_dataset_task, latest_dataset_task
 from tasks.drift import drift_task
@@ -72,4 +73,5 @@ def promote_flow(model: str = "plastic-detector") -> PromotionResult:
 STAGE_FLOWS = {
     "ingest": ingest_flow, "enrich": enrich_flow, "dataset": dataset_flow, "train": train_flow,
     "evaluate": evaluate_flow, "drift": drift_flow, "promote": promote_flow, "score": score,
+    "release-check": release_check,
 }

@@ -29,7 +29,7 @@ app.add_typer(keys_app, name="keys")
 app.command(help=SERVE_HELP)(serve)
 
 STAGES = ("nightly", "monitor", "ingest", "enrich", "dataset", "train", "evaluate", "drift", "promote",
-          "score")
+          "score", "release-check")
 DEFAULT_MODEL = "plastic-detector"
 Stage = Enum("Stage", {s: s for s in STAGES}, type=str)
 
@@ -132,6 +132,8 @@ def run(
     kwargs: dict = {}
     if name == "score":
         kwargs = {"model": model}
+    elif name == "release-check":
+        kwargs = {"models": [model] if model else None}
     elif name not in ("ingest", "enrich"):
         kwargs = {"model": model or DEFAULT_MODEL}
     if name in ("dataset", "train"):

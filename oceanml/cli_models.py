@@ -7,49 +7,20 @@ command takes ``--json`` for scripts; a refused promotion exits 1 with the reaso
 
 from __future__ import annotations
 
-import getpass
-import json
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from oceanml.cli_common import JsonFlag, context, emit, guarded, model_name, who
+from oceanml.cli_release import app as release_app
 
 if TYPE_CHECKING:
     from tasks.results import EvaluationResult, PromotionResult
 
 app = typer.Typer(help="Champions, versions and decisions; promote by hand and roll back.",
                   no_args_is_help=True)
-JsonFlag = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-
-
-def _context() -> tuple[Any, Any, Any]:
-    from core.database import session_factory
-    from core.registry import client
-    from core.settings import get_settings
-
-    settings = get_settings()
-    return settings, session_factory(settings.db_url), client(settings)
-
-
-def _emit(doc: Any, as_json: bool, lines: list[str]) -> None:
-    typer.echo(json.dumps(doc, indent=2, default=str) if as_json else "\n".join(lines))
-
-
-def _who() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except Exception:  # no user name in a bare container
-        return "cli:unknown"
-
-
-def _model(name: str) -> str:
-    from models.zoo import ZOO
-
-    if name not in ZOO:
-        raise typer.BadParameter(f"unknown model {name!r}; the zoo has {', '.join(ZOO)}")
-    return name
-
-
+app.add_typer(release_app, name="release")
 def _change(c: Any) -> dict[str, Any]:
     return {"version": c.version, "previous_version": c.previous_version, "action": c.action,
             "forced": c.forced, "reason": c.reason, "decided_by": c.decided_by,
@@ -66,7 +37,7 @@ def list_models(as_json: JsonFlag = False) -> None:
     from models.zoo import ZOO
     from tasks.champion import decision_dict
 
-    _, sessions, mlc = _context()
+    _, sessions, mlc = context()
     out = []
     for name in ZOO:
         current_champion(sessions, mlc, name)  # adopts an alias older than the history
@@ -80,7 +51,7 @@ def list_models(as_json: JsonFlag = False) -> None:
                     "previous": latest.previous_version if latest else None,
                     "versions": sorted(int(v.version) for v in versions),
                     "last_decision": decision_dict(decision) if decision else None})
-    _emit(out, as_json, [
+    emit(out, as_json, [
         f"{m['name']:20} champion {('v' + m['champion']) if m['champion'] else '-':6} "
         f"previous {('v' + m['previous']) if m['previous'] else '-':6} "
         f"versions {len(m['versions'])}"
@@ -99,8 +70,8 @@ def show(name: str, as_json: JsonFlag = False) -> None:
     from core.records import DecisionRecord, PerformanceEstimate
     from tasks.champion import decision_dict
 
-    _, sessions, mlc = _context()
-    name = _model(name)
+    _, sessions, mlc = context()
+    name = model_name(name)
     champion = current_champion(sessions, mlc, name)
     with sessions() as s:
         decisions = [decision_dict(d) for d in s.scalars(
@@ -119,7 +90,7 @@ def show(name: str, as_json: JsonFlag = False) -> None:
             "promotion": tags.get("promotion"),
             "decisions": [d for d in decisions if d["candidate"] == str(v.version)],
             "estimates": [e for e in estimates if e["version"] == str(v.version)]})
-    _emit({"name": name, "champion": champion, "versions": versions}, as_json, [
+    emit({"name": name, "champion": champion, "versions": versions}, as_json, [
         f"v{v['version']:4}{' (champion)' if v['champion'] else '':12} dataset "
         f"{v['dataset_version'] or '-'} commit {(v['git_commit'] or '-')[:12]} "
         f"{v['promotion'] or ''}"
@@ -158,12 +129,12 @@ def history_cmd(name: str, as_json: JsonFlag = False) -> None:
     """Every change of NAME's champion: when, to what, by what, why."""
     from core.champion_history import current_champion, history
 
-    _, sessions, mlc = _context()
-    name = _model(name)
+    _, sessions, mlc = context()
+    name = model_name(name)
     current_champion(sessions, mlc, name)
     with sessions() as s:
         changes = [_change(c) for c in history(s, name)]
-    _emit(changes, as_json, [
+    emit(changes, as_json, [
         f"{c['at'][:19]} {c['action']:8} v{c['previous_version'] or '-'} -> v{c['version']}"
         f"{' (forced)' if c['forced'] else ''} by {c['decided_by']}: {c['reason']}"
         for c in changes] or [f"{name} has had no champion"])
@@ -182,21 +153,21 @@ def promote(
     The gates compare it with the current champion on the test split of its own dataset."""
     from tasks.champion import PROMOTED_EVENT
 
-    settings, sessions, mlc = _context()
-    name = _model(name)
+    settings, sessions, mlc = context()
+    name = model_name(name)
     if force:
         if not reason:
             raise typer.BadParameter("--force needs --reason: the history keeps it")
-        result = _guarded(lambda: _force(sessions, mlc, name, version, reason))
+        result = guarded(lambda: _force(sessions, mlc, name, version, reason))
         _announce(PROMOTED_EVENT, result)
-        _emit(result, as_json, [f"{name} v{version} is champion (forced): {reason}"])
+        emit(result, as_json, [f"{name} v{version} is champion (forced): {reason}"])
         return
-    result = _guarded(lambda: _gated(settings, sessions, mlc, name, version))
+    result = guarded(lambda: _gated(settings, sessions, mlc, name, version))
     if result.promoted and result.decided_now:
         _announce(PROMOTED_EVENT, {"model": name, "version": version,
                                    "previous_version": result.previous_version,
                                    "reason": result.reason})
-    _emit({"model": name, "version": version, **asdict(result)}, as_json,
+    emit({"model": name, "version": version, **asdict(result)}, as_json,
           [f"{name} v{version}: {'PROMOTED' if result.promoted else 'refused'} - "
            f"{result.reason}"])
     if not result.promoted:
@@ -214,28 +185,18 @@ def rollback(
     from tasks.champion import ROLLED_BACK_EVENT
     from tasks.champion import rollback as do_rollback
 
-    _, sessions, mlc = _context()
-    name = _model(name)
-    result = _guarded(lambda: do_rollback(sessions, mlc, name, to, reason, _who()))
+    _, sessions, mlc = context()
+    name = model_name(name)
+    result = guarded(lambda: do_rollback(sessions, mlc, name, to, reason, who()))
     _announce(ROLLED_BACK_EVENT, result)
-    _emit(result, as_json, [f"{name}: v{result['previous_version']} -> v{result['version']} "
+    emit(result, as_json, [f"{name}: v{result['previous_version']} -> v{result['version']} "
                             f"(rollback): {reason}"])
-
-
-def _guarded(action: Any) -> Any:
-    """Run ``action``; a refusal (ValueError, unknown version) is a usage error, not a trace."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return action()
-    except (ValueError, LookupError, MlflowException) as exc:
-        raise typer.BadParameter(str(exc)) from None
 
 
 def _force(sessions: Any, mlc: Any, name: str, version: str, reason: str) -> dict[str, Any]:
     from tasks.champion import force_promote
 
-    return force_promote(sessions, mlc, name, version, reason, _who())
+    return force_promote(sessions, mlc, name, version, reason, who())
 
 
 def _gated(settings: Any, sessions: Any, mlc: Any, name: str, version: str
@@ -259,7 +220,7 @@ def _gated(settings: Any, sessions: Any, mlc: Any, name: str, version: str
 
     policy = load_policy(settings.project_dir.resolve(), name)
     return gated_promote(sessions, mlc, name, evaluation(), policy, None, reevaluate=evaluation,
-                         decided_by=_who())
+                         decided_by=who())
 
 
 def _announce(event: str, result: dict[str, Any]) -> None:

@@ -72,10 +72,12 @@ def change_champion(
     reason: str,
     decided_by: str,
     forced: bool = False,
+    checks: tuple[Check, ...] = (),
 ) -> dict[str, Any]:
-    """Make ``choose(history)`` the champion, under the model's lock, without gates: what a
-    rollback and a forced promotion do. ``choose`` sees the history read under the lock and
-    raises ``ValueError`` (with what to do instead) when the move makes no sense."""
+    """Make ``choose(history)`` the champion, under the model's lock, without the offline
+    gates: what a rollback, a forced promotion and a release's promotion do (the release's
+    own ``checks`` go on the decision record). ``choose`` sees the history read under the
+    lock and raises ``ValueError`` (with what to do instead) when the move makes no sense."""
     with model_lock(sessions, model):
         sync_alias(mlc, sessions, model)
         current_champion(sessions, mlc, model)  # adopts a pre-history alias
@@ -88,7 +90,8 @@ def change_champion(
             record = record_decision(
                 session, model, version, previous,
                 (mlc.get_model_version(model, version).tags or {}).get("dataset_version"),
-                "force" if forced else action, True, reason, decided_by, forced=forced)
+                "force" if forced else action, True, reason, decided_by, forced=forced,
+                checks=checks)
             session.commit()
         sync_alias(mlc, sessions, model)
     return {"model": model, "version": version, "previous_version": previous,

@@ -38,7 +38,12 @@ from core.records import DriftRecord
 from core.registry import alias_version, run_link, tracking_uri
 from core.registry import client as mlflow_client
 from core.settings import get_settings
-from tasks.drift_model_view import model_view, performance_view, record_estimate
+from tasks.drift_model_view import (
+    model_view,
+    online_features,
+    performance_view,
+    record_estimate,
+)
 from tasks.drift_report import drift_figure, drift_table, log_drift_run
 from tasks.drift_stats import (
     categorical_drift,
@@ -54,7 +59,7 @@ if TYPE_CHECKING:
 
 Verdict = Literal["drift", "none", "insufficient"]
 # features that drift the window on their own: the model's view, and its estimated accuracy
-MODEL_VIEW = ("embedding", "predictions", "performance")
+MODEL_VIEW = ("embedding", "predictions", "performance", "online")
 DRIFT_EVENT = "oceanml.drift.detected"
 
 
@@ -191,6 +196,9 @@ def detect_drift(
     window = recent_observations(sessions, since)
     extra = (model_view(sessions, mlc, settings, model, champion, reference, window, since,
                         thresholds) if settings is not None else {})
+    if champion is not None:  # what applications sent the endpoint, as the champion saw it
+        extra |= online_features(sessions, model, str(champion.version), since, until,
+                                 thresholds)
     if len(window) >= thresholds.min_samples:
         extra |= performance_view(sessions, mlc, model, champion, since, until, thresholds,
                                   performance or PerformancePolicy())

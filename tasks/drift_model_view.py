@@ -40,16 +40,44 @@ def prediction_features(sessions: sessionmaker, model: str, version: str, since:
         current = session.execute(query.where(Observation.observed_at >= since)).all()
         before = session.execute(query.where(Observation.observed_at < since)
                                  .order_by(Observation.observed_at.desc()).limit(history)).all()
+    return answer_mix_drift(current, before, t, "predictions")
+
+
+def online_features(sessions: sessionmaker, model: str, version: str, since: datetime,
+                    until: datetime | None, t: DriftThresholds, history: int = 20_000
+                    ) -> dict[str, dict[str, Any]]:
+    """What applications sent the endpoint, as the champion answered it: its online answers
+    in ``[since, until)`` against its online answers before (the latest ``history``), as
+    ``online:predictions`` (or ``online:predictions:<target>``), a group apart from the
+    batch predictions. A canary's or a shadow's answers are not the champion's view."""
+    query = (select(Prediction.label, Prediction.values, Prediction.scored_at)
+             .where(Prediction.model_name == model, Prediction.model_version == version,
+                    Prediction.source == "online", Prediction.error.is_(None),
+                    (Prediction.role == "champion") | Prediction.role.is_(None)))
+    window = query.where(Prediction.scored_at >= since)
+    if until is not None:
+        window = window.where(Prediction.scored_at < until)
+    with sessions() as session:
+        current = session.execute(window).all()
+        before = session.execute(query.where(Prediction.scored_at < since)
+                                 .order_by(Prediction.scored_at.desc()).limit(history)).all()
+    return answer_mix_drift(current, before, t, "online:predictions")
+
+
+def answer_mix_drift(current: list[Any], before: list[Any], t: DriftThresholds, name: str
+                     ) -> dict[str, dict[str, Any]]:
+    """The mix of answers (class, or each target's fifth) of ``current`` against ``before``;
+    nothing when either has fewer than ``min_samples``."""
     if min(len(current), len(before)) < t.min_samples:
         return {}
     if before[0].label is not None:
         counts = pd.Series([r.label for r in before]).value_counts().to_dict()
-        return {"predictions": categorical_drift(counts, pd.Series([r.label for r in current]),
-                                                 t.ks_pvalue)}
+        return {name: categorical_drift(counts, pd.Series([r.label for r in current]),
+                                        t.ks_pvalue)}
     out = {}
     for target in before[0].values:  # values in [0, 1]: their mix over fixed fifths
         ref = value_bins([r.values[target] for r in before])
-        out[f"predictions:{target}"] = categorical_drift(
+        out[f"{name}:{target}"] = categorical_drift(
             ref.value_counts().to_dict(), value_bins([r.values[target] for r in current]),
             t.ks_pvalue)
     return out

@@ -195,7 +195,9 @@ def counts_of(result: EnrichCounts) -> dict[str, Any]:
 
 
 def as_document(result: Any) -> Any:
-    """``result`` (a result, or a dict of them by model) as plain data, for the CLI's JSON."""
+    """``result`` (a result, or a dict or list of them) as plain data, for the CLI's JSON."""
     if isinstance(result, dict):
         return {k: as_document(v) for k, v in result.items()}
+    if isinstance(result, list):
+        return [as_document(v) for v in result]
     return asdict(result) if is_dataclass(result) and not isinstance(result, type) else result

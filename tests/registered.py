@@ -38,3 +38,45 @@ def register(mlc, settings, net: nn.Module, key: str, *, spec: ModelSpec = SPEC,
                                        run_id=run.info.run_id, tags=tags)
     mlc.set_terminated(run.info.run_id)
     return str(version.version)
+
+
+class Failing(nn.Module):
+    """A backbone step that raises on about one image in ten (chosen by the image itself, so
+    the same image always fails; never on a blank one, the warm-up's): a version that breaks
+    on some live inputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(float(img.std()) > 0 and int(float(img.sum()) * 97) % 10 == 0 for img in x):
+            raise RuntimeError("this version cannot answer this image")
+        return x
+
+
+class Slow(nn.Module):
+    """A backbone step that takes ``seconds`` more per forward pass: a slower version."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import time
+
+        time.sleep(self.seconds)
+        return x
+
+
+def with_step(net: nn.Module, step: nn.Module) -> nn.Module:
+    """``net`` with ``step`` run first in its backbone."""
+    net.backbone = nn.Sequential(step, *net.backbone)
+    return net
+
+
+def colour_net(spec: ModelSpec = SPEC) -> nn.Module:
+    """A classifier that answers by the image's mean colour (red, green, blue: classes 0, 1,
+    2): what it answers moves exactly when the kind of image sent moves."""
+    backbone = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    net = OceanNet(backbone, 3, spec.num_outputs, spec.task)
+    with torch.no_grad():
+        net.head.weight.copy_(torch.eye(spec.num_outputs, 3) * 10.0)
+        net.head.bias.zero_()
+    return net.eval()

@@ -1,7 +1,8 @@
 """The FastAPI application ``oceanml serve`` runs.
 
 ``POST /v1/models/{name}/predict`` answers an image (or several) with the champion's class
-and probabilities, or values, plus the version that answered and the latency;
+and probabilities, or values, plus the version that answered, its role (the champion, or a
+release's canary) and the latency;
 ``GET /v1/models`` lists what is served; ``/health/live``, ``/health/ready`` and ``/metrics``
 are for the orchestrator and Prometheus; ``/v1/keys`` manages the API keys. Every route but
 the probes needs a key of its scope once a key exists (:mod:`oceanml.serving.auth`), and every
@@ -11,7 +12,6 @@ request has an id (:mod:`oceanml.serving.request_ids`). Bad input is a 4xx with
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -19,122 +19,25 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from core.access import Grant, Scope
-from core.database import session_factory
+from core.access import Scope
 from core.settings import Settings
-from models.predictor import Predictor, answers
-from oceanml.serving.auth import KeyRing, presented_key
-from oceanml.serving.batcher import Batcher
-from oceanml.serving.body_budget import BodyBudget
-from oceanml.serving.champions import Champions
-from oceanml.serving.inputs import BadInput, Limits, open_image
+from models.predictor import answers
+from oceanml.serving.inputs import BadInput
 from oceanml.serving.key_routes import key_routes
-from oceanml.serving.metrics import Metrics
-from oceanml.serving.prediction_log import PredictionLog
 from oceanml.serving.reading import declared_size, read_request
 from oceanml.serving.request_ids import RequestIds
-from tasks.validate import image_rejection
+from oceanml.serving.service import Service
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger("oceanml.serve")
-
-
-class Service:
-    """Everything one app serves with: champions, batchers, the prediction log, metrics."""
-
-    def __init__(self, settings: Settings, names: list[str], mlc: MlflowClient,
-                 device: str | None = None) -> None:
-        self.settings = settings
-        self.names = names
-        self.metrics = Metrics()
-        self.limits = Limits(settings.max_image_bytes, settings.max_image_pixels,
-                             settings.serve_max_images)
-        self.champions = Champions(mlc, names, poll_s=settings.serve_poll_s, device=device,
-                                   on_swap=self._swapped)
-        self.batchers: dict[str, Batcher] = {}
-        self.sessions = session_factory(settings.db_url)
-        self.ring = KeyRing(self.sessions, settings.api_keys,
-                            refresh_s=settings.serve_keys_refresh_s,
-                            default_rate=settings.serve_key_rate,
-                            on_refused=lambda key, why: self.metrics.refused.labels(key, why).inc())
-        self.budget = BodyBudget(settings.serve_body_budget_bytes, settings.serve_body_wait_s,
-                                 on_change=self.metrics.body_bytes.set)
-        self.log = PredictionLog(self.sessions,
-                                 interval_s=settings.serve_log_interval_s,
-                                 on_written=self.metrics.logged.inc,
-                                 on_dropped=self.metrics.dropped.inc)
-        self.listener: asyncio.Task | None = None
-
-    def _swapped(self, predictor: Predictor) -> None:
-        self.metrics.swapped(predictor.name, predictor.version, predictor.loaded_at)
-
-    async def start(self) -> None:
-        await run_in_threadpool(self.ring.start)
-        for name in self.names:
-            self.batchers[name] = Batcher(
-                max_batch=self.settings.serve_max_batch,
-                max_wait_ms=self.settings.serve_max_wait_ms,
-                on_batch=lambda model, n: self.metrics.batch_size.labels(model).observe(n))
-            self.batchers[name].start()
-        self.log.start()
-        self.champions.start()
-        from oceanml.serving.events import listen_for_promotions
-
-        self.listener = listen_for_promotions(self.champions)
-
-    async def stop(self) -> None:
-        if self.listener is not None:
-            self.listener.cancel()
-        self.champions.stop()
-        for batcher in self.batchers.values():
-            await batcher.stop()
-        await run_in_threadpool(self.log.stop)
-        await run_in_threadpool(self.ring.stop)
-
-    def needs(self, scope: Scope) -> Any:
-        """A route dependency: the caller's key must pass and allow ``scope`` (None when no
-        key is required); its name goes in the request's log line."""
-
-        async def admitted(request: Request) -> Grant | None:
-            grant = await self.ring.admit(presented_key(request.headers), scope)
-            if grant is not None:
-                request.state.client = grant.name
-            return grant
-
-        return Depends(admitted)
-
-    def prepare(self, predictor: Predictor, images: list[bytes]) -> Any:
-        """Check and prepare every image of a request (in a worker thread: PIL decodes)."""
-        import torch
-
-        tensors = []
-        for n, data in enumerate(images):
-            opened = open_image(data, n, self.limits)
-            try:
-                tensors.append(predictor.prepare(opened))
-            except Exception as exc:  # truncated or corrupt past the header
-                rejection = image_rejection(exc)
-                raise BadInput(422, rejection.reason, f"image {n}: {rejection.detail}") from None
-        return torch.stack(tensors)
-
-    def record(self, predictor: Predictor, images: list[bytes],
-               answered: list[dict[str, Any]], request_id: str, client: str | None) -> None:
-        from tasks.score import prediction_rows
-
-        hashes = [hashlib.sha256(data).hexdigest() for data in images]
-        rows = prediction_rows(predictor, [None] * len(images), answered, None,
-                               source="online", content_hashes=hashes)
-        for row in rows:
-            row.update(request_id=request_id, client=client)
-        self.log.add(rows)
 
 
 def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
@@ -189,7 +92,12 @@ def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
         out = []
         for name in service.names:
             p = service.champions.get(name)
+            live = service.candidates.get(name)
             out.append({"name": name, "champion_version": p.version if p else None,
+                        "release": {"id": live.release_id, "mode": live.mode,
+                                    "share": live.share,
+                                    "candidate_version": live.predictor.version}
+                        if live else None,
                         "loaded_at": _iso(p.loaded_at) if p else None,
                         "task": p.spec.task if p else None,
                         "outputs": list(p.spec.outputs) if p else None,
@@ -241,15 +149,29 @@ async def answer(service: Service, name: str, request: Request, started: float
     if predictor is None:
         raise BadInput(503, "not_loaded", f"{name} has no champion loaded yet: "
                        f"{service.champions.errors.get(name, 'loading')}")
+    champion, role = predictor, "champion"
     async with service.budget.hold(declared_size(service, request)) as held:
         parsed = await read_request(service, request, held)
+        hashes = [hashlib.sha256(data).hexdigest() for data in parsed.images]
+        live = service.candidates.get(name)
+        taking_part = live is not None and live.takes(
+            getattr(request.state, "client", None), hashes)
+        if taking_part and live.mode == "canary":
+            predictor, role = live.predictor, "canary"
         images = await run_in_threadpool(service.prepare, predictor, parsed.images)
-        outputs = await service.batchers[name].predict(predictor, images)
+        try:
+            outputs = await service.batchers[name].predict(predictor, images)
+        except Exception as exc:  # the 500 goes out; the version's failure is on record
+            service.record(predictor, hashes, [{}] * len(hashes), request, role,
+                           time.perf_counter() - started, error=type(exc).__name__)
+            raise
     answered = answers(predictor.spec, outputs)  # once: the answer and its record
-    service.record(predictor, parsed.images, answered, request.state.request_id,
-                   getattr(request.state, "client", None))
-    return {"model": name, "version": predictor.version, "predictions": answered,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3)}
+    latency_s = time.perf_counter() - started
+    service.record(predictor, hashes, answered, request, role, latency_s)
+    if taking_part and live.mode == "shadow":
+        service.shadow(live, champion, images, parsed.images, hashes, request)
+    return {"model": name, "version": predictor.version, "role": role,
+            "predictions": answered, "latency_ms": round(latency_s * 1000, 3)}
 
 
 def server_config(app: FastAPI, settings: Settings, host: str, port: int,

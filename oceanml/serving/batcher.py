@@ -5,6 +5,11 @@ consumer takes what is waiting, waits up to ``max_wait_ms`` for more (up to ``ma
 images), and runs a forward pass per predictor in the batch on a thread of its own, so the
 event loop keeps accepting requests; whatever arrives meanwhile forms the next batch, so
 batches grow with load. A request's images are never split across versions.
+
+Background work (a shadow candidate's predictions, :mod:`oceanml.serving.candidates`) waits
+on a bounded queue of its own and runs only when no request is waiting: it never delays an
+answer by more than the one forward pass it may have started, and under a load that leaves
+no gap it is skipped (``predict_later`` says so) rather than queued without end.
 """
 
 from __future__ import annotations
@@ -35,19 +40,34 @@ class Item:
 
 class Batcher:
     def __init__(self, *, max_batch: int, max_wait_ms: float,
-                 on_batch: Callable[[str, int], None] | None = None) -> None:
+                 on_batch: Callable[[str, int], None] | None = None,
+                 background_capacity: int = 64) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.on_batch = on_batch or (lambda name, n: None)
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.background: asyncio.Queue[Item] = asyncio.Queue(maxsize=background_capacity)
+        self._arrived = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._task: asyncio.Task | None = None
 
     async def predict(self, predictor: Predictor, images: Any) -> np.ndarray:
         """The outputs for ``images`` from ``predictor``, computed in some batch."""
         future = asyncio.get_running_loop().create_future()
-        await self.queue.put(Item(predictor, images, future))
+        self.queue.put_nowait(Item(predictor, images, future))
+        self._arrived.set()
         return await future
+
+    def predict_later(self, predictor: Predictor, images: Any) -> asyncio.Future | None:
+        """The future outputs for ``images``, computed when no request waits; None when the
+        background queue is full (the work is skipped)."""
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.background.put_nowait(Item(predictor, images, future))
+        except asyncio.QueueFull:
+            return None
+        self._arrived.set()
+        return future
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
@@ -59,9 +79,25 @@ class Batcher:
                 await self._task
         self.executor.shutdown(wait=True)
 
+    async def _next(self) -> tuple[Item, bool]:
+        """The next item, a request's before any background one; True if it is a request's."""
+        while True:
+            if not self.queue.empty():
+                return self.queue.get_nowait(), True
+            if not self.background.empty():
+                return self.background.get_nowait(), False
+            self._arrived.clear()
+            await self._arrived.wait()
+
     async def _collect(self) -> list[Item]:
-        items = [await self.queue.get()]
-        size = items[0].n
+        first, request = await self._next()
+        items = [first]
+        size = first.n
+        if not request:  # background: what waits of it, no waiting for more
+            while size < self.max_batch and not self.background.empty() and self.queue.empty():
+                items.append(self.background.get_nowait())
+                size += items[-1].n
+            return items
         deadline = time.monotonic() + self.max_wait_s
         while size < self.max_batch:
             try:

@@ -1,7 +1,9 @@
-"""React to ``oceanml.model.promoted`` at once, where a Prefect API is configured.
+"""React to ``oceanml.model.promoted`` and ``oceanml.release.*`` at once, where a Prefect
+API is configured.
 
-Polling the registry (:class:`~oceanml.serving.champions.Champions`) works with any MLflow
-backend and is the guarantee; the event only shortens the wait. Without ``PREFECT_API_URL``
+Polling (the registry for :class:`~oceanml.serving.champions.Champions`, the metadata DB for
+:class:`~oceanml.serving.candidates.Candidates`) works with any backend and is the
+guarantee; the event only shortens the wait. Without ``PREFECT_API_URL``
 (the embedded default) there is no server to listen to, and nothing is started.
 """
 
@@ -10,38 +12,46 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from oceanml.serving.champions import Champions
+from oceanml.serving.following import Follower
 
 log = logging.getLogger("oceanml.serve")
 RESOURCE_PREFIX = "oceanml.model."
 RETRY_S = 30.0
 
 
-def listen_for_promotions(champions: Champions) -> asyncio.Task | None:
-    """A task on the running loop that wakes the poller on each promotion of a served model."""
+def listen_for_changes(champions: Follower, candidates: Follower) -> asyncio.Task | None:
+    """A task on the running loop that wakes the pollers on each promotion of a served model
+    (the champion poller) and each release started or ended (both: a promoted release moves
+    the champion too)."""
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
         return None
-    return asyncio.get_running_loop().create_task(_listen(champions), name="promotions")
+    return asyncio.get_running_loop().create_task(_listen(champions, candidates),
+                                                  name="promotions")
 
 
-async def _listen(champions: Champions) -> None:
+async def _listen(champions: Follower, candidates: Follower) -> None:
     from prefect.events.clients import get_events_subscriber
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
+    from core.releases import RELEASE_EVENT_PREFIX
     from tasks.champion import PROMOTED_EVENT
 
-    wanted = EventFilter(event=EventNameFilter(name=[PROMOTED_EVENT]),
+    # prefixes, not names: Prefect ANDs a name filter with a prefix filter
+    wanted = EventFilter(event=EventNameFilter(prefix=[PROMOTED_EVENT, RELEASE_EVENT_PREFIX]),
                          resource=EventResourceFilter(id_prefix=[RESOURCE_PREFIX]))
     while True:
         try:
             async with get_events_subscriber(filter=wanted) as subscriber:
                 async for event in subscriber:
                     name = event.resource.id.removeprefix(RESOURCE_PREFIX)
-                    if name in champions.names:
-                        log.info("promotion of %s announced: checking the registry now", name)
-                        champions.wake()
+                    if name not in champions.names:
+                        continue
+                    log.info("%s of %s announced: checking now", event.event, name)
+                    champions.wake()
+                    if event.event.startswith(RELEASE_EVENT_PREFIX):
+                        candidates.wake()
             await asyncio.sleep(1.0)  # the server closed the stream cleanly: reconnect soon
         except asyncio.CancelledError:
             raise

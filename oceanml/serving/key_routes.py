@@ -25,7 +25,7 @@ class NewKey(BaseModel):
 
 
 def key_routes(service: Any) -> APIRouter:
-    """The key routes of ``service`` (an :class:`oceanml.serving.app.Service`)."""
+    """The key routes of ``service`` (an :class:`oceanml.serving.service.Service`)."""
     router = APIRouter(prefix="/v1/keys")
     admin = service.needs(Scope.admin)
 

@@ -34,6 +34,20 @@ class Metrics:
                                "Online predictions not recorded (queue full or DB down).",
                                registry=r)
 
+        self.answers = Counter("oceanml_answers",
+                               "Answers by model, version, role (champion, canary or shadow, "
+                               "beside a release) and outcome (ok, error).",
+                               ["model", "version", "role", "outcome"], registry=r)
+        self.answer_latency = Histogram("oceanml_answer_latency_seconds",
+                                        "Answer latency by model, version and role: arrival to "
+                                        "answer (a shadow's: queued to answered, off the "
+                                        "response path).", ["model", "version", "role"],
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.shadow_skipped = Counter("oceanml_shadow_skipped",
+                                      "Shadow predictions skipped: requests left no idle moment "
+                                      "before the background queue filled.", ["model"],
+                                      registry=r)
+
         self.refused = Counter("oceanml_requests_refused",
                                "Requests refused before any work, by key name (none, unknown "
                                "or the key's) and reason (unauthorized, forbidden, "
@@ -42,6 +56,11 @@ class Metrics:
         self.body_bytes = Gauge("oceanml_body_bytes_in_flight",
                                 "Bytes of request bodies held now (against the body budget).",
                                 registry=r)
+
+    def answered(self, name: str, version: str, role: str, outcome: str,
+                 latency_s: float) -> None:
+        self.answers.labels(name, version, role, outcome).inc()
+        self.answer_latency.labels(name, version, role).observe(latency_s)
 
     def swapped(self, name: str, version: str, loaded_at: float) -> None:
         self.version.labels(name).set(float(version))

@@ -89,7 +89,7 @@ class Uploads:
 
 
 def observation_routes(service: Any) -> APIRouter:
-    """The upload route of ``service`` (an :class:`oceanml.serving.app.Service`)."""
+    """The upload route of ``service`` (an :class:`oceanml.serving.service.Service`)."""
     router = APIRouter()
     ingest = service.needs(Scope.ingest)
     uploads = Uploads(service.settings, service.sessions)

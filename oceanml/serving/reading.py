@@ -1,6 +1,6 @@
 """Reading request bodies under the limits: the declared size checked first, then the body
 read as it streams through :func:`oceanml.serving.body_budget.metered`. ``service`` is an
-:class:`oceanml.serving.app.Service` (its limits and settings)."""
+:class:`oceanml.serving.service.Service` (its limits and settings)."""
 
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ def deploy_all(stack, env: dict[str, str]) -> list:
     assert "automation  oceanml: nightly deadline" in deployed.stdout, deployed.stdout
     scheduled = wait_until("the scheduler's runs of the nightly", lambda: [
         r for r in deployment_runs("nightly/nightly") if r.auto_scheduled], 150)
-    unschedule("nightly/nightly", "monitor/monitor", "score/score")
+    unschedule("nightly/nightly", "monitor/monitor", "score/score", "release-check/release-check")
     return scheduled
 
 
