@@ -7,9 +7,10 @@ event loop keeps accepting requests; whatever arrives meanwhile forms the next b
 batches grow with load. A request's images are never split across versions.
 
 Background work (a shadow candidate's predictions, :mod:`oceanml.serving.candidates`) waits
-on a bounded queue of its own and runs only when no request is waiting: it never delays an
-answer by more than the one forward pass it may have started, and under a load that leaves
-no gap it is skipped (``predict_later`` says so) rather than queued without end.
+on a bounded queue of its own and runs only when the replica is idle (``idle()``: no request
+in flight anywhere on it, since every forward pass shares the same cores): it delays an
+answer by at most the one pass it may have started, and under a load that leaves no idle
+moment it is skipped (``predict_later`` says so) rather than queued without end.
 """
 
 from __future__ import annotations
@@ -41,12 +42,14 @@ class Item:
 class Batcher:
     def __init__(self, *, max_batch: int, max_wait_ms: float,
                  on_batch: Callable[[str, int], None] | None = None,
-                 background_capacity: int = 64) -> None:
+                 background_capacity: int = 64,
+                 idle: Callable[[], bool] = lambda: True) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000.0
         self.on_batch = on_batch or (lambda name, n: None)
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.background: asyncio.Queue[Item] = asyncio.Queue(maxsize=background_capacity)
+        self.idle = idle
         self._arrived = asyncio.Event()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._task: asyncio.Task | None = None
@@ -69,6 +72,10 @@ class Batcher:
         self._arrived.set()
         return future
 
+    def wake(self) -> None:
+        """Look again: the replica may have become idle for background work."""
+        self._arrived.set()
+
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
@@ -84,7 +91,7 @@ class Batcher:
         while True:
             if not self.queue.empty():
                 return self.queue.get_nowait(), True
-            if not self.background.empty():
+            if not self.background.empty() and self.idle():
                 return self.background.get_nowait(), False
             self._arrived.clear()
             await self._arrived.wait()
@@ -94,7 +101,8 @@ class Batcher:
         items = [first]
         size = first.n
         if not request:  # background: what waits of it, no waiting for more
-            while size < self.max_batch and not self.background.empty() and self.queue.empty():
+            while (size < self.max_batch and not self.background.empty()
+                   and self.queue.empty() and self.idle()):
                 items.append(self.background.get_nowait())
                 size += items[-1].n
             return items

@@ -22,7 +22,7 @@ from tasks.release_check import check_release
 from tests.registered import SPEC, Failing, Slow, register, with_step
 from tests.serving.conftest import calibrated_net
 from tests.serving.test_endpoint import PREDICT
-from tests.serving.test_releases import images, wait_for_release
+from tests.serving.test_releases import answers_counted, images, wait_for_release
 
 POLICY = ReleasePolicy(min_requests=80, bootstrap_samples=300)
 
@@ -96,6 +96,8 @@ def test_a_canary_that_fails_or_slows_is_aborted_with_its_figures(
     champion = next(v for v in outcome.figures.versions if v.role == "champion")
     if failing == "errors":
         assert 0.04 <= canary.error_rate <= 0.2 and champion.errors == 0
+        counted = answers_counted(served)  # /metrics: errors per version and role
+        assert counted[(release.candidate_version, "canary", "error")] == canary.errors
     else:
         assert canary.p99_ms > 2 * champion.p99_ms and canary.errors == 0
     row = ended(sessions, release)

@@ -98,11 +98,14 @@ def test_a_canary_takes_its_share_on_every_replica_and_an_abort_returns_it(
             wait_for_release(server, True)
         bodies = images(REQUESTS)
         first = answered_by(served, bodies)
-        share = sum(version == candidate for version, _ in first) / REQUESTS
-        assert 0.16 <= share <= 0.24, share
+        by_candidate = sum(version == candidate for version, _ in first)
+        assert 0.16 <= by_candidate / REQUESTS <= 0.24, by_candidate
         assert {(v, r) for v, r in first} == {("1", "champion"), (candidate, "canary")}
         # sticky: the same image gets the same version from the other replica
         assert answered_by(second, bodies[:300]) == first[:300]
+        counted = answers_counted(served)
+        assert counted[(candidate, "canary", "ok")] == by_candidate
+        assert counted[("1", "champion", "ok")] == REQUESTS - by_candidate
 
         # abort under load: within a poll every request is the champion's, none fails
         results: list[tuple[float, int, str | None]] = []
@@ -147,6 +150,19 @@ def test_a_canary_takes_its_share_on_every_replica_and_an_abort_returns_it(
     canary = next(v for v in status["served"]["versions"] if v["role"] == "canary")
     assert canary["version"] == candidate and canary["requests"] >= 0.16 * REQUESTS
     assert canary["errors"] == 0 and canary["p99_ms"] > 0
+
+
+def answers_counted(server) -> dict[tuple[str, str, str], float]:
+    """``oceanml_answers_total`` of ``server``'s /metrics by (version, role, outcome)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(server.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "oceanml_answers_total":
+                labels = sample.labels
+                out[(labels["version"], labels["role"], labels["outcome"])] = sample.value
+    return out
 
 
 def test_a_shadow_returns_the_champion_and_records_both_in_pairs(
