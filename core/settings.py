@@ -144,6 +144,9 @@ class Settings(BaseSettings):
     serve_max_wait_ms: float = Field(
         5.0, ge=0, description="How long a batch waits for company before it runs.")
     serve_poll_s: float = Field(10.0, gt=0, description="Registry poll for a new champion.")
+    serve_shadow_share: float = Field(
+        0.1, gt=0, le=1, description="Share of the time a release's shadow may spend in "
+        "forward passes (what it cannot fit is skipped and counted).")
     serve_max_images: int = Field(16, ge=1, description="Images one request may carry.")
     serve_log_interval_s: float = Field(
         1.0, gt=0, description="Online predictions are written to the DB this often.")

@@ -73,8 +73,7 @@ def create_app(settings: Settings, names: list[str], mlc: MlflowClient,
         started = time.perf_counter()
         status = 200
         try:
-            with service.answering():
-                body = await answer(service, name, request, started)
+            body = await answer(service, name, request, started)
             return JSONResponse(body)
         except BadInput as exc:
             status = exc.status

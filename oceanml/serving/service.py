@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, Request
@@ -51,7 +49,6 @@ class Service:
         self.candidates = Candidates(self.sessions, mlc, names, poll_s=settings.serve_poll_s,
                                      device=device)
         self.shadows: set[asyncio.Task] = set()  # in flight, held so none is collected
-        self.in_flight = 0  # prediction requests being answered (shadows wait for none)
         self.ring = KeyRing(self.sessions, settings.api_keys,
                             refresh_s=settings.serve_keys_refresh_s,
                             default_rate=settings.serve_key_rate,
@@ -74,7 +71,7 @@ class Service:
                 max_batch=self.settings.serve_max_batch,
                 max_wait_ms=self.settings.serve_max_wait_ms,
                 on_batch=lambda model, n: self.metrics.batch_size.labels(model).observe(n),
-                idle=lambda: self.in_flight == 0)
+                background_share=self.settings.serve_shadow_share)
             self.batchers[name].start()
         self.log.start()
         self.champions.start()
@@ -120,18 +117,6 @@ class Service:
                 rejection = image_rejection(exc)
                 raise BadInput(422, rejection.reason, f"image {n}: {rejection.detail}") from None
         return torch.stack(tensors)
-
-    @contextmanager
-    def answering(self) -> Iterator[None]:
-        """Count a prediction request in flight; the last one out lets shadows run."""
-        self.in_flight += 1
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            if self.in_flight == 0:
-                for batcher in self.batchers.values():
-                    batcher.wake()
 
     def record(self, predictor: Predictor, hashes: list[str], answered: list[dict[str, Any]],
                request: Request, role: str, latency_s: float, error: str | None = None) -> None:
