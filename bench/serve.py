@@ -211,7 +211,7 @@ def main() -> None:
         print(f"figure release_{side}_c16_rps {r['rps']:.1f} req/s")
         print(f"figure release_{side}_c16_p99 {r['p99_ms']:.1f} ms")
         print(f"figure release_{side}_c16_failed {r['failed']} requests")
-        print(f"figure release_{side}_c16_candidate_share {r['candidate_share']:.3f}")
+        print(f"figure release_{side}_c16_candidate_share {r['candidate_share']:.3f} share")
     print(f"figure release_shadow_skipped {releases['shadow']['skipped']:.0f} predictions")
     print(f"ratio canary_vs_none_rps_c16 {releases['canary']['rps'] / releases['none']['rps']:.2f} "
           "goal >= 0.9")

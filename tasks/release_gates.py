@@ -13,6 +13,9 @@ the policy's one-sided confidence:
 - ``accuracy``: realized on the labelled answers where there are ``min_requests`` of them,
   else estimated without labels (ATC with each version's threshold); the candidate's gain.
   Significantly below zero: abort. Significantly above ``required_gain``: this check passes.
+- ``agreement`` (shadow): the share of pairs both versions answer with the same class. Below
+  ``min_agreement`` the candidate changes many answers, and it is promoted only with a
+  significant accuracy gain to show for it; otherwise this check passes.
 
 Promote when every check passes with ``min_requests`` answered per version; abort when one
 fails significantly; otherwise wait, and at the deadline decide with what there is: promote
@@ -149,6 +152,23 @@ def accuracy_check(champion: Served, candidate: Served, policy: ReleasePolicy, p
                  f"[{i.low:+.3f}, {i.high:+.3f}]"), outcome
 
 
+def agreement_check(champion: Served, candidate: Served, policy: ReleasePolicy,
+                    accuracy: str) -> tuple[Check, str]:
+    """Shadow pairs answered alike, against ``min_agreement``; a significant accuracy gain
+    (``accuracy`` is that check's outcome) outweighs a low agreement."""
+    a, b = champion.probabilities, candidate.probabilities
+    if a is None or b is None or len(a) != len(b) or not len(a):
+        return Check("agreement", None, policy.min_agreement, accuracy == "pass",
+                     "no pairs of class answers"), "pass" if accuracy == "pass" else "open"
+    agreement = float((a.argmax(axis=1) == b.argmax(axis=1)).mean())
+    passed = agreement >= policy.min_agreement or accuracy == "pass"
+    return Check("agreement", agreement, policy.min_agreement, passed,
+                 f"{agreement:.1%} of {len(a)} pairs answered alike"
+                 + ("" if agreement >= policy.min_agreement else
+                    "; a gain shown" if passed else "; no gain shown for the changes")), \
+        "pass" if passed else "open"
+
+
 def judge(champion: Served, candidate: Served, mode: str, policy: ReleasePolicy, *,
           past_deadline: bool) -> Verdict:
     """Promote, abort or wait, with every check and the reason in words."""
@@ -164,6 +184,8 @@ def judge(champion: Served, candidate: Served, mode: str, policy: ReleasePolicy,
     if mode == "canary":
         outcomes.append(latency_check(champion, candidate, policy))
     outcomes.append(accuracy_check(champion, candidate, policy, paired=mode == "shadow"))
+    if mode == "shadow":
+        outcomes.append(agreement_check(champion, candidate, policy, outcomes[-1][1]))
     enough = min(len(champion.failed), len(candidate.failed))
     checks = (Check("requests", float(enough), float(policy.min_requests),
                     enough >= policy.min_requests,
@@ -190,6 +212,8 @@ def judge(champion: Served, candidate: Served, mode: str, policy: ReleasePolicy,
 
 def _favours(check: Check) -> bool:
     """Whether a check's point value is on the candidate's side of its bar."""
+    if check.name == "agreement":
+        return check.passed
     if check.name == "accuracy":
         return check.value >= check.threshold
     return check.value <= check.threshold

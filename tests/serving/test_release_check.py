@@ -69,6 +69,7 @@ def test_a_clearly_better_shadow_is_promoted_through_the_champion_history(
     checks = {c["name"]: c for c in outcome.checks}
     assert checks["accuracy"]["passed"] and checks["accuracy"]["value"] > 0.1
     assert checks["errors"]["passed"] and "latency" not in checks  # a shadow's is not comparable
+    assert checks["agreement"]["value"] == 1.0  # the same classes, only surer
     assert outcome.figures.pairs == 120 and outcome.figures.agreement == 1.0
     row = ended(sessions, release)
     assert row.state == "promoted" and not row.forced and row.decided_by == "release-check"
@@ -78,7 +79,8 @@ def test_a_clearly_better_shadow_is_promoted_through_the_champion_history(
         decision = s.scalar(select(DecisionRecord).order_by(DecisionRecord.id.desc()).limit(1))
     assert change.version == release.candidate_version and not change.forced
     assert change.decided_by == "release-check" and f"release {release.id}" in change.reason
-    assert {c["name"] for c in decision.checks} == {"requests", "errors", "accuracy"}
+    assert {c["name"] for c in decision.checks} == {"requests", "errors", "accuracy",
+                                                    "agreement"}
     assert client(settings).get_model_version_by_alias(SPEC.name, "champion").version == \
         int(release.candidate_version)
 

@@ -56,3 +56,23 @@ def test_a_regressor_or_nothing_served_is_never_promoted_early() -> None:
     nothing = Served("2", "canary", np.zeros(0, dtype=bool), np.zeros(0), None)
     late = judge(champion, nothing, "canary", POLICY, past_deadline=True)
     assert late.action == "abort" and "nothing served" in late.reason
+
+
+def test_a_shadow_that_changes_many_answers_needs_a_gain_to_show_for_it() -> None:
+    n = 300
+    champion = served("1", "champion", n, sure=0.7)
+    flipped = served("2", "shadow", n, sure=0.7, seed=1)  # as sure, half the answers changed
+    flipped = Served("2", "shadow", flipped.failed, flipped.latency_ms,
+                     np.where(np.arange(n)[:, None] % 2 == 0, flipped.probabilities,
+                              flipped.probabilities[:, ::-1]))
+    verdict = judge(champion, flipped, "shadow", POLICY, past_deadline=True)
+    checks = {c.name: c for c in verdict.checks}
+    assert checks["agreement"].value == 0.5 and not checks["agreement"].passed
+    assert verdict.action == "abort" and "agreement" in verdict.reason
+    surer = served("2", "shadow", n, sure=0.95, seed=1)  # same answers, far surer: agrees
+    assert judge(champion, surer, "shadow", POLICY, past_deadline=False).action == "promote"
+    changed_and_better = Served("2", "shadow", surer.failed, surer.latency_ms,
+                                np.where(np.arange(n)[:, None] % 2 == 0, surer.probabilities,
+                                         surer.probabilities[:, ::-1]))
+    verdict = judge(champion, changed_and_better, "shadow", POLICY, past_deadline=False)
+    assert verdict.action == "promote", verdict.reason  # the gain outweighs the changes
