@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
+from core.champion_history import current_champion
 from core.database import session_factory
 from core.db import Observation
 from core.params import load_file
@@ -144,8 +145,6 @@ def check_release(sessions: sessionmaker, mlc: MlflowClient, model: str,
 
 
 def _champion_moved(sessions: sessionmaker, mlc: MlflowClient, release: Release) -> bool:
-    from core.champion_history import current_champion
-
     return current_champion(sessions, mlc, release.model_name) != release.champion_version
 
 
