@@ -60,11 +60,13 @@ class Hardware:
     num_nodes: int = 1
     precision: str = "auto"
     num_workers: int = -1
+    loader_timeout_s: float = 0.0  # longest wait for a batch from the loader workers; 0: none
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Hardware:
         return cls(settings.train_accelerator, settings.train_devices, settings.train_strategy,
-                   settings.train_num_nodes, settings.train_precision, settings.train_num_workers)
+                   settings.train_num_nodes, settings.train_precision, settings.train_num_workers,
+                   settings.train_loader_timeout_s)
 
     @property
     def gpu(self) -> bool:

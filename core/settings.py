@@ -121,6 +121,9 @@ class Settings(BaseSettings):
         "auto", description="auto: bf16-mixed where the GPU supports it, else 32-true.")
     train_num_workers: int = Field(
         -1, description="DataLoader worker processes; -1: up to 8 on a GPU, cores/4 on a CPU.")
+    train_loader_timeout_s: float = Field(
+        600.0, ge=0, description="A training whose DataLoader workers deliver no batch this "
+        "long fails (a hung read of its dataset), instead of holding its task; 0: no limit.")
     train_work_pool: str | None = Field(
         None, description="When set, flows train through the train deployment on this pool.")
     train_deployment: str = Field("train/train-gpu", description="flow-name/deployment-name.")

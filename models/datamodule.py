@@ -227,13 +227,16 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def stream_loader(stream: ShardStream, workers: int, *, persistent: bool = False) -> DataLoader:
+def stream_loader(stream: ShardStream, workers: int, *, persistent: bool = False,
+                  timeout_s: float = 0.0) -> DataLoader:
     """The DataLoader over a stream: whole batches come from ``workers`` processes.
     ``persistent`` keeps them for the next epoch (the epoch reaches them through shared
-    memory, see :class:`ShardStream`)."""
+    memory, see :class:`ShardStream`). With workers, waiting more than ``timeout_s`` (when
+    positive) for a batch raises: a worker stuck in a read never returns on its own."""
     return DataLoader(stream, batch_size=None, num_workers=workers,
                       persistent_workers=persistent and workers > 0,
                       pin_memory=torch.cuda.is_available(),
+                      timeout=timeout_s if workers > 0 else 0,
                       multiprocessing_context=worker_context() if workers > 0 else None)
 
 
@@ -241,13 +244,14 @@ class ShardDataModule(L.LightningDataModule):
     """Train/val/test streams of one dataset version; ``num_workers`` processes decode."""
 
     def __init__(self, root: str | Path, spec: ModelSpec, batch_size: int = 64,
-                 num_workers: int = 0, seed: int = 0) -> None:
+                 num_workers: int = 0, seed: int = 0, timeout_s: float = 0.0) -> None:
         super().__init__()
         self.root = Path(root)
         self.spec = spec
         self.batch_size = batch_size
         self.num_workers = num_workers
         self.seed = seed
+        self.timeout_s = timeout_s
         self.streams: dict[str, ShardStream] = {}
 
     def setup(self, stage: str | None = None) -> None:
@@ -264,7 +268,8 @@ class ShardDataModule(L.LightningDataModule):
         stream.configure(rank=rank, world=world, workers=self.num_workers)
         if trainer is not None and split == "train":
             stream.set_epoch(trainer.current_epoch)  # a resumed run continues the sequence
-        return stream_loader(stream, self.num_workers, persistent=True)
+        return stream_loader(stream, self.num_workers, persistent=True,
+                             timeout_s=self.timeout_s)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

@@ -4,6 +4,8 @@ early stopping. The train task runs exactly these, and ``bench/train.py`` times 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,26 @@ def build_data(spec: ModelSpec, params: TrainSection, hardware: Hardware, datase
     from models.datamodule import ShardDataModule
 
     return ShardDataModule(dataset_dir, spec, params.batch_size, hardware.loader_workers(),
-                           params.seed)
+                           params.seed, hardware.loader_timeout_s)
+
+
+class LoaderStalled(RuntimeError):
+    """The loader workers delivered no batch within ``OCEANML_TRAIN_LOADER_TIMEOUT_S``."""
+
+
+@contextmanager
+def stalls_named(hardware: Hardware, dataset_dir: Path) -> Iterator[None]:
+    """Torch's bare "DataLoader timed out" as :class:`LoaderStalled`, saying which setting
+    bounded the wait and what the workers were reading: the message a branch fails with."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not str(exc).startswith("DataLoader timed out"):
+            raise
+        raise LoaderStalled(
+            f"the data loader delivered no batch for {hardware.loader_timeout_s:.0f} s "
+            f"(OCEANML_TRAIN_LOADER_TIMEOUT_S): a worker is stuck, most likely reading "
+            f"{dataset_dir}") from exc
 
 
 def build_trainer(spec: ModelSpec, params: TrainSection, hardware: Hardware, ckpt_dir: Path,

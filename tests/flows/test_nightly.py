@@ -1,13 +1,17 @@
 """The nightly flow end to end on a tiny simulated batch under Prefect's harness: two models
 of the fleet (a classifier and the regression model) side by side, run twice; then a night
-with a broken model whose branch fails alone."""
+with a broken model whose branch fails alone, and one whose new model's data loader stalls."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,6 +22,7 @@ from sqlalchemy import func, select
 
 from core.database import session_factory
 from core.db import Dataset, Observation, Reject
+from core.jobs import list_jobs
 from core.records import Promotion, TrainingJob, TrainingRun
 from core.registry import CHAMPION, alias_version
 from core.registry import client as mlflow_client
@@ -25,6 +30,7 @@ from core.settings import get_settings
 from core.store import filesystem
 from models.zoo import get_spec
 from oceanml.simulator import simulate, write_landing
+from tasks.dataset import dataset_dir
 from tests.conftest import make_project
 
 pytestmark = pytest.mark.slow
@@ -290,3 +296,142 @@ def test_a_broken_model_fails_its_branch_alone_and_the_night_by_name(runs) -> No
     assert "# OceanML nightly: 2 models, 1 FAILED (debris-classifier)" in text
     assert "| debris-classifier | FAILED: ValueError: no observation selected" in text
     assert f"| {MODEL} | completed | `{runs.first.dataset.version[:8]}` unchanged |" in text
+
+
+# -- a training whose data loader stalls --------------------------------------------------------
+
+STALLED = "algae-bloom"
+LOADER_TIMEOUT_S = 10
+
+
+def descendants() -> dict[int, int]:
+    """This process's descendants, each with its parent."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # it exited between the listing and the read
+    mine, frontier = {}, {os.getpid()}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier}
+        mine |= {pid: parents[pid] for pid in frontier}
+    return mine
+
+
+def loader_workers() -> set[int]:
+    """The training's loader workers under this process: the children of a fork server that
+    preloads ``models.datamodule`` alone (:func:`models.datamodule.worker_context`; the fleet's
+    own fork server, whose children are the branches, preloads more)."""
+    found = set()
+    for pid, parent in descendants().items():
+        with contextlib.suppress(OSError):
+            server = Path(f"/proc/{parent}/cmdline").read_bytes()
+            if b"forkserver" in server and b"['models.datamodule']" in server:
+                found.add(pid)
+    return found
+
+
+class ShardStall(threading.Thread):
+    """Each time a training of ``STALLED`` starts its loader workers (its setup has read the
+    shards' metadata by then), its train shards become FIFOs nobody writes: a worker's open()
+    of one blocks in the kernel, as a read of a hung disk or share does. Once that training
+    has failed they are put back (renamed, never rewritten: DVC's cache may share their
+    inodes), so the next attempt sets up as usual and stalls the same way."""
+
+    def __init__(self, sessions, root: Path) -> None:
+        super().__init__(daemon=True)
+        self.sessions, self.root = sessions, root
+        self.seen: set[int] = set()
+        self.held: list[Path] = []
+        self.stalls = 0
+        self.done = threading.Event()
+
+    def failed(self) -> bool:
+        with self.sessions() as s:
+            return s.scalar(select(TrainingJob.status).where(
+                TrainingJob.model_name == STALLED)) == "failed"
+
+    def run(self) -> None:
+        while not self.done.wait(0.1):
+            if self.held:
+                if self.failed():
+                    self.put_back()
+                continue
+            started = loader_workers() - self.seen
+            self.seen |= started
+            if started and not self.failed():
+                for shard in sorted(self.root.glob("train-*.parquet")):
+                    shard.rename(shard.with_name(shard.name + ".held"))
+                    os.mkfifo(shard)
+                    self.held.append(shard)
+                self.stalls += 1
+
+    def put_back(self) -> None:
+        for shard in self.held:
+            shard.unlink()
+            shard.with_name(shard.name + ".held").rename(shard)
+        self.held = []
+
+    def __enter__(self) -> ShardStall:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+        self.put_back()
+
+
+def test_a_training_whose_data_loader_stalls_fails_its_branch_by_name_and_the_next_night_completes(
+        runs, monkeypatch) -> None:
+    """A new model of the fleet trains with a loader worker, whose read of its train shards
+    never returns. Each attempt of its training fails after OCEANML_TRAIN_LOADER_TIMEOUT_S
+    without a batch,
+    so its branch fails by name, while the model beside it completes and the night ends
+    Failed saying why. The next night, with nothing stalled, trains it and completes; what
+    the nights stored before is all there, once."""
+    from flows.nightly import nightly
+
+    def stored() -> dict[str, int]:
+        with runs.sessions() as s:
+            found = {t.__tablename__: s.scalar(select(func.count()).select_from(t))
+                     for t in (Observation, Reject)}
+            for table, model in ((Dataset, Dataset.name), (Promotion, Promotion.model_name)):
+                found[table.__tablename__] = s.scalar(select(func.count()).select_from(table)
+                                                      .where(model != STALLED))
+        found["versions"] = len(mlflow_client(runs.settings).search_model_versions(
+            f"name = '{MODEL}'"))
+        return found
+
+    before = stored()
+    monkeypatch.setenv("OCEANML_TRAIN_NUM_WORKERS", "1")
+    monkeypatch.setenv("OCEANML_TRAIN_LOADER_TIMEOUT_S", str(LOADER_TIMEOUT_S))
+    get_settings.cache_clear()
+    start = time.monotonic()
+    with ShardStall(runs.sessions, dataset_dir(runs.settings, STALLED)) as stall:
+        state = nightly(models=[MODEL, STALLED], profile="cpu-small", max_epochs=5,
+                        return_state=True)
+    took = time.monotonic() - start
+    assert stall.stalls == 2  # both attempts of the training (the task retries once)
+    reason = (f"{STALLED}: LoaderStalled: the data loader delivered no batch for "
+              f"{LOADER_TIMEOUT_S} s (OCEANML_TRAIN_LOADER_TIMEOUT_S)")
+    assert state.is_failed() and f"1 of 2 model branches failed: {reason}" in state.message
+    assert took < 300, took  # two attempts and the retry's pause, not a held night
+    text = printed_summary(str(state.state_details.flow_run_id))
+    assert f"# OceanML nightly: 2 models, 1 FAILED ({STALLED})" in text
+    assert f"| {MODEL} | completed |" in text
+    [job] = list_jobs(runs.sessions, STALLED)
+    assert job.status == "failed" and "LoaderStalled" in job.error, job.error
+    assert not mlflow_client(runs.settings).search_model_versions(f"name = '{STALLED}'")
+
+    monkeypatch.delenv("OCEANML_TRAIN_NUM_WORKERS")
+    get_settings.cache_clear()
+    after = nightly(models=[STALLED], profile="cpu-small", max_epochs=2, return_state=True)
+    assert after.is_completed(), after.message
+    assert stored() == before  # nothing lost, nothing stored twice
+    with runs.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(Dataset).where(
+            Dataset.name == STALLED)) == 1  # the stalled night's version, not a second one
+    assert [j.status for j in list_jobs(runs.sessions, STALLED)] == ["completed", "failed"]
+    assert len(mlflow_client(runs.settings).search_model_versions(f"name = '{STALLED}'")) == 1

@@ -127,8 +127,10 @@ def test_default_loader_workers_feed_a_gpu_and_spare_a_cpu(cores, on_gpu, on_cpu
 def test_from_settings_reads_every_train_setting() -> None:
     """``OCEANML_TRAIN_*`` on a worker decide where it trains; none may be dropped."""
     settings = Settings(train_accelerator="gpu", train_devices="0,1", train_strategy="ddp",
-                        train_num_nodes=2, train_precision="16-mixed", train_num_workers=5)
-    assert Hardware.from_settings(settings) == Hardware("gpu", "0,1", "ddp", 2, "16-mixed", 5)
+                        train_num_nodes=2, train_precision="16-mixed", train_num_workers=5,
+                        train_loader_timeout_s=90)
+    assert Hardware.from_settings(settings) == Hardware("gpu", "0,1", "ddp", 2, "16-mixed", 5,
+                                                        90.0)
 
 
 def test_detect_reads_torch_and_the_cores_without_initialising_cuda(monkeypatch) -> None:
