@@ -137,7 +137,7 @@ def peer_worker(landing: Path, home: Path, db_url: str | None) -> dict:
     migrations made (before the timing); its seconds, count and peak memory."""
     from bench.peers import ingest as ingest_peer
     from core.database import session_factory
-    from tasks.landing import worker_count
+    from tasks.preparer import worker_count
 
     home.mkdir(parents=True, exist_ok=True)
     db = db_url or f"sqlite:///{home / 'peer.db'}"
@@ -403,7 +403,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="best of N runs of each side")
     args = parser.parse_args()
     from core.settings import get_settings
-    from tasks.landing import worker_count
+    from tasks.preparer import worker_count
 
     workers = worker_count(get_settings().ingest_workers)
     small, large = (1000, 4000) if args.quick else (5000, 20000)

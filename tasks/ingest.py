@@ -3,7 +3,7 @@
 Incremental by a ledger of landing keys (``ingested_files``): a key already handled with the
 same fingerprint is not read again, and the landing prefix is never deleted from. Each chunk
 is read, validated and its valid images written to the content-addressed lake
-(``tasks.landing``, in worker processes for large runs) while the one before it is stored:
+(``tasks.landing``, in worker processes for large runs: ``tasks.preparer``) while the one before it is stored:
 rows, rejects and ledger in one transaction. Blobs always precede their rows; memory holds
 the rows of at most ``AHEAD`` + 1 chunks (images never leave the process that read them), and
 a crash loses at most that much work, never stored data.
@@ -15,7 +15,6 @@ import csv
 import io
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,14 +33,8 @@ from core.logs import stage_logger
 from core.progress import StageProgress
 from core.settings import Settings, get_settings
 from core.store import Location, filesystem, listings
-from tasks.landing import (
-    Candidate,
-    Prepared,
-    Preparer,
-    ingest_limits,
-    pair_files,
-    worker_count,
-)
+from tasks.landing import Candidate, Prepared, ingest_limits, pair_files
+from tasks.preparer import Preparer, Submitted, worker_count
 from tasks.validate import Rejection
 
 Progress = Callable[[int, int], None]
@@ -246,9 +239,9 @@ def ingest(
         return total
     listed = done = 0
     chunk: list[Candidate] = []
-    pending: deque[tuple[list[Future], int]] = deque()  # submitted, not yet stored, in order
+    pending: deque[tuple[list[Submitted], int]] = deque()  # submitted, not yet stored, in order
 
-    def store(submitted: list[Future], size: int) -> None:
+    def store(submitted: list[Submitted], size: int) -> None:
         nonlocal done
         with sessions() as session:
             total.merge(store_chunk(session, Preparer.collect(submitted), flow_run_id))

@@ -8,22 +8,16 @@ to validate it is CPU-bound, and threads would serialise on the GIL.
 from __future__ import annotations
 
 import json
-import os
 import posixpath
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from multiprocessing import get_context
 from pathlib import PurePosixPath
 from typing import Any
 
-from core.batches import slices
 from core.settings import Settings
 from core.store import (
     Location,
     content_key,
-    fetch_all,
-    filesystem,
     put_if_absent,
     read_bytes,
     sha256_hex,
@@ -244,71 +238,3 @@ def pair_keys(candidates: list[Candidate], settings: Settings) -> list[str]:
             and c.size(c.image_key) <= settings.max_image_bytes
             and c.size(c.sidecar_key) <= settings.max_sidecar_bytes
             for key in (c.image_key, c.sidecar_key)]
-
-
-BATCH = 32  # candidates per worker call: amortises pickling without starving a worker
-
-_worker_state: tuple[Location, Settings, Limits, Location] | None = None
-
-
-def _start_worker(settings: Settings, limits: Limits) -> None:
-    global _worker_state
-    _worker_state = (filesystem(settings.landing_url, settings), settings, limits,
-                     filesystem(settings.lake_url, settings))
-
-
-def _prepare_batch(candidates: list[Candidate]) -> list[Prepared]:
-    landing, settings, limits, lake = _worker_state
-    fetched = fetch_all(landing, pair_keys(candidates, settings))
-    return [p for c in candidates for p in prepare(c, landing, settings, limits, lake, fetched)]
-
-
-def worker_count(setting: int) -> int:
-    """``ingest_workers``: 0 means one per core, at most 8."""
-    return setting if setting > 0 else min(8, os.cpu_count() or 1)
-
-
-class Preparer:
-    """Prepares chunks of candidates, in worker processes once a run is large enough.
-
-    A chunk smaller than ``pool_from`` (a run with little new) is prepared here: starting
-    workers costs about a second of imports. The pool is spawned, not forked, because the
-    caller may hold threads (Prefect, SQLAlchemy pools) that a fork would copy mid-state.
-    ``submit`` returns at once so that the caller stores one chunk while the next is read.
-    """
-
-    def __init__(self, landing: Location, settings: Settings, limits: Limits, lake: Location,
-                 *, workers: int, pool_from: int) -> None:
-        self.landing, self.settings, self.limits, self.lake = landing, settings, limits, lake
-        self.workers, self.pool_from = workers, pool_from
-        self._pool: ProcessPoolExecutor | None = None
-
-    def submit(self, chunk: list[Candidate]) -> list[Future]:
-        """Futures of the chunk's prepared observations, in order (done already when the
-        chunk was prepared here)."""
-        if self._pool is None and (self.workers <= 1 or len(chunk) < self.pool_from):
-            done: Future = Future()
-            done.set_result([p for c in chunk
-                             for p in prepare(c, self.landing, self.settings, self.limits,
-                                              self.lake)])
-            return [done]
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=get_context("spawn"),
-                initializer=_start_worker, initargs=(self.settings, self.limits))
-        return [self._pool.submit(_prepare_batch, batch) for batch in slices(chunk, BATCH)]
-
-    @staticmethod
-    def collect(submitted: list[Future]) -> list[Prepared]:
-        return [p for future in submitted for p in future.result()]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-            self._pool = None
-
-    def __enter__(self) -> Preparer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

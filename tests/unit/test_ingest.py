@@ -125,9 +125,10 @@ def test_worker_processes_store_exactly_what_one_process_stores(settings, sessio
 
 
 def test_ingest_workers_import_neither_the_database_nor_prefect() -> None:
-    """Every spawned worker imports tasks.landing: SQLAlchemy or Prefect there would add
-    their import time to each worker's start."""
-    code = "import sys, tasks.landing; print(sorted({'sqlalchemy', 'prefect'} & set(sys.modules)))"
+    """Every spawned worker imports tasks.preparer (and tasks.landing): SQLAlchemy or Prefect
+    there would add their import time to each worker's start."""
+    code = ("import sys, tasks.preparer; "
+            "print(sorted({'sqlalchemy', 'prefect'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
