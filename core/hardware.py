@@ -60,7 +60,7 @@ class Hardware:
     num_nodes: int = 1
     precision: str = "auto"
     num_workers: int = -1
-    loader_timeout_s: float = 0.0  # longest wait for a batch from the loader workers; 0: none
+    loader_timeout_s: float = 600.0  # longest wait for a batch from the loader workers; 0: none
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Hardware:

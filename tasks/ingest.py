@@ -3,10 +3,10 @@
 Incremental by a ledger of landing keys (``ingested_files``): a key already handled with the
 same fingerprint is not read again, and the landing prefix is never deleted from. Each chunk
 is read, validated and its valid images written to the content-addressed lake
-(``tasks.landing``, in worker processes for large runs: ``tasks.preparer``) while the one before it is stored:
-rows, rejects and ledger in one transaction. Blobs always precede their rows; memory holds
-the rows of at most ``AHEAD`` + 1 chunks (images never leave the process that read them), and
-a crash loses at most that much work, never stored data.
+(``tasks.landing``; in worker processes for large runs, ``tasks.preparer``) while the one
+before it is stored: rows, rejects and ledger in one transaction. Blobs always precede their
+rows; memory holds the rows of at most ``AHEAD`` + 1 chunks (images never leave the process
+that read them), and a crash loses at most that much work, never stored data.
 """
 
 from __future__ import annotations

@@ -387,9 +387,8 @@ def test_a_training_whose_data_loader_stalls_fails_its_branch_by_name_and_the_ne
         runs, monkeypatch) -> None:
     """A new model of the fleet trains with a loader worker, whose read of its train shards
     never returns. Each attempt of its training fails after OCEANML_TRAIN_LOADER_TIMEOUT_S
-    without a batch,
-    so its branch fails by name, while the model beside it completes and the night ends
-    Failed saying why. The next night, with nothing stalled, trains it and completes; what
+    without a batch, so its branch fails by name, while the model beside it completes and
+    the night ends Failed saying why. The next night, with nothing stalled, trains it and completes; what
     the nights stored before is all there, once."""
     from flows.nightly import nightly
 
