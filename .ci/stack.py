@@ -271,13 +271,17 @@ def stop_parts(state: dict, names: list[str]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
                 groups.append(pid)
-    deadline = time.monotonic() + 30
-    while groups and time.monotonic() < deadline:
+    started = time.monotonic()
+    while groups and time.monotonic() < started + 30:
         groups = [pid for pid in groups if group_alive(pid)]
         time.sleep(0.5)
     for pid in groups:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
+    killed = [n for n in names if state["parts"][n].get("pid") in groups]
+    print(f"stack: stopped {', '.join(names)} in {time.monotonic() - started:.0f} s"
+          + (f"; killed {', '.join(killed)} (no exit within 30 s of SIGTERM)" if killed else ""),
+          file=sys.stderr)
 
 
 def group_alive(pid: int) -> bool:

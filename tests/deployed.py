@@ -48,6 +48,17 @@ def unschedule(*names: str) -> None:
                 client.delete_flow_run(flow_run.id)
 
 
+def set_default_parameters(name: str, **parameters: object) -> None:
+    """Add ``parameters`` to the defaults of deployment ``name``, as an operator edits them in
+    the UI: runs an automation starts get them too (the server merges them under its own)."""
+    from prefect.client.schemas.actions import DeploymentUpdate
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(name)
+        client.update_deployment(deployment.id, DeploymentUpdate(
+            parameters={**deployment.parameters, **parameters}))
+
+
 def deployment_runs(name: str) -> list:
     """Every flow run of deployment ``name`` (``flow/deployment``)."""
     with get_client(sync_client=True) as client:

@@ -44,6 +44,7 @@ from tests.deployed import (
     deployment_runs,
     land,
     prefect,
+    set_default_parameters,
     unschedule,
     wait_for_final_runs,
     wait_until,
@@ -58,6 +59,7 @@ BUCKETS = ("oceanml-landing", "oceanml-lake", "oceanml-dvc", "oceanml-mlflow")
 TABLES = (Observation, Reject, EnrichmentCache, Dataset, TrainingRun, Evaluation, Promotion,
           Prediction)
 RUN_TIMEOUT_S = 900
+RETRAIN_EPOCHS = 2  # the retrains' and the restarted nights' (trains while a part restarts)
 
 
 @dataclass
@@ -105,6 +107,9 @@ def deploy_all(stack, env: dict[str, str]) -> list:
     scheduled = wait_until("the scheduler's runs of the nightly", lambda: [
         r for r in deployment_runs("nightly/nightly") if r.auto_scheduled], 150)
     unschedule("nightly/nightly", "monitor/monitor", "score/score", "release-check/release-check")
+    # what the drift trigger starts is under test, not what it trains: the retrains train
+    # two epochs, not the nightly's five (a third of the lifecycle's time went to them)
+    set_default_parameters("retrain/retrain", max_epochs=RETRAIN_EPOCHS)
     return scheduled
 
 
@@ -260,6 +265,7 @@ def test_drift_starts_the_retrain_deployment_for_the_models_it_moved(lifecycle) 
             select(DecisionRecord).order_by(DecisionRecord.id))}  # the latest per model
     assert sorted(j.model_name for j in retrains) == lifecycle.drifted
     assert all(j.status == "completed" and j.dataset_version for j in retrains)
+    assert all(j.max_epochs == RETRAIN_EPOCHS for j in retrains)  # the deployment's default
     by_run = {str(r.id): r.parameters["model"] for r in done}
     for job in retrains:  # each retrain decided on the dataset it rebuilt with the storm in it
         decision = decisions[job.model_name]
@@ -546,7 +552,8 @@ def test_server_restarts_under_a_running_nightly(lifecycle, stack) -> None:
             if not nights or night_over(nights[-1]):
                 land(lifecycle.settings, days=1, end=today, scenario="normal",
                      seed=3 + len(nights))
-                nights.append(run_deployment("nightly/nightly", timeout=0))
+                nights.append(run_deployment("nightly/nightly", timeout=0,
+                                             parameters={"max_epochs": RETRAIN_EPOCHS}))
             night = nights[-1]
             job = wait_until(f"a training of the nightly running, for the {part} restart",
                              lambda n=night: training_in_flight(lifecycle, n, seen)
