@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     stage_timeouts: dict[str, float] = Field(
         default_factory=dict, description="Seconds per task name, replacing the task's own "
         "timeout, e.g. {\"train\": 7200} (JSON in OCEANML_STAGE_TIMEOUTS).")
+    stage_retry_delays: dict[str, float] = Field(
+        default_factory=dict, description="Seconds per task name a failed attempt waits "
+        "before its retry, replacing the task's own, e.g. {\"train\": 300} for GPU nodes "
+        "that take minutes to come back (JSON in OCEANML_STAGE_RETRY_DELAYS).")
     drift_window_days: float = Field(2.0, description="Recent observations compared with ref.")
     run_deadlines_s: dict[str, float] = Field(
         default_factory=lambda: dict(RUN_DEADLINES_S), description="Seconds a run of the "

@@ -1,8 +1,11 @@
-"""Task timeouts an operator sets, and a timeout that says which task it stopped.
+"""Task timeouts and retry delays an operator sets, and a timeout that says which task it
+stopped.
 
 ``OCEANML_STAGE_TIMEOUTS`` (JSON, seconds per task name) replaces a task's own
 ``timeout_seconds`` where the flows call it, so a slow site can give its training more time
-and a test can give a stalled one seconds. A task past its timeout raises
+and a test can give a stalled one seconds; ``OCEANML_STAGE_RETRY_DELAYS`` replaces its
+``retry_delay_seconds`` alike (GPU nodes that take minutes to come back; a test's failing
+training that need not wait 30 s for its retry). A task past its timeout raises
 :class:`StageTimeout` naming it, which is what its branch's failure, the nightly's summary and
 its state message then say (Prefect's own error names neither task nor setting).
 """
@@ -27,10 +30,13 @@ class StageTimeout(RuntimeError):
 
 
 def timed(task: Task[Any, R]) -> Callable[..., R]:
-    """``task`` with the timeout the settings give its name (else its own), raising
-    :class:`StageTimeout` by name when it runs past it."""
-    seconds = get_settings().stage_timeouts.get(task.name)
-    bounded = task if seconds is None else task.with_options(timeout_seconds=seconds)
+    """``task`` with the timeout and retry delay the settings give its name (else its own),
+    raising :class:`StageTimeout` by name when it runs past the timeout."""
+    settings = get_settings()
+    options = {option: value for option, value in (
+        ("timeout_seconds", settings.stage_timeouts.get(task.name)),
+        ("retry_delay_seconds", settings.stage_retry_delays.get(task.name))) if value is not None}
+    bounded = task.with_options(**options) if options else task
 
     @functools.wraps(task.fn)
     def call(*args: Any, **kwargs: Any) -> R:

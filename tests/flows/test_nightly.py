@@ -302,6 +302,7 @@ def test_a_broken_model_fails_its_branch_alone_and_the_night_by_name(runs) -> No
 
 STALLED = "algae-bloom"
 LOADER_TIMEOUT_S = 10
+RETRY_DELAY_S = 1  # OCEANML_STAGE_RETRY_DELAYS for train: its own 30 s would only be waited
 
 
 def descendants() -> dict[int, int]:
@@ -344,7 +345,7 @@ class ShardStall(threading.Thread):
         self.sessions, self.root = sessions, root
         self.seen: set[int] = set()
         self.held: list[Path] = []
-        self.stalls = 0
+        self.stalls: list[float] = []  # when each attempt stalled (monotonic)
         self.done = threading.Event()
 
     def failed(self) -> bool:
@@ -365,7 +366,7 @@ class ShardStall(threading.Thread):
                     shard.rename(shard.with_name(shard.name + ".held"))
                     os.mkfifo(shard)
                     self.held.append(shard)
-                self.stalls += 1
+                self.stalls.append(time.monotonic())
 
     def put_back(self) -> None:
         for shard in self.held:
@@ -406,17 +407,20 @@ def test_a_training_whose_data_loader_stalls_fails_its_branch_by_name_and_the_ne
     before = stored()
     monkeypatch.setenv("OCEANML_TRAIN_NUM_WORKERS", "1")
     monkeypatch.setenv("OCEANML_TRAIN_LOADER_TIMEOUT_S", str(LOADER_TIMEOUT_S))
+    monkeypatch.setenv("OCEANML_STAGE_RETRY_DELAYS", json.dumps({"train": RETRY_DELAY_S}))
     get_settings.cache_clear()
     start = time.monotonic()
     with ShardStall(runs.sessions, dataset_dir(runs.settings, STALLED)) as stall:
         state = nightly(models=[MODEL, STALLED], profile="cpu-small", max_epochs=5,
                         return_state=True)
     took = time.monotonic() - start
-    assert stall.stalls == 2  # both attempts of the training (the task retries once)
+    assert len(stall.stalls) == 2  # both attempts of the training (the task retries once)
+    # the retry waited the setting's second, not the task's own 30 s
+    assert stall.stalls[1] - stall.stalls[0] < LOADER_TIMEOUT_S + 30, stall.stalls
     reason = (f"{STALLED}: LoaderStalled: the data loader delivered no batch for "
               f"{LOADER_TIMEOUT_S} s (OCEANML_TRAIN_LOADER_TIMEOUT_S)")
     assert state.is_failed() and f"1 of 2 model branches failed: {reason}" in state.message
-    assert took < 300, took  # two attempts and the retry's pause, not a held night
+    assert took < 300, took  # two attempts, not a held night
     text = printed_summary(str(state.state_details.flow_run_id))
     assert f"# OceanML nightly: 2 models, 1 FAILED ({STALLED})" in text
     assert f"| {MODEL} | completed |" in text
