@@ -262,8 +262,9 @@ def start(directory: Path) -> None:
     print(f"stack: up; settings in {directory / 'stack.env'}", file=sys.stderr)
 
 
-def stop_parts(state: dict, names: list[str]) -> None:
-    """SIGTERM to each part's process group at once, SIGKILL to what still runs 30 s later."""
+def stop_parts(state: dict, names: list[str], grace_s: float = 30) -> None:
+    """SIGTERM to each part's process group at once, SIGKILL to what still runs ``grace_s``
+    later."""
     groups = []
     for name in names:
         pid = state["parts"][name].get("pid")
@@ -272,7 +273,7 @@ def stop_parts(state: dict, names: list[str]) -> None:
                 os.killpg(pid, signal.SIGTERM)
                 groups.append(pid)
     started = time.monotonic()
-    while groups and time.monotonic() < started + 30:
+    while groups and time.monotonic() < started + grace_s:
         groups = [pid for pid in groups if group_alive(pid)]
         time.sleep(0.5)
     for pid in groups:
@@ -280,7 +281,8 @@ def stop_parts(state: dict, names: list[str]) -> None:
             os.killpg(pid, signal.SIGKILL)
     killed = [n for n in names if state["parts"][n].get("pid") in groups]
     print(f"stack: stopped {', '.join(names)} in {time.monotonic() - started:.0f} s"
-          + (f"; killed {', '.join(killed)} (no exit within 30 s of SIGTERM)" if killed else ""),
+          + (f"; killed {', '.join(killed)} (no exit within {grace_s:.0f} s of SIGTERM)"
+             if killed else ""),
           file=sys.stderr)
 
 
@@ -293,7 +295,9 @@ def group_alive(pid: int) -> bool:
 
 
 def stop(directory: Path) -> None:
-    stop_parts(load(directory), ["worker", "prefect", "mlflow", "llm", "s3"])
+    """The whole stack, for good: a worker still running a flow (a retrain the last test's
+    drift event started) would hold its SIGTERM for the whole grace, so the grace is short."""
+    stop_parts(load(directory), ["worker", "prefect", "mlflow", "llm", "s3"], grace_s=5)
 
 
 def restart(directory: Path, name: str) -> None:

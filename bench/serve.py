@@ -25,7 +25,7 @@ database; the same version), concurrency 16, three turns each, medians (goal: at
 the requests/s, p99 within 5 %).
 
     .venv/bin/python bench/serve.py            # 1 500 requests per level (300 at 1)
-    .venv/bin/python bench/serve.py --quick    # 200 (50 at 1)
+    .venv/bin/python bench/serve.py --quick    # 200 (50 at 1), no level 64, one turn each
 """
 
 from __future__ import annotations
@@ -181,11 +181,12 @@ def main() -> None:
             print(f"figure mlflow_ready_s {wait_http(mlflow_url + '/ping', mlflow, root / 'mlflow.log'):.1f} s")
             predict = f"{ocean_url}/v1/models/{SPEC.name}/predict"
             invocations = f"{mlflow_url}/invocations"
-            for c in LEVELS:  # warm-up, untimed
+            levels = LEVELS[:2] if args.quick else LEVELS  # quick: a guard that it runs
+            for c in levels:  # warm-up, untimed
                 asyncio.run(load(predict, ocean_bodies, c, 2 * c))
                 asyncio.run(load(invocations, mlflow_bodies, c, 2 * c))
             results = {}
-            for c in LEVELS:
+            for c in levels:
                 n = max(total // 4, 20) if c == 1 else total
                 results[c] = {"oceanml": asyncio.run(load(predict, ocean_bodies, c, n)),
                               "mlflow": asyncio.run(load(invocations, mlflow_bodies, c, n))}
@@ -198,12 +199,13 @@ def main() -> None:
             releases = releases_under_load(mlc, settings, ocean_url, predict, ocean_bodies,
                                            total, 1 if args.quick else ROUNDS)
             promotion = promote_under_load(mlc, settings, predict, ocean_bodies, total)
-            keys = keys_on_and_off(env, root, settings, predict, ocean_bodies, total)
+            keys = keys_on_and_off(env, root, settings, predict, ocean_bodies, total,
+                                   1 if args.quick else ROUNDS)
         finally:
             for proc in (ocean, mlflow):
                 if proc.poll() is None:
                     stop(proc)
-    for c in (16, 64):
+    for c in levels[1:]:
         o, m = results[c]["oceanml"], results[c]["mlflow"]
         print(f"ratio rps_vs_mlflow_c{c} {o['rps'] / m['rps']:.2f} goal >= 3")
         print(f"ratio p99_vs_mlflow_c{c} {o['p99_ms'] / m['p99_ms']:.2f} goal <= 1")
@@ -236,11 +238,11 @@ ROUNDS = 3  # turns of each side in the keys comparison
 
 
 def keys_on_and_off(env: dict[str, str], root: Path, settings, open_predict: str,
-                    bodies: list[bytes], total: int) -> dict:
+                    bodies: list[bytes], total: int, turns: int) -> dict:
     """The open server against a second one that requires a key of every request: the same
     version from the same MLflow, each with an OceanML database of its own (keys live there,
     and a server that has seen one stays locked, so one server cannot be measured open after
-    keyed). Concurrency 16, in turns, ``ROUNDS`` times each, so the machine's drift over the
+    keyed). Concurrency 16, in turns, ``turns`` times each, so the machine's drift over the
     run falls on both sides; each side's median requests/s and p99."""
     import httpx
 
@@ -268,7 +270,7 @@ def keys_on_and_off(env: dict[str, str], root: Path, settings, open_predict: str
         asyncio.run(load(keyed_predict, bodies, 16, 32, headers=auth))  # its one scrypt check
         asyncio.run(load(open_predict, bodies, 16, 32))
         rounds: dict[str, list[dict]] = {"off": [], "on": []}
-        for _ in range(ROUNDS):
+        for _ in range(turns):
             rounds["off"].append(asyncio.run(load(open_predict, bodies, 16, total)))
             rounds["on"].append(asyncio.run(load(keyed_predict, bodies, 16, total,
                                                  headers=auth)))

@@ -140,7 +140,9 @@ def lifecycle(stack) -> Iterator[Lifecycle]:
             pytest.fail(f"this stack ran the lifecycle already ({settings.project_dir}): "
                         "start a new one")
         profiles = read_params(REPO)["profiles"]
-        profiles["cpu-small"]["train"]["max_epochs"] = 5  # enough to beat the trivial predictors
+        # three epochs: macro F1 0.85 and 0.95 after five, against the prior predictor's 0.39
+        # and 0.23; the champions need only beat it
+        profiles["cpu-small"]["train"]["max_epochs"] = 3
         make_project(settings.project_dir, {"promote": {"floor": 0.0}, "profiles": profiles,
                                             "fleet": FLEET})
         took = Stopwatch(stack.dir / "lifecycle.log")
