@@ -8,12 +8,15 @@ export DVC_NO_ANALYTICS := 1
 
 .PHONY: install demo test test-fast lint bench ui clean
 
-# --no-compile: pip would compile all 42 000 modules of the venv to bytecode (over a minute on
-# 2 cores); Python compiles the ones a command imports, once, on first import
+# pip compiles the venv's 42 000 modules to bytecode on one core (over a minute): compileall
+# does it on every core. Compiled they must be, beforehand: where PYTHONDONTWRITEBYTECODE is
+# set, no process writes what it compiles, and each one would compile all it imports again.
+# compileall's status is ignored: a few packages ship test files in another Python's syntax.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev,bench]'
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 
 install: $(STAMP)
