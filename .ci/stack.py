@@ -295,8 +295,8 @@ def group_alive(pid: int) -> bool:
 
 
 def stop(directory: Path) -> None:
-    """The whole stack, for good: a worker still running a flow (a retrain the last test's
-    drift event started) would hold its SIGTERM for the whole grace, so the grace is short."""
+    """The whole stack, for good, so the grace is short: at the end of CI runs the worker
+    (and MLflow) outlasted 30 s of SIGTERM, for reasons not found."""
     stop_parts(load(directory), ["worker", "prefect", "mlflow", "llm", "s3"], grace_s=5)
 
 

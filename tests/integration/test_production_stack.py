@@ -108,7 +108,7 @@ def deploy_all(stack, env: dict[str, str]) -> list:
         r for r in deployment_runs("nightly/nightly") if r.auto_scheduled], 150)
     unschedule("nightly/nightly", "monitor/monitor", "score/score", "release-check/release-check")
     # what the drift trigger starts is under test, not what it trains: the retrains train
-    # two epochs, not the nightly's five (a third of the lifecycle's time went to them)
+    # two epochs, not the lifecycle nightly's three (they took a third of its time at five)
     set_default_parameters("retrain/retrain", max_epochs=RETRAIN_EPOCHS)
     return scheduled
 

@@ -40,8 +40,6 @@ from tests.conftest import simulated_dataset, train_params
 pytestmark = pytest.mark.slow
 END = datetime(2026, 11, 20, tzinfo=UTC)
 SIZE = 64
-
-
 POLICY = PromotionPolicy(metric="macro_f1", floor=0.2, margin=0.01, max_slice_drop=0.5,
                          confidence=0.9)
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from core.access import Scope, configured_key, key_id_of, verify
+from core.access import PREFIX, Scope, configured_key, key_id_of, verify
 from core.db import Prediction
 from core.keys import ApiKey, ApiKeyEvent, create_key, revoke_key
 from oceanml.cli import app as cli
@@ -29,8 +29,8 @@ def bearer(key: str) -> dict[str, str]:
 
 
 def secret_of(key: str) -> str:
-    """The secret half of ``ocn_<id>_<secret>``; the url-safe secret may itself hold ``_``."""
-    return key.removeprefix("ocn_").split("_", 1)[1]
+    """What follows the key's public id (the url-safe secret may itself hold ``_``)."""
+    return key.removeprefix(f"{PREFIX}{key_id_of(key)}_")
 
 
 def body() -> dict:
