@@ -9,7 +9,7 @@ copy taken right after that build) and once from nothing, shows what the cache s
 rebuild that follows a day of new data.
 
     .venv/bin/python bench/dataset.py            # 20 000 observations
-    .venv/bin/python bench/dataset.py --quick    # 2 000
+    .venv/bin/python bench/dataset.py --quick    # 1 000
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--observations", type=int, default=20_000)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n = 2_000 if args.quick else args.observations
+    n = 1_000 if args.quick else args.observations
     with tempfile.TemporaryDirectory(prefix="oceanml-bench-dataset-") as tmp:
         root = Path(tmp)
         project = root / "project"

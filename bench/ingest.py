@@ -21,7 +21,7 @@ and validate, hash, lake write, insert), measured step by step in one process on
 and of each raw step (copy, sha256, insert).
 
     .venv/bin/python bench/ingest.py            # 5 000 and 20 000 observations, best of 2
-    .venv/bin/python bench/ingest.py --quick    # 1 000 and 4 000
+    .venv/bin/python bench/ingest.py --quick    # 500 and 2 000
 """
 
 from __future__ import annotations
@@ -316,7 +316,7 @@ def measure(n: int, stems: list[Path], src: Path, root: Path, server_url: str | 
             repeat: int, workers: int) -> dict:
     """Best of ``repeat`` for ours and for each raw step: disk write-back makes single runs of
     either side vary by up to 2x on a small machine."""
-    tag = f"{'pg' if server_url else 'sqlite'}_{n // 1000}k"
+    tag = f"{'pg' if server_url else 'sqlite'}_{n / 1000:g}k"
     landing = root / f"landing-{tag}"
     nbytes = subset(stems, src, landing, n)
     runs, peer_runs, single_runs, parallel_runs, rows_runs = [], [], [], [], []
@@ -406,20 +406,20 @@ def main() -> None:
     from tasks.preparer import worker_count
 
     workers = worker_count(get_settings().ingest_workers)
-    small, large = (1000, 4000) if args.quick else (5000, 20000)
+    small, large = (500, 2000) if args.quick else (5000, 20000)
     pg_url = os.environ.get("OCEANML_BENCH_PG_URL")
     with tempfile.TemporaryDirectory(prefix="oceanml-bench-ingest-") as tmp:
         root = Path(tmp)
         start = time.perf_counter()
         stems = simulate_landing(root / "all", large)
-        print(f"figure simulate_{large // 1000}k_s {time.perf_counter() - start:.1f} s")
+        print(f"figure simulate_{large / 1000:g}k_s {time.perf_counter() - start:.1f} s")
         for server_url in [None] + ([pg_url] if pg_url else []):
             print_step_costs(stems, root / "all", root, server_url)
             peaks = [measure(n, stems, root / "all", root, server_url,
                              1 if args.quick else args.repeat, workers)["peak_kib"]
                      for n in (small, large)]
             tag = "pg" if server_url else "sqlite"
-            print(f"ratio {tag}_peak_rss_{large // 1000}k_vs_{small // 1000}k "
+            print(f"ratio {tag}_peak_rss_{large / 1000:g}k_vs_{small / 1000:g}k "
                   f"{peaks[1] / peaks[0]:.3f} goal <= 1.1")
 
 

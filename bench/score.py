@@ -17,7 +17,7 @@ after an untimed warm-up; the median is reported. ``score_model`` runs once (its
 is part of what it measures).
 
     .venv/bin/python bench/score.py            # 4 000 observations
-    .venv/bin/python bench/score.py --quick    # 400
+    .venv/bin/python bench/score.py --quick    # 200
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def main() -> None:
     parser.add_argument("--observations", type=int, default=4_000)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n = 400 if args.quick else args.observations
+    n = 200 if args.quick else args.observations
     with tempfile.TemporaryDirectory(prefix="oceanml-bench-score-") as tmp:
         os.environ.update(OCEANML_HOME=str(Path(tmp) / "home"),
                           OCEANML_PROJECT_DIR=str(Path(tmp)))

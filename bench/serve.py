@@ -25,7 +25,7 @@ database; the same version), concurrency 16, three turns each, medians (goal: at
 the requests/s, p99 within 5 %).
 
     .venv/bin/python bench/serve.py            # 1 500 requests per level (300 at 1)
-    .venv/bin/python bench/serve.py --quick    # 200 (50 at 1), no level 64, one turn each
+    .venv/bin/python bench/serve.py --quick    # 100 (25 at 1), no level 64, one turn each
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1_500)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    total = 200 if args.quick else args.requests
+    total = 100 if args.quick else args.requests
     with tempfile.TemporaryDirectory(prefix="oceanml-bench-serve-") as tmp:
         root = Path(tmp)
         env = {**os.environ, "OCEANML_HOME": str(root / "home"), "OCEANML_PROJECT_DIR": tmp,
