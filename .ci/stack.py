@@ -36,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BUCKETS = ("oceanml-landing", "oceanml-lake", "oceanml-dvc", "oceanml-mlflow")
 POOL = "oceanml-process"
+SERVERS = ("s3", "llm", "mlflow", "prefect")  # the stack's parts before its worker
 START_TIMEOUT_S = 180
 
 
@@ -252,13 +253,18 @@ def start(directory: Path) -> None:
     state = plan(directory, admin_url, os.environ.get("OCEANML_PG_DATA"))
     save(state)
     create_databases(admin_url, state["databases"])
-    for name in ("s3", "llm", "mlflow", "prefect", "worker"):
-        print(f"stack: starting {name}", file=sys.stderr, flush=True)
-        proc = spawn(state, name)
-        save(state)
+    # the servers need none of each other to start (MLflow reaches S3 at its first artifact):
+    # they start at once, each importing on a core of its own; the worker needs Prefect's API
+    print(f"stack: starting {', '.join(SERVERS)}", file=sys.stderr, flush=True)
+    procs = {name: spawn(state, name) for name in SERVERS}
+    save(state)
+    for name, proc in procs.items():
         ready(state, name, proc)
-        if name == "s3":
-            make_buckets(state)
+    make_buckets(state)
+    print("stack: starting worker", file=sys.stderr, flush=True)
+    proc = spawn(state, "worker")
+    save(state)
+    ready(state, "worker", proc)
     print(f"stack: up; settings in {directory / 'stack.env'}", file=sys.stderr)
 
 
