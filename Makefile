@@ -33,7 +33,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --durations=40
 
 ## test-fast: the inner loop (unit, data, model behaviour without training), one worker per
-## core as `make test`: 108 s on 2 cores (175 s on one worker)
+## core as `make test` (its time: docs/testing.md)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m "not slow and not integration" tests/unit tests/data tests/model
 
