@@ -144,24 +144,29 @@ class ImageInfo:
 
 
 def image_stats(img: Image.Image) -> dict[str, float]:
-    """Cheap colour statistics of the scene: inputs of the heuristic tagger and drift checks."""
+    """Cheap colour statistics of the scene: inputs of the heuristic tagger and drift checks.
+
+    Integer sums over the 32x32 pixels, one plane per channel (numpy reduces across a
+    length-3 last axis slowly), then one division each: exact, and half the numpy calls of
+    float32 planes (this function was 0.13 of the 0.22 ms an image's check cost)."""
     img = img.convert("RGB")
     if img.size != (STATS_SIZE, STATS_SIZE):
         img = img.resize((STATS_SIZE, STATS_SIZE), Image.Resampling.BOX)
-    # one plane per channel: numpy reduces across a length-3 last axis slowly (max/min over
-    # it took 80 of the 200 us this function cost per image), plane-wise ops are fast
-    r, g, b = (np.asarray(band, dtype=np.float32) / 255.0 for band in img.split())
-    grey = (r + g + b) / 3.0
+    r, g, b = np.asarray(img).reshape(-1, 3).T.astype(np.int64)
+    n = 255.0 * r.size
+    total = r + g + b  # three times the grey level
+    grey_mean = float(total.sum()) / (3 * n)
+    grey_var = float(np.dot(total, total)) / (9 * 255.0 * n) - grey_mean * grey_mean
     saturation = np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)
-    red, green, blue = float(r.mean()), float(g.mean()), float(b.mean())
+    red, green, blue = float(r.sum()) / n, float(g.sum()) / n, float(b.sum()) / n
     return {
-        "brightness": round(float(grey.mean()), 4),
-        "contrast": round(float(grey.std()), 4),
+        "brightness": round(grey_mean, 4),
+        "contrast": round(max(grey_var, 0.0) ** 0.5, 4),
         "red": round(red, 4),
         "green": round(green, 4),
         "blue": round(blue, 4),
         "green_ratio": round(green / (red + green + blue + 1e-6), 4),
-        "saturation": round(float(saturation.mean()), 4),
+        "saturation": round(float(saturation.sum()) / n, 4),
     }
 
 
