@@ -131,7 +131,7 @@ def read_file(path: str) -> bytes:
 
 def write_blob(lake: str, digest: str, data: bytes) -> str:
     """The image under its content key, written once."""
-    key = f"images/{digest[:2]}/{digest[2:4]}/{digest}.jpg"
+    key = f"images/{digest[:2]}/{digest}.jpg"
     path = os.path.join(lake, key)
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
