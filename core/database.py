@@ -5,11 +5,12 @@ can both run."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Column, Engine, Insert, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import Base
@@ -69,6 +70,44 @@ def insert_new(session: Session, model: type[Base], rows: list[dict[str, Any]]) 
     key = model.__table__.primary_key.columns
     statement = insert(model).on_conflict_do_nothing().returning(*key)
     return len(session.execute(statement, rows).all())  # RETURNING names only rows inserted
+
+
+def executemany(session: Session, statement: Insert, rows: list[dict[str, Any]]) -> None:
+    """``statement`` (an INSERT, an upsert) for every row in one driver ``executemany``: the
+    statement compiled once and each value bound by its column's type, with none of
+    SQLAlchemy's per-row work (building each row's parameters was half of the ingest's
+    storing process at 20 000 rows). A column a row leaves out gets its default, evaluated
+    once for the call, or NULL."""
+    if not rows:
+        return
+    connection = session.connection()
+    dialect = connection.dialect
+    given = set().union(*rows)
+    compiled = statement.compile(dialect=dialect, column_keys=sorted(given))
+    names = compiled.positiontup if compiled.positional else list(compiled.binds)
+    binds = [compiled.binds[name] for name in names]
+    binders = [b.type.dialect_impl(dialect).bind_processor(dialect) for b in binds]
+    keys = [b.key for b in binds]
+    defaults = [_bound(binder, _default(statement.table.c[k])) for binder, k in zip(
+        binders, keys, strict=True)]  # once for the call, not once per row
+    bound = [[_bound(binder, row[k]) if k in row else default
+              for k, binder, default in zip(keys, binders, defaults, strict=True)]
+             for row in rows]
+    params: list[Any] = ([tuple(b) for b in bound] if compiled.positional
+                         else [dict(zip(names, b, strict=True)) for b in bound])
+    connection.exec_driver_sql(compiled.string, params)
+
+
+def _bound(binder: Callable[[Any], Any] | None, value: Any) -> Any:
+    return value if binder is None else binder(value)
+
+
+def _default(column: Column) -> Any:
+    """A column's Python-side insert default, evaluated (a callable gets no context)."""
+    default = column.default
+    if default is None:
+        return None
+    return default.arg(None) if default.is_callable else default.arg
 
 
 @lru_cache(maxsize=8)

@@ -1,0 +1,95 @@
+"""``core.database.executemany`` stores exactly what SQLAlchemy's own executemany stores: the
+same values read back through the ORM (datetimes, JSON, NULLs, defaults), rows whose keys
+differ, an upsert that replaces, and nothing at all when the batch fails. SQLite here,
+PostgreSQL too when the suite has one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+
+from core.database import executemany, session_factory
+from core.db import IngestedFile, Observation
+
+BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
+WHEN = datetime(2026, 11, 20, 6, 30, 15, 123456, tzinfo=UTC)
+
+
+@pytest.fixture(params=BACKENDS)
+def sessions(request, tmp_path):
+    if request.param == "sqlite":
+        return session_factory(f"sqlite:///{tmp_path / 'oceanml.db'}")
+    return session_factory(request.getfixturevalue("pg_url"))
+
+
+def observation(n: int, **extra) -> dict:
+    return {"content_hash": f"{n:064x}", "source_key": f"dev/{n}.jpg", "device_id": "buoy-1",
+            "device_type": "buoy", "observed_at": WHEN, "lat": 43.5, "lon": -1.25 - n,
+            "ph": 8.1 if n % 2 else None, "labels": {"plastic": n % 2, "note": "é"}, **extra}
+
+
+ROWS = [observation(0, image_key="images/00/a.jpg", image_width=96, image_stats={"red": 0.5}),
+        observation(1),  # a sensor table's row: no image columns, its defaults instead
+        observation(2, extra_readings={"wind_m_s": 4.2}, image_stats={})]
+
+
+def stored(sessions) -> list[dict]:
+    columns = [c for c in Observation.__table__.columns if c.name not in ("id", "created_at",
+                                                                            "updated_at")]
+    with sessions() as s:
+        rows = s.execute(select(*columns).order_by(Observation.content_hash)).mappings().all()
+        stamps = s.execute(select(Observation.created_at, Observation.updated_at)).all()
+    assert all(created is not None and updated is not None for created, updated in stamps)
+    return [dict(r) for r in rows]
+
+
+def test_the_rows_read_back_as_sqlalchemys_own_insert_stored_them(sessions, tmp_path) -> None:
+    with sessions() as s:
+        executemany(s, insert(Observation.__table__), ROWS)
+        s.commit()
+    ours = stored(sessions)
+    with sessions() as s:
+        s.execute(Observation.__table__.delete())
+        for row in ROWS:  # SQLAlchemy's own, a row at a time (keys differ between rows)
+            s.execute(insert(Observation.__table__), row)
+        s.commit()
+    assert ours == stored(sessions)
+    assert ours[0]["observed_at"].replace(tzinfo=UTC) == WHEN
+    assert ours[1]["image_stats"] == {} and ours[1]["image_width"] is None
+    assert ours[1]["ph"] == 8.1 and ours[0]["ph"] is None
+    assert ours[2]["extra_readings"] == {"wind_m_s": 4.2}
+    assert ours[0]["llm_tags"] is None and ours[0]["labels"] == {"plastic": 0, "note": "é"}
+
+
+def test_an_upsert_replaces_the_row_of_the_same_key(sessions) -> None:
+    table = IngestedFile.__table__
+    dialect = sessions().get_bind().dialect.name
+    upsert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
+    statement = upsert.on_conflict_do_update(
+        index_elements=[table.c.source_key],
+        set_={c: upsert.excluded[c] for c in ("fingerprint", "outcome")})
+    for fingerprint in ("1:a", "2:b"):
+        with sessions() as s:
+            executemany(s, statement, [
+                {"source_key": "dev/1.jpg", "fingerprint": fingerprint, "outcome": "ingested"},
+                {"source_key": "dev/2.jpg", "fingerprint": fingerprint, "outcome": "rejected"}])
+            s.commit()
+    with sessions() as s:
+        assert s.execute(select(IngestedFile.source_key, IngestedFile.fingerprint)
+                         .order_by(IngestedFile.source_key)).all() == [
+            ("dev/1.jpg", "2:b"), ("dev/2.jpg", "2:b")]
+
+
+def test_a_batch_that_fails_stores_none_of_its_rows(sessions) -> None:
+    with sessions() as s:
+        executemany(s, insert(Observation.__table__), ROWS[:1])
+        s.commit()
+    with sessions() as s, pytest.raises(IntegrityError):
+        executemany(s, insert(Observation.__table__), [observation(5), ROWS[0]])  # same hash
+    with sessions() as s:
+        assert s.scalars(select(Observation.content_hash)).all() == [ROWS[0]["content_hash"]]
