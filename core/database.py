@@ -10,7 +10,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Column, Engine, Insert, create_engine, event
+from sqlalchemy import JSON, Column, Engine, Insert, Table, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.db import Base
@@ -96,6 +96,55 @@ def executemany(session: Session, statement: Insert, rows: list[dict[str, Any]])
     params: list[Any] = ([tuple(b) for b in bound] if compiled.positional
                          else [dict(zip(names, b, strict=True)) for b in bound])
     connection.exec_driver_sql(compiled.string, params)
+
+
+def copy_rows(session: Session, table: Table, rows: list[dict[str, Any]],
+              into: str | None = None) -> list[str]:
+    """PostgreSQL ``COPY`` of ``rows`` into ``table`` (or ``into``, a table of its columns):
+    the columns the rows name, plus those with a Python-side default, evaluated once for the
+    call; JSON columns as text (None as NULL). Returns the columns copied."""
+    given = set().union(*rows)
+    columns = [c for c in table.columns if c.key in given or c.default is not None]
+    defaults = {c.key: _default(c) for c in columns}
+    json_columns = {c.key for c in columns if isinstance(c.type, JSON)}
+    names = [c.name for c in columns]
+    cursor = session.connection().connection.driver_connection.cursor()
+    with cursor.copy(f"COPY {into or table.name} ({', '.join(names)}) FROM STDIN") as copy:
+        for row in rows:
+            values = [row.get(c.key, defaults[c.key]) for c in columns]
+            copy.write_row([to_json(v) if k in json_columns and v is not None else v
+                            for k, v in zip(defaults, values, strict=True)])
+    return names
+
+
+def upsert(session: Session, table: Table, rows: list[dict[str, Any]], update: list[str]
+           ) -> None:
+    """Insert ``rows``; one whose primary key the table holds replaces that row's ``update``
+    columns. SQLite: one driver executemany of ``INSERT ... ON CONFLICT``. PostgreSQL: a
+    ``COPY`` into a temporary table, then one ``INSERT ... SELECT ... ON CONFLICT`` (a third
+    of the client's and the server's CPU of an executemany, at 20 000 ledger rows). Keys
+    are unique within a call."""
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    if dialect != "postgresql":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(table)
+        executemany(session, statement.on_conflict_do_update(
+            index_elements=list(table.primary_key.columns),
+            set_={c: statement.excluded[c] for c in update}), rows)
+        return
+    incoming = f"{table.name}_incoming"
+    cursor = session.connection().connection.driver_connection.cursor()
+    cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {incoming} (LIKE {table.name}) "
+                   "ON COMMIT DELETE ROWS")
+    names = ", ".join(copy_rows(session, table, rows, into=incoming))
+    key = ", ".join(c.name for c in table.primary_key.columns)
+    cursor.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {incoming} "
+                   f"ON CONFLICT ({key}) DO UPDATE SET "
+                   + ", ".join(f"{c} = EXCLUDED.{c}" for c in update))
+    cursor.execute(f"TRUNCATE {incoming}")  # a second call in this transaction starts empty
 
 
 def _bound(binder: Callable[[Any], Any] | None, value: Any) -> Any:

@@ -20,13 +20,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
-from sqlalchemy import JSON, insert, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.batches import slices
-from core.database import executemany, session_factory, to_json
+from core.database import copy_rows, executemany, session_factory, upsert
 from core.db import IngestedFile, Observation, Reject
 from core.lineage import flow_run_id
 from core.logs import stage_logger
@@ -139,31 +137,11 @@ def insert_observations(session: Session, rows: list[dict[str, Any]]) -> dict[st
     if not rows:
         return {}
     if session.get_bind().dialect.name == "postgresql":
-        _copy_observations(session, rows)
+        copy_rows(session, Observation.__table__, rows)
     else:
         executemany(session, insert(Observation.__table__), rows)
     return lookup(session, Observation.content_hash, Observation.id,
                   [r["content_hash"] for r in rows])
-
-
-def _copy_observations(session: Session, rows: list[dict[str, Any]]) -> None:
-    """PostgreSQL COPY: Python-side defaults are filled here, JSON columns sent as text."""
-    table = Observation.__table__
-    columns = [c for c in table.columns if c.name != "id"]
-    now = datetime.now(UTC)
-    defaults = {"created_at": now, "updated_at": now, "extra_readings": {}, "image_stats": {},
-                "labels": {}}
-    json_columns = {c.name for c in columns if isinstance(c.type, JSON)}
-    names = ", ".join(c.name for c in columns)
-    cursor = session.connection().connection.driver_connection.cursor()
-    with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-        for row in rows:
-            values = []
-            for c in columns:
-                value = row.get(c.name, defaults.get(c.name))
-                values.append(to_json(value) if c.name in json_columns and value is not None
-                              else value)
-            copy.write_row(values)
 
 
 def store_chunk(session: Session, prepared: list[Prepared], flow_run_id: str | None
@@ -211,15 +189,8 @@ def _upsert_ledger(session: Session, rows: list[dict[str, Any]]) -> None:
     """Ledger rows replace older ones for the same key (a changed file is re-read), in one
     upsert: another ingest that stored the same key since this one listed it (the nightly's
     and the monitor's overlap) is overwritten, not a conflict that fails the chunk."""
-    if not rows:
-        return
-    table = IngestedFile.__table__
-    dialect = session.get_bind().dialect.name
-    upsert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
-    executemany(session, upsert.on_conflict_do_update(
-        index_elements=[table.c.source_key],
-        set_={c: upsert.excluded[c] for c in ("fingerprint", "outcome", "observation_id",
-                                              "seen_at")}), rows)
+    upsert(session, IngestedFile.__table__, rows,
+           update=["fingerprint", "outcome", "observation_id", "seen_at"])
 
 
 def ingest(

@@ -1,7 +1,8 @@
-"""``core.database.executemany`` stores exactly what SQLAlchemy's own executemany stores: the
-same values read back through the ORM (datetimes, JSON, NULLs, defaults), rows whose keys
-differ, an upsert that replaces, and nothing at all when the batch fails. SQLite here,
-PostgreSQL too when the suite has one."""
+"""The bulk writes of ``core.database`` (``executemany``; on PostgreSQL ``copy_rows`` and the
+COPY behind ``upsert``) store exactly what SQLAlchemy's own insert stores: the same values
+read back (datetimes, JSON, NULLs, defaults), rows whose keys differ, an upsert that
+replaces, and nothing at all when the batch fails. SQLite here, PostgreSQL too when the
+suite has one."""
 
 from __future__ import annotations
 
@@ -9,11 +10,8 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import insert, select
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError
 
-from core.database import executemany, session_factory
+from core.database import copy_rows, executemany, session_factory, upsert
 from core.db import IngestedFile, Observation
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.integration)]
@@ -48,48 +46,62 @@ def stored(sessions) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def test_the_rows_read_back_as_sqlalchemys_own_insert_stored_them(sessions, tmp_path) -> None:
+def writers(sessions) -> list:
+    table = Observation.__table__
+    found = [lambda s, rows: executemany(s, insert(table), rows)]
+    if sessions().get_bind().dialect.name == "postgresql":
+        found.append(lambda s, rows: copy_rows(s, table, rows))
+    return found
+
+
+def test_the_rows_read_back_as_sqlalchemys_own_insert_stored_them(sessions) -> None:
     with sessions() as s:
-        executemany(s, insert(Observation.__table__), ROWS)
-        s.commit()
-    ours = stored(sessions)
-    with sessions() as s:
-        s.execute(Observation.__table__.delete())
         for row in ROWS:  # SQLAlchemy's own, a row at a time (keys differ between rows)
             s.execute(insert(Observation.__table__), row)
         s.commit()
-    assert ours == stored(sessions)
-    assert ours[0]["observed_at"].replace(tzinfo=UTC) == WHEN
-    assert ours[1]["image_stats"] == {} and ours[1]["image_width"] is None
-    assert ours[1]["ph"] == 8.1 and ours[0]["ph"] is None
-    assert ours[2]["extra_readings"] == {"wind_m_s": 4.2}
-    assert ours[0]["llm_tags"] is None and ours[0]["labels"] == {"plastic": 0, "note": "é"}
+    theirs = stored(sessions)
+    for write in writers(sessions):
+        with sessions() as s:
+            s.execute(Observation.__table__.delete())
+            write(s, ROWS)
+            s.commit()
+        ours = stored(sessions)
+        assert ours == theirs
+        assert ours[0]["observed_at"].replace(tzinfo=UTC) == WHEN
+        assert ours[1]["image_stats"] == {} and ours[1]["image_width"] is None
+        assert ours[1]["ph"] == 8.1 and ours[0]["ph"] is None
+        assert ours[2]["extra_readings"] == {"wind_m_s": 4.2}
+        assert ours[0]["llm_tags"] is None and ours[0]["labels"] == {"plastic": 0, "note": "é"}
 
 
-def test_an_upsert_replaces_the_row_of_the_same_key(sessions) -> None:
-    table = IngestedFile.__table__
-    dialect = sessions().get_bind().dialect.name
-    upsert = (postgresql_insert if dialect == "postgresql" else sqlite_insert)(table)
-    statement = upsert.on_conflict_do_update(
-        index_elements=[table.c.source_key],
-        set_={c: upsert.excluded[c] for c in ("fingerprint", "outcome")})
+def test_an_upsert_replaces_the_row_of_the_same_key_and_keeps_the_others(sessions) -> None:
+    ledger = IngestedFile.__table__
     for fingerprint in ("1:a", "2:b"):
         with sessions() as s:
-            executemany(s, statement, [
+            upsert(s, ledger, [
                 {"source_key": "dev/1.jpg", "fingerprint": fingerprint, "outcome": "ingested"},
-                {"source_key": "dev/2.jpg", "fingerprint": fingerprint, "outcome": "rejected"}])
+                {"source_key": f"dev/{fingerprint}.jpg", "fingerprint": fingerprint,
+                 "outcome": "ingested"}], update=["fingerprint", "outcome"])
+            # a second call in the same transaction upserts its own rows only (the first's
+            # again would change dev/1.jpg twice in one statement, which PostgreSQL refuses)
+            upsert(s, ledger, [{"source_key": "dev/1.jpg", "fingerprint": "x",
+                                "outcome": "rejected"}], update=["outcome"])
             s.commit()
     with sessions() as s:
-        assert s.execute(select(IngestedFile.source_key, IngestedFile.fingerprint)
-                         .order_by(IngestedFile.source_key)).all() == [
-            ("dev/1.jpg", "2:b"), ("dev/2.jpg", "2:b")]
+        rows = s.execute(select(IngestedFile.source_key, IngestedFile.fingerprint,
+                                IngestedFile.outcome).order_by(IngestedFile.source_key)).all()
+        assert None not in s.scalars(select(IngestedFile.seen_at)).all()  # its default
+    assert rows == [("dev/1.jpg", "2:b", "rejected"), ("dev/1:a.jpg", "1:a", "ingested"),
+                    ("dev/2:b.jpg", "2:b", "ingested")]
 
 
 def test_a_batch_that_fails_stores_none_of_its_rows(sessions) -> None:
     with sessions() as s:
         executemany(s, insert(Observation.__table__), ROWS[:1])
         s.commit()
-    with sessions() as s, pytest.raises(IntegrityError):
-        executemany(s, insert(Observation.__table__), [observation(5), ROWS[0]])  # same hash
-    with sessions() as s:
-        assert s.scalars(select(Observation.content_hash)).all() == [ROWS[0]["content_hash"]]
+    for write in writers(sessions):
+        with sessions() as s, pytest.raises(Exception, match="(?i)unique"):
+            write(s, [observation(5), ROWS[0]])  # the second has a stored row's hash
+        with sessions() as s:
+            assert s.scalars(select(Observation.content_hash)).all() == [
+                ROWS[0]["content_hash"]]
