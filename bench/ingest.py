@@ -345,7 +345,7 @@ def measure(n: int, stems: list[Path], src: Path, root: Path, server_url: str | 
     parallel = min(parallel_runs)
     rows_s, rows_cpu = min(rows_runs)
     raw_single, raw_parallel = single[0] + rows_s, parallel[0] + rows_s
-    insert = "copy" if server_url else "executemany"
+    insert = "pg_copy" if server_url else "executemany"  # "copy" is the files' step
     print(f"figure {tag}_ingested {ours['ingested']} count")
     print(f"figure {tag}_bytes {nbytes / 1e6:.1f} MB")
     print(f"figure {tag}_workers {workers} processes")

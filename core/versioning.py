@@ -88,10 +88,15 @@ def _stop(proc: subprocess.Popen) -> None:
 
 def transfer(project_dir: Path, *args: str) -> str:
     """A push or pull, tried again after a pause when it fails: transfers are idempotent,
-    and a remote's hiccup should not fail a nightly."""
+    and a remote's hiccup should not fail a nightly. One that ran past its timeout is not
+    tried again here: a remote that hung once likely hangs again, and each try holds the
+    project lock (every other branch's dataset build) for the whole timeout; the task's own
+    retry is the second chance."""
     for attempt in range(1, TRANSFER_ATTEMPTS + 1):
         try:
             return dvc(project_dir, *args)
+        except DvcTimeout:
+            raise
         except DvcError:
             if attempt == TRANSFER_ATTEMPTS:
                 raise

@@ -140,3 +140,35 @@ def test_a_stuck_dvc_command_is_stopped_at_its_timeout_with_its_name(tmp_path) -
     assert time.monotonic() - started < 60 and (tmp_path / "started").exists()
     stray = subprocess.run(["pgrep", "-f", "time.sleep\\(600\\)"], capture_output=True)
     assert stray.returncode == 1, stray.stdout  # the stage's command was stopped too
+
+
+def test_a_push_that_hangs_is_stopped_at_its_timeout_and_not_tried_again(
+        settings, tmp_path, monkeypatch) -> None:
+    """A push to a remote that stopped answering: stopped at OCEANML_DVC_TIMEOUT_S, once. A
+    failed push is tried three times; a hung one is not, since each try would hold the project
+    lock, and every other branch's dataset build, for the whole timeout."""
+    import subprocess
+    import time
+
+    from core import versioning
+    from core.settings import get_settings
+    from tests.hung_dvc import alive, hang_pushes, hung_pushes
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
+    versioning.ensure_repo(repo, str(tmp_path / "remote"))
+    shim = tmp_path / "shim"
+    monkeypatch.setenv("PYTHONPATH", hang_pushes(shim))
+    monkeypatch.setenv("OCEANML_DVC_TIMEOUT_S", "3")
+    get_settings.cache_clear()  # the settings fixture clears it again after the test
+    versioning.dvc(repo, "status")  # not a push: DVC runs as usual under the shim
+    assert not hung_pushes(shim)
+    started = time.monotonic()
+    with pytest.raises(versioning.DvcTimeout,
+                       match=r"^dvc push did not finish within 3 s and was stopped"):
+        versioning.transfer(repo, "push")
+    took = time.monotonic() - started
+    [pid] = hung_pushes(shim)  # one attempt, not TRANSFER_ATTEMPTS
+    assert not alive(pid)
+    assert took < 3 + versioning.TRANSFER_BACKOFF_S, took

@@ -1,6 +1,7 @@
 """The nightly flow end to end on a tiny simulated batch under Prefect's harness: two models
 of the fleet (a classifier and the regression model) side by side, run twice; then a night
-with a broken model whose branch fails alone, and one whose new model's data loader stalls."""
+with a broken model whose branch fails alone, and one where a new model's data loader stalls
+and another's DVC push hangs."""
 
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from core.settings import get_settings
 from core.store import filesystem
 from models.zoo import get_spec
 from oceanml.simulator import simulate, write_landing
-from tasks.dataset import dataset_dir
+from tasks.dataset import dataset_dir, stage_name
 from tests.conftest import make_project
+from tests.hung_dvc import alive, hang_pushes, hung_pushes
 
 pytestmark = pytest.mark.slow
 MODEL = "plastic-detector"
@@ -301,8 +303,10 @@ def test_a_broken_model_fails_its_branch_alone_and_the_night_by_name(runs) -> No
 # -- a training whose data loader stalls --------------------------------------------------------
 
 STALLED = "algae-bloom"
+HUNG = "debris-classifier"
 LOADER_TIMEOUT_S = 10
-RETRY_DELAY_S = 1  # OCEANML_STAGE_RETRY_DELAYS for train: its own 30 s would only be waited
+DVC_TIMEOUT_S = 30  # above any build of this module's datasets, on a busy CI machine
+RETRY_DELAY_S = 1  # OCEANML_STAGE_RETRY_DELAYS: the tasks' own delays would only be waited
 
 
 def descendants() -> dict[int, int]:
@@ -384,13 +388,17 @@ class ShardStall(threading.Thread):
         self.put_back()
 
 
-def test_a_training_whose_data_loader_stalls_fails_its_branch_by_name_and_the_next_night_completes(
-        runs, monkeypatch) -> None:
-    """A new model of the fleet trains with a loader worker, whose read of its train shards
-    never returns. Each attempt of its training fails after OCEANML_TRAIN_LOADER_TIMEOUT_S
-    without a batch, so its branch fails by name, while the model beside it completes and
-    the night ends Failed saying why. The next night, with nothing stalled, trains it and completes; what
-    the nights stored before is all there, once."""
+def test_a_stalled_data_loader_and_a_hung_dvc_push_fail_their_branches_by_name_and_the_next_night_completes(
+        runs, tmp_path, monkeypatch) -> None:
+    """Two new models of the fleet stall, each its own way, beside one that completes:
+    - ``STALLED`` trains with a loader worker whose read of its train shards never returns:
+      each attempt of its training fails after OCEANML_TRAIN_LOADER_TIMEOUT_S without a batch;
+    - ``HUNG``'s dataset builds, then its ``dvc push`` never returns: each attempt of its
+      build is stopped at OCEANML_DVC_TIMEOUT_S (and frees the project lock the other
+      branches' builds wait on).
+    Both branches fail by name, the third completes, and the night ends Failed saying why.
+    The next night, with nothing stalled, trains both and completes; what the nights stored
+    before is all there, once."""
     from flows.nightly import nightly
 
     def stored() -> dict[str, int]:
@@ -399,42 +407,62 @@ def test_a_training_whose_data_loader_stalls_fails_its_branch_by_name_and_the_ne
                      for t in (Observation, Reject)}
             for table, model in ((Dataset, Dataset.name), (Promotion, Promotion.model_name)):
                 found[table.__tablename__] = s.scalar(select(func.count()).select_from(table)
-                                                      .where(model != STALLED))
+                                                      .where(model.not_in([STALLED, HUNG])))
         found["versions"] = len(mlflow_client(runs.settings).search_model_versions(
             f"name = '{MODEL}'"))
         return found
 
     before = stored()
+    shim = tmp_path / "hung-push"
+    monkeypatch.setenv("PYTHONPATH", hang_pushes(shim, stage_name(HUNG)))
+    monkeypatch.setenv("OCEANML_DVC_TIMEOUT_S", str(DVC_TIMEOUT_S))
     monkeypatch.setenv("OCEANML_TRAIN_NUM_WORKERS", "1")
     monkeypatch.setenv("OCEANML_TRAIN_LOADER_TIMEOUT_S", str(LOADER_TIMEOUT_S))
-    monkeypatch.setenv("OCEANML_STAGE_RETRY_DELAYS", json.dumps({"train": RETRY_DELAY_S}))
+    monkeypatch.setenv("OCEANML_STAGE_RETRY_DELAYS", json.dumps(
+        {"train": RETRY_DELAY_S, "build-dataset": RETRY_DELAY_S}))  # not the tasks' 30 and 10 s
     get_settings.cache_clear()
     start = time.monotonic()
     with ShardStall(runs.sessions, dataset_dir(runs.settings, STALLED)) as stall:
-        state = nightly(models=[MODEL, STALLED], profile="cpu-small", max_epochs=5,
+        state = nightly(models=[MODEL, STALLED, HUNG], profile="cpu-small", max_epochs=5,
                         return_state=True)
     took = time.monotonic() - start
     assert len(stall.stalls) == 2  # both attempts of the training (the task retries once)
     # the retry waited the setting's second, not the task's own 30 s
     assert stall.stalls[1] - stall.stalls[0] < LOADER_TIMEOUT_S + 30, stall.stalls
-    reason = (f"{STALLED}: LoaderStalled: the data loader delivered no batch for "
-              f"{LOADER_TIMEOUT_S} s (OCEANML_TRAIN_LOADER_TIMEOUT_S)")
-    assert state.is_failed() and f"1 of 2 model branches failed: {reason}" in state.message
-    assert took < 300, took  # two attempts, not a held night
+    pushes = hung_pushes(shim)
+    assert len(pushes) == 2, pushes  # both attempts of the build, each pushed once
+    assert not any(alive(pid) for pid in pushes)  # stopped, not left behind
+    stalled = (f"{STALLED}: LoaderStalled: the data loader delivered no batch for "
+               f"{LOADER_TIMEOUT_S} s (OCEANML_TRAIN_LOADER_TIMEOUT_S)")
+    hung = (f"{HUNG}: DvcTimeout: dvc push {stage_name(HUNG)} did not finish within "
+            f"{DVC_TIMEOUT_S} s and was stopped (OCEANML_DVC_TIMEOUT_S)")
+    assert state.is_failed()
+    assert f"2 of 3 model branches failed: {stalled}" in state.message, state.message
+    assert state.message.endswith(f"; {hung}"), state.message
+    assert took < 300, took  # two attempts each, not a held night
     text = printed_summary(str(state.state_details.flow_run_id))
-    assert f"# OceanML nightly: 2 models, 1 FAILED ({STALLED})" in text
+    assert f"# OceanML nightly: 3 models, 2 FAILED ({STALLED}, {HUNG})" in text
     assert f"| {MODEL} | completed |" in text
     [job] = list_jobs(runs.sessions, STALLED)
     assert job.status == "failed" and "LoaderStalled" in job.error, job.error
-    assert not mlflow_client(runs.settings).search_model_versions(f"name = '{STALLED}'")
+    assert not list_jobs(runs.sessions, HUNG)  # its branch never reached a training
+    for model in (STALLED, HUNG):
+        assert not mlflow_client(runs.settings).search_model_versions(f"name = '{model}'")
 
-    monkeypatch.delenv("OCEANML_TRAIN_NUM_WORKERS")
+    for name in ("PYTHONPATH", "OCEANML_TRAIN_NUM_WORKERS", "OCEANML_DVC_TIMEOUT_S"):
+        monkeypatch.delenv(name)
     get_settings.cache_clear()
-    after = nightly(models=[STALLED], profile="cpu-small", max_epochs=2, return_state=True)
+    after = nightly(models=[STALLED, HUNG], profile="cpu-small", max_epochs=1,
+                    return_state=True)
     assert after.is_completed(), after.message
     assert stored() == before  # nothing lost, nothing stored twice
     with runs.sessions() as s:
         assert s.scalar(select(func.count()).select_from(Dataset).where(
             Dataset.name == STALLED)) == 1  # the stalled night's version, not a second one
+        assert s.scalar(select(func.count()).select_from(Dataset).where(
+            Dataset.name == HUNG)) == 1  # recorded once its push went through
     assert [j.status for j in list_jobs(runs.sessions, STALLED)] == ["completed", "failed"]
-    assert len(mlflow_client(runs.settings).search_model_versions(f"name = '{STALLED}'")) == 1
+    assert [j.status for j in list_jobs(runs.sessions, HUNG)] == ["completed"]
+    for model in (STALLED, HUNG):
+        assert len(mlflow_client(runs.settings).search_model_versions(
+            f"name = '{model}'")) == 1
