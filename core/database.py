@@ -76,19 +76,21 @@ def executemany(session: Session, statement: Insert, rows: list[dict[str, Any]])
     """``statement`` (an INSERT, an upsert) for every row in one driver ``executemany``: the
     statement compiled once and each value bound by its column's type, with none of
     SQLAlchemy's per-row work (building each row's parameters was half of the ingest's
-    storing process at 20 000 rows). A column a row leaves out gets its default, evaluated
-    once for the call, or NULL."""
+    storing process at 20 000 rows). A column a row leaves out gets its Python-side
+    default, evaluated once for the call (a per-row default such as a uuid belongs in the
+    rows), or NULL; one with only a server default must be in every row or in none."""
     if not rows:
         return
     connection = session.connection()
     dialect = connection.dialect
     given = set().union(*rows)
-    compiled = statement.compile(dialect=dialect, column_keys=sorted(given))
+    compiled = statement.compile(dialect=dialect, column_keys=sorted(given),
+                                 for_executemany=True)
     names = compiled.positiontup if compiled.positional else list(compiled.binds)
     binds = [compiled.binds[name] for name in names]
     binders = [b.type.dialect_impl(dialect).bind_processor(dialect) for b in binds]
     keys = [b.key for b in binds]
-    defaults = [_bound(binder, _default(statement.table.c[k])) for binder, k in zip(
+    defaults = [_bound(binder, _default(statement.table.c[k], rows)) for binder, k in zip(
         binders, keys, strict=True)]  # once for the call, not once per row
     bound = [[_bound(binder, row[k]) if k in row else default
               for k, binder, default in zip(keys, binders, defaults, strict=True)]
@@ -102,14 +104,15 @@ def copy_rows(session: Session, table: Table, rows: list[dict[str, Any]],
               into: str | None = None) -> list[str]:
     """PostgreSQL ``COPY`` of ``rows`` into ``table`` (or ``into``, a table of its columns):
     the columns the rows name, plus those with a Python-side default, evaluated once for the
-    call; JSON columns as text (None as NULL). Returns the columns copied."""
+    call; JSON columns as text (None as NULL). Returns the quoted names of the columns."""
     given = set().union(*rows)
     columns = [c for c in table.columns if c.key in given or c.default is not None]
-    defaults = {c.key: _default(c) for c in columns}
+    defaults = {c.key: _default(c, rows) for c in columns}
     json_columns = {c.key for c in columns if isinstance(c.type, JSON)}
-    names = [c.name for c in columns]
-    cursor = session.connection().connection.driver_connection.cursor()
-    with cursor.copy(f"COPY {into or table.name} ({', '.join(names)}) FROM STDIN") as copy:
+    quote = session.get_bind().dialect.identifier_preparer.quote
+    names = [quote(c.name) for c in columns]
+    with _cursor(session) as cursor, cursor.copy(
+            f"COPY {quote(into or table.name)} ({', '.join(names)}) FROM STDIN") as copy:
         for row in rows:
             values = [row.get(c.key, defaults[c.key]) for c in columns]
             copy.write_row([to_json(v) if k in json_columns and v is not None else v
@@ -126,8 +129,8 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], update: l
     are unique within a call."""
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    if dialect != "postgresql":
+    dialect = session.get_bind().dialect
+    if dialect.name != "postgresql":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         statement = sqlite_insert(table)
@@ -135,26 +138,39 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], update: l
             index_elements=list(table.primary_key.columns),
             set_={c: statement.excluded[c] for c in update}), rows)
         return
-    incoming = f"{table.name}_incoming"
-    cursor = session.connection().connection.driver_connection.cursor()
-    cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {incoming} (LIKE {table.name}) "
-                   "ON COMMIT DELETE ROWS")
-    names = ", ".join(copy_rows(session, table, rows, into=incoming))
-    key = ", ".join(c.name for c in table.primary_key.columns)
-    cursor.execute(f"INSERT INTO {table.name} ({names}) SELECT {names} FROM {incoming} "
-                   f"ON CONFLICT ({key}) DO UPDATE SET "
-                   + ", ".join(f"{c} = EXCLUDED.{c}" for c in update))
-    cursor.execute(f"TRUNCATE {incoming}")  # a second call in this transaction starts empty
+    quote = dialect.identifier_preparer.quote
+    target, incoming = quote(table.name), quote(f"{table.name}_incoming")
+    with _cursor(session) as cursor:
+        # emptied at each commit; the DELETE is for an earlier call in this transaction (a
+        # TRUNCATE here cost a third of the server's time of the whole upsert)
+        cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {incoming} (LIKE {target}) "
+                       "ON COMMIT DELETE ROWS")
+        cursor.execute(f"DELETE FROM {incoming}")
+        names = ", ".join(copy_rows(session, table, rows, into=f"{table.name}_incoming"))
+        key = ", ".join(quote(c.name) for c in table.primary_key.columns)
+        cursor.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM {incoming} "
+                       f"ON CONFLICT ({key}) DO UPDATE SET "
+                       + ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in update))
+
+
+def _cursor(session: Session) -> Any:
+    """A cursor of the session's own driver connection, inside its transaction."""
+    return session.connection().connection.driver_connection.cursor()
 
 
 def _bound(binder: Callable[[Any], Any] | None, value: Any) -> Any:
     return value if binder is None else binder(value)
 
 
-def _default(column: Column) -> Any:
-    """A column's Python-side insert default, evaluated (a callable gets no context)."""
+def _default(column: Column, rows: list[dict[str, Any]]) -> Any:
+    """A column's Python-side insert default, evaluated (a callable gets no context); a
+    column with only a server default, left out of some rows, is refused: NULL is not what
+    the server would have written."""
     default = column.default
     if default is None:
+        if column.server_default is not None and any(column.key not in r for r in rows):
+            raise ValueError(f"{column.table.name}.{column.name} has a server default: "
+                             "give it in every row or in none")
         return None
     return default.arg(None) if default.is_callable else default.arg
 

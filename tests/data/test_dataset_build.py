@@ -147,6 +147,7 @@ def test_a_push_that_hangs_is_stopped_at_its_timeout_and_not_tried_again(
     """A push to a remote that stopped answering: stopped at OCEANML_DVC_TIMEOUT_S, once. A
     failed push is tried three times; a hung one is not, since each try would hold the project
     lock, and every other branch's dataset build, for the whole timeout."""
+    import os
     import subprocess
     import time
 
@@ -159,10 +160,10 @@ def test_a_push_that_hangs_is_stopped_at_its_timeout_and_not_tried_again(
     subprocess.run(["git", "init", "-q"], cwd=repo, check=True)
     versioning.ensure_repo(repo, str(tmp_path / "remote"))
     shim = tmp_path / "shim"
-    monkeypatch.setenv("PYTHONPATH", hang_pushes(shim))
+    monkeypatch.setenv("PYTHONPATH", hang_pushes(shim), prepend=os.pathsep)
     monkeypatch.setenv("OCEANML_DVC_TIMEOUT_S", "3")
     get_settings.cache_clear()  # the settings fixture clears it again after the test
-    versioning.dvc(repo, "status")  # not a push: DVC runs as usual under the shim
+    versioning.dvc(repo, "status", timeout_s=120)  # not a push: runs as usual under the shim
     assert not hung_pushes(shim)
     started = time.monotonic()
     with pytest.raises(versioning.DvcTimeout,

@@ -414,7 +414,8 @@ def test_a_stalled_data_loader_and_a_hung_dvc_push_fail_their_branches_by_name_a
 
     before = stored()
     shim = tmp_path / "hung-push"
-    monkeypatch.setenv("PYTHONPATH", hang_pushes(shim, stage_name(HUNG)))
+    python_path = os.environ.get("PYTHONPATH")
+    monkeypatch.setenv("PYTHONPATH", hang_pushes(shim, stage_name(HUNG)), prepend=os.pathsep)
     monkeypatch.setenv("OCEANML_DVC_TIMEOUT_S", str(DVC_TIMEOUT_S))
     monkeypatch.setenv("OCEANML_TRAIN_NUM_WORKERS", "1")
     monkeypatch.setenv("OCEANML_TRAIN_LOADER_TIMEOUT_S", str(LOADER_TIMEOUT_S))
@@ -449,8 +450,12 @@ def test_a_stalled_data_loader_and_a_hung_dvc_push_fail_their_branches_by_name_a
     for model in (STALLED, HUNG):
         assert not mlflow_client(runs.settings).search_model_versions(f"name = '{model}'")
 
-    for name in ("PYTHONPATH", "OCEANML_TRAIN_NUM_WORKERS", "OCEANML_DVC_TIMEOUT_S"):
+    for name in ("OCEANML_TRAIN_NUM_WORKERS", "OCEANML_DVC_TIMEOUT_S"):
         monkeypatch.delenv(name)
+    if python_path is None:
+        monkeypatch.delenv("PYTHONPATH")
+    else:
+        monkeypatch.setenv("PYTHONPATH", python_path)
     get_settings.cache_clear()
     after = nightly(models=[STALLED, HUNG], profile="cpu-small", max_epochs=1,
                     return_state=True)

@@ -105,3 +105,19 @@ def test_a_batch_that_fails_stores_none_of_its_rows(sessions) -> None:
         with sessions() as s:
             assert s.scalars(select(Observation.content_hash)).all() == [
                 ROWS[0]["content_hash"]]
+
+
+def test_a_server_default_left_out_of_some_rows_is_refused_not_written_as_null(tmp_path):
+    from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine
+    from sqlalchemy.orm import Session
+
+    table = Table("t", MetaData(), Column("id", Integer, primary_key=True),
+                  Column("kind", String(8), server_default="plain"))
+    engine = create_engine(f"sqlite:///{tmp_path / 't.db'}")
+    table.metadata.create_all(engine)
+    with Session(engine) as s:
+        with pytest.raises(ValueError, match=r"t\.kind has a server default"):
+            executemany(s, insert(table), [{"id": 1, "kind": "odd"}, {"id": 2}])
+        executemany(s, insert(table), [{"id": 3}, {"id": 4}])  # in none: the server's
+        s.commit()
+        assert s.execute(select(table.c.kind)).scalars().all() == ["plain", "plain"]
