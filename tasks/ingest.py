@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from prefect import task
-from sqlalchemy import insert, select
+from sqlalchemy import any_, bindparam, insert, select
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session, sessionmaker
 
 from core.batches import slices
@@ -61,7 +62,14 @@ SLICE = 500  # values per IN (...): SQLite binds at most 999 (older builds) or 3
 
 def lookup(session: Session, key: Any, value: Any, keys: list[Any]) -> dict[Any, Any]:
     """``{key: value}`` for the rows whose ``key`` column is in ``keys``, queried in slices,
-    so a large chunk never exceeds the parameter limit and no query reads a whole table."""
+    so a large chunk never exceeds the parameter limit and no query reads a whole table.
+    PostgreSQL gets the slice as one array (``= ANY``): psycopg parsed a statement of 500
+    placeholders anew for each query, 3 ms of the storing process's CPU each time."""
+    if session.get_bind().dialect.name == "postgresql":
+        keys_param = bindparam("keys", type_=ARRAY(key.type))
+        statement = select(key, value).where(key == any_(keys_param))
+        return dict(row for part in slices(keys, SLICE)
+                    for row in session.execute(statement, {"keys": part}).all())
     found: dict[Any, Any] = {}
     for part in slices(keys, SLICE):
         found.update(session.execute(select(key, value).where(key.in_(part))).all())

@@ -76,3 +76,19 @@ def test_scoring_on_postgres_writes_each_prediction_once(settings, pg_url) -> No
         assert s.scalar(select(func.count()).select_from(Prediction)) == with_image
         row = s.scalar(select(Prediction).limit(1))
     assert row.scored_at.tzinfo is not None and set(row.probabilities) == set(SPEC.outputs)
+
+
+def test_lookups_of_more_keys_than_a_slice_on_postgres(pg_url) -> None:
+    """An array parameter per slice of keys (``= ANY``), each key found once, none invented."""
+    from tasks.ingest import SLICE, lookup
+
+    sessions = session_factory(pg_url)
+    keys = [f"{i:064x}" for i in range(2 * SLICE + 7)]
+    stored = {keys[0]: "first", keys[SLICE]: "second slice", keys[-1]: "last"}
+    with sessions() as s:
+        s.execute(Observation.__table__.insert(), [
+            {"content_hash": h, "source_key": k, "device_id": "d", "device_type": "t",
+             "observed_at": END, "lat": 0.0, "lon": 0.0} for h, k in stored.items()])
+        assert lookup(s, Observation.content_hash, Observation.source_key, keys) == stored
+        assert lookup(s, Observation.content_hash, Observation.source_key, keys[1:SLICE]) == {}
+        assert lookup(s, Observation.content_hash, Observation.source_key, []) == {}
