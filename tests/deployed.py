@@ -100,6 +100,16 @@ def wait_until(what: str, check, timeout_s: float, every_s: float = 2.0):
     pytest.fail(f"{what}: not within {timeout_s:.0f} s")
 
 
+def alive(pid: int) -> bool:
+    """Running, not a zombie nobody reaped (a container's init may not reap)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below ``pid``, from /proc (a worker may start its runs in sessions of
     their own, out of reach of its process group)."""

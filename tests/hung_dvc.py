@@ -29,11 +29,3 @@ def hung_pushes(folder: Path) -> list[int]:
     """The process ids of the pushes that hung, in no order."""
     return [int(p.name.removeprefix("push-")) for p in folder.glob("push-*")]
 
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` still runs (a zombie counts as ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"

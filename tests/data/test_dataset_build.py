@@ -153,7 +153,8 @@ def test_a_push_that_hangs_is_stopped_at_its_timeout_and_not_tried_again(
 
     from core import versioning
     from core.settings import get_settings
-    from tests.hung_dvc import alive, hang_pushes, hung_pushes
+    from tests.deployed import alive
+    from tests.hung_dvc import hang_pushes, hung_pushes
 
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -24,6 +24,7 @@ from core.threads import usable_cores
 from flows import fleet
 from flows.fleet import BranchFailure, run_branches
 from flows.timeouts import timed
+from tests.deployed import alive
 
 pytestmark = pytest.mark.slow
 
@@ -86,16 +87,6 @@ def fifo(tmp_path: Path) -> str:
     path = tmp_path / "stalled"
     os.mkfifo(path)
     return str(path)
-
-
-def alive(pid: int) -> bool:
-    """Running, not a zombie nobody reaped (a container's init may not reap)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def branch_runs(parent: str) -> dict:

@@ -33,7 +33,8 @@ from models.zoo import get_spec
 from oceanml.simulator import simulate, write_landing
 from tasks.dataset import dataset_dir, stage_name
 from tests.conftest import make_project
-from tests.hung_dvc import alive, hang_pushes, hung_pushes
+from tests.deployed import alive
+from tests.hung_dvc import hang_pushes, hung_pushes
 
 pytestmark = pytest.mark.slow
 MODEL = "plastic-detector"
