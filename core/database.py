@@ -130,7 +130,7 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], update: l
     if not rows:
         return
     dialect = session.get_bind().dialect
-    if dialect.name != "postgresql":
+    if dialect.name == "sqlite":
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         statement = sqlite_insert(table)
@@ -138,6 +138,8 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], update: l
             index_elements=list(table.primary_key.columns),
             set_={c: statement.excluded[c] for c in update}), rows)
         return
+    if dialect.name != "postgresql":
+        raise NotImplementedError(f"upsert: no ON CONFLICT for {dialect.name}")
     quote = dialect.identifier_preparer.quote
     target, incoming = quote(table.name), quote(f"{table.name}_incoming")
     with _cursor(session) as cursor:
