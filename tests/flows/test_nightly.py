@@ -40,6 +40,9 @@ pytestmark = pytest.mark.slow
 MODEL = "plastic-detector"
 REGRESSION = "water-quality"
 FLEET = [MODEL, REGRESSION]
+# five epochs: at three, the champion's promotion depended on the day (the fixture simulates up
+# to today; macro F1 0.45 against the prior predictor's 0.42 on 2026-12-07, not promoted)
+EPOCHS = 5
 FAULT_REASONS = {"image_truncated": 1, "sidecar_not_json": 1, "schema": 1, "missing_sidecar": 1,
                  "duplicate": 1, "out_of_range": 1}
 
@@ -63,10 +66,10 @@ def runs(prefect_harness, tmp_path_factory):
         # enough labelled images for a champion that beats the trivial predictors with confidence
         stream = simulate(days=2, devices=4, per_day=60, seed=5, annotated_fraction=0.9)
         write_landing(filesystem(settings.landing_url), stream, faults=True)
-        first_state = nightly(models=FLEET, profile="cpu-small", max_epochs=5,
+        first_state = nightly(models=FLEET, profile="cpu-small", max_epochs=EPOCHS,
                               return_state=True)
         first = first_state.result()
-        second = nightly(models=FLEET, profile="cpu-small", max_epochs=5)
+        second = nightly(models=FLEET, profile="cpu-small", max_epochs=EPOCHS)
         flow_run_id = str(first_state.state_details.flow_run_id)
         yield SimpleNamespace(settings=settings, first=first.models[MODEL],
                               second=second.models[MODEL], shared=(first, second),
@@ -250,7 +253,7 @@ def test_the_champion_scored_every_observation_once(runs) -> None:
 def test_a_retrain_reuses_what_the_night_made_and_its_cooldown_counts_from_it(runs) -> None:
     from flows.retrain import retrain
 
-    first = retrain(model=MODEL, reason="drift", cooldown_hours=6, max_epochs=5)
+    first = retrain(model=MODEL, reason="drift", cooldown_hours=6, max_epochs=EPOCHS)
     assert not first.skipped  # a nightly training is no retrain: nothing to cool down from
     # no profile given: the champion's (its tag), so the same training key, reused
     assert first.dataset.version == runs.first.dataset.version
@@ -285,7 +288,7 @@ def test_a_broken_model_fails_its_branch_alone_and_the_night_by_name(runs) -> No
     params["datasets"]["debris-classifier"]["selection"] = {"devices": ["no-such-device-*"]}
     params_file.write_text(yaml.safe_dump(params))
     try:
-        state = nightly(models=[MODEL, "debris-classifier"], profile="cpu-small", max_epochs=5,
+        state = nightly(models=[MODEL, "debris-classifier"], profile="cpu-small", max_epochs=EPOCHS,
                         return_state=True)
     finally:
         params_file.write_text(original)
@@ -425,7 +428,7 @@ def test_a_stalled_data_loader_and_a_hung_dvc_push_fail_their_branches_by_name_a
     get_settings.cache_clear()
     start = time.monotonic()
     with ShardStall(runs.sessions, dataset_dir(runs.settings, STALLED)) as stall:
-        state = nightly(models=[MODEL, STALLED, HUNG], profile="cpu-small", max_epochs=5,
+        state = nightly(models=[MODEL, STALLED, HUNG], profile="cpu-small", max_epochs=EPOCHS,
                         return_state=True)
     took = time.monotonic() - start
     assert len(stall.stalls) == 2  # both attempts of the training (the task retries once)
