@@ -45,7 +45,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from tests.postgres import throwaway_database  # noqa: E402
+from tests.spawn_probe import pose_as_main  # noqa: E402
+
+# tests.postgres (SQLAlchemy) is imported where it is used: every worker process of either
+# side re-runs this script as its main first, and should find it as light as a user's script.
 
 END = datetime(2026, 11, 20, tzinfo=UTC)
 
@@ -130,6 +133,13 @@ def worker(landing: Path, home: Path, db_url: str | None) -> dict:
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "ingested": result.ingested, "peak_kib": peak_kib(),
             "workers_peak_kib": children.stop()}
+
+
+def deployed_worker(landing: Path, home: Path, db_url: str | None) -> dict:
+    """``worker`` in a process whose ``__main__`` is what a deployment's flow run has:
+    ``python -m prefect.engine``, which every spawned worker would import again."""
+    pose_as_main("prefect.engine")
+    return worker(landing, home, db_url)
 
 
 def peer_worker(landing: Path, home: Path, db_url: str | None) -> dict:
@@ -313,9 +323,11 @@ def run_child(mode: str, landing: Path, home: Path, db_url: str | None) -> dict:
 
 
 def measure(n: int, stems: list[Path], src: Path, root: Path, server_url: str | None,
-            repeat: int, workers: int) -> dict:
+            repeat: int, workers: int, sizes: tuple[int, int]) -> dict:
     """Best of ``repeat`` for ours and for each raw step: disk write-back makes single runs of
     either side vary by up to 2x on a small machine."""
+    from tests.postgres import throwaway_database
+
     tag = f"{'pg' if server_url else 'sqlite'}_{n / 1000:g}k"
     landing = root / f"landing-{tag}"
     nbytes = subset(stems, src, landing, n)
@@ -335,6 +347,12 @@ def measure(n: int, stems: list[Path], src: Path, root: Path, server_url: str | 
             columns, rows = our_rows(home, db_url)
             rows_runs.append(baseline_pg_copy(columns, rows, db_url) if db_url
                              else baseline_sqlite(columns, rows, root / f"raw-{tag}-{i}.db"))
+    if server_url is None and n == sizes[0]:  # the smallest run, where start-up weighs most
+        deployed = min((run_child("--as-deployed", landing, root / f"deployed-{tag}-{i}", None)
+                        for i in range(repeat)), key=lambda r: r["seconds"])
+        print(f"figure {tag}_oceanml_as_deployed_s {deployed['seconds']:.2f} s")
+        print(f"figure {tag}_oceanml_as_deployed_largest_worker "
+              f"{deployed['workers_peak_kib'] / 1024:.0f} MiB")
     ours = min(runs, key=lambda r: r["seconds"])
     ours["peak_kib"] = max(r["peak_kib"] for r in runs)
     peer = min(peer_runs, key=lambda r: r["seconds"])
@@ -374,6 +392,8 @@ def measure(n: int, stems: list[Path], src: Path, root: Path, server_url: str | 
 
 
 def print_step_costs(stems: list[Path], src: Path, root: Path, server_url: str | None) -> None:
+    from tests.postgres import throwaway_database
+
     tag = "pg" if server_url else "sqlite"
     landing = root / f"landing-steps-{tag}"
     subset(stems, src, landing, STEP_SAMPLE)
@@ -390,8 +410,8 @@ def print_step_costs(stems: list[Path], src: Path, root: Path, server_url: str |
 
 
 def main() -> None:
-    modes = {"--worker": worker, "--steps": step_costs, "--peer": peer_worker,
-             "--peer-steps": peer_steps}
+    modes = {"--worker": worker, "--as-deployed": deployed_worker, "--steps": step_costs,
+             "--peer": peer_worker, "--peer-steps": peer_steps}
     if len(sys.argv) > 1 and sys.argv[1] in modes:
         fn = modes[sys.argv[1]]
         out = fn(Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None)
@@ -416,7 +436,8 @@ def main() -> None:
         for server_url in [None] + ([pg_url] if pg_url else []):
             print_step_costs(stems, root / "all", root, server_url)
             peaks = [measure(n, stems, root / "all", root, server_url,
-                             1 if args.quick else args.repeat, workers)["peak_kib"]
+                             1 if args.quick else args.repeat, workers, (small, large)
+                             )["peak_kib"]
                      for n in (small, large)]
             tag = "pg" if server_url else "sqlite"
             print(f"ratio {tag}_peak_rss_{large / 1000:g}k_vs_{small / 1000:g}k "

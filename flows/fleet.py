@@ -37,6 +37,7 @@ from core.database import session_factory
 from core.jobs import fail_open_jobs
 from core.lineage import flow_run_id
 from core.settings import get_settings
+from core.spawning import spare_children_the_engine
 from core.threads import CoreShare
 from flows.branch_process import (
     MAX_ERROR,
@@ -151,6 +152,7 @@ def start_method() -> multiprocessing.context.BaseContext:
     and Prefect, so five branches 35 s); never forked from this process itself, whose threads
     (Prefect's, SQLAlchemy's) a fork would copy mid-state. Spawn where there is no fork
     server."""
+    spare_children_the_engine()
     if "forkserver" not in multiprocessing.get_all_start_methods():  # pragma: no cover
         return multiprocessing.get_context("spawn")
     ctx = multiprocessing.get_context("forkserver")

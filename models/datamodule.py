@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from core.spawning import spare_children_the_engine
 from models.preprocess import decode
 from models.zoo import ModelSpec
 
@@ -221,7 +222,9 @@ def worker_context() -> multiprocessing.context.BaseContext:
     A training task's process holds Prefect's services, whose at-exit hooks fail in a forked
     child (Prefect 3.8: every worker then exits with code 1 and the DataLoader raises), and on a
     GPU worker an initialised CUDA context, which must not be forked either. The server
-    imports this module once, so a worker starts in milliseconds, not a torch import."""
+    imports this module once, so a worker starts in milliseconds, not a torch import (nor,
+    under a deployment, a Prefect import: :mod:`core.spawning`)."""
+    spare_children_the_engine()
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
     return context

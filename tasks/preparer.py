@@ -15,6 +15,7 @@ from typing import Any
 
 from core.batches import slices
 from core.settings import Settings
+from core.spawning import spare_children_the_engine
 from core.store import Location, fetch_all, filesystem
 from tasks.landing import Candidate, Prepared, pair_keys, prepare
 from tasks.validate import Limits, Rejection
@@ -78,6 +79,7 @@ class Preparer:
                              for c in chunk])
             return [(done, chunk)]
         if self._pool is None:
+            spare_children_the_engine()
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=get_context("spawn"),
                 initializer=_start_worker, initargs=(self.settings, self.limits))

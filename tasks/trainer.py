@@ -11,6 +11,7 @@ from typing import Any
 
 from core.hardware import Hardware
 from core.params_schema import TrainSection
+from core.spawning import spare_children_the_engine
 from models.zoo import ModelSpec
 from tasks.baselines import split_targets
 
@@ -83,6 +84,7 @@ def build_trainer(spec: ModelSpec, params: TrainSection, hardware: Hardware, ckp
 
     from models.datamodule import ShuffleEachEpoch
 
+    spare_children_the_engine()  # ddp_spawn's ranks and the loader workers start from here
     monitor, mode = spec.monitor
     checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode,
                                  save_last=True)

@@ -1,0 +1,56 @@
+"""Children of a deployment's flow run start without importing Prefect (core.spawning).
+
+The parent is a real process whose ``__main__`` is what ``python -m prefect.engine`` leaves
+(its spec and file are the engine's), and its children are real spawned and fork-server
+processes; each reports whether Prefect was imported in it before its target ran."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+PARENT = """
+import json, multiprocessing, sys
+from tests.spawn_probe import pose_as_main, started_with
+pose_as_main(sys.argv[1])
+main = sys.modules["__main__"]
+from core.spawning import spare_children_the_engine
+
+def child(context):
+    with context.Pool(1) as pool:
+        return pool.apply(started_with)
+
+seen = {"spawn, as started": child(multiprocessing.get_context("spawn"))}
+if sys.argv[2] == "loader":  # models.datamodule.worker_context spares its workers itself
+    from models.datamodule import worker_context
+    seen["loader worker"] = child(worker_context())
+else:
+    spare_children_the_engine()
+seen["spawn, spared"] = child(multiprocessing.get_context("spawn"))
+seen["main's spec"] = getattr(main.__spec__, "name", None)
+print(json.dumps(seen))
+"""
+
+
+def children(main: str, *, loader: bool = False) -> dict:
+    out = subprocess.run([sys.executable, "-c", PARENT, main, "loader" if loader else "-"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def test_children_of_the_engine_main_start_without_importing_prefect() -> None:
+    seen = children("prefect.engine", loader=True)
+    assert seen["spawn, as started"] == {"main": True, "prefect": True}  # the cost is real
+    assert seen["loader worker"] == {"main": False, "prefect": False}
+    assert seen["spawn, spared"] == {"main": False, "prefect": False}  # and every child after
+    assert seen["main's spec"] is None
+
+
+def test_any_other_main_is_left_as_it_is() -> None:
+    seen = children("tests.spawn_probe")  # a user's own main: its children may need it
+    assert seen["main's spec"] == "tests.spawn_probe"
+    assert seen["spawn, spared"] == {"main": True, "prefect": False}
