@@ -11,7 +11,9 @@ that read them), and a crash loses at most that much work, never stored data.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import io
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -55,6 +57,24 @@ class IngestResult:
 
 
 AHEAD = 2  # chunks submitted to the workers beyond the one being stored
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector paused while a run's rows pass through this process.
+    Every row the workers send back is a few new dicts that live until their
+    chunk is stored, so the collector ran a hundred times per 5 000 observations and traced
+    them all each time: a quarter of this process's CPU (0.13 of 0.55 s), on the cores the
+    workers need, and more in a flow run, whose heap is Prefect's too. The rows hold no
+    cycles; reference counting frees them as before. Left off if it was off."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 SLICE = 500  # values per IN (...): SQLite binds at most 999 (older builds) or 32 766 per statement
@@ -238,8 +258,9 @@ def ingest(
         while len(pending) > AHEAD:
             store(*pending.popleft())
 
-    with Preparer(landing, settings, limits, lake, workers=worker_count(settings.ingest_workers),
-                  pool_from=settings.ingest_chunk_size) as preparer:
+    with collector_paused(), Preparer(landing, settings, limits, lake,
+                                      workers=worker_count(settings.ingest_workers),
+                                      pool_from=settings.ingest_chunk_size) as preparer:
         for new, skipped in iter_new(landing, sessions):
             total.already_known += skipped
             listed += len(new)

@@ -1,5 +1,6 @@
 """Ingestion against real files and a real SQLite DB."""
 
+import gc
 import json
 import sqlite3
 import subprocess
@@ -7,6 +8,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, insert, select
 
 from core.database import session_factory
@@ -118,10 +120,34 @@ def test_worker_processes_store_exactly_what_one_process_stores(settings, sessio
         "db_url": f"sqlite:///{tmp_path / 'pooled.db'}", "lake_url": (tmp_path / "lake2").as_uri(),
         "ingest_workers": 2, "ingest_chunk_size": 8})  # several chunks, each in the pool
     pooled_sessions = session_factory(pooled.db_url)
-    result = ingest(pooled, pooled_sessions, now=END)
+    collecting: list[bool] = []  # the cyclic collector, whenever a chunk has been stored
+    result = ingest(pooled, pooled_sessions, now=END,
+                    progress=lambda done, listed: collecting.append(gc.isenabled()))
     assert (result.ingested, dict(result.reasons)) == (30, FAULT_REASONS)
     assert stored(pooled_sessions) == stored(sessions)
     assert len(stored(sessions)[0]) == 30
+    assert collecting and not any(collecting)  # paused while rows passed through
+    assert gc.isenabled()  # and running again after
+
+
+def test_the_collector_runs_again_after_a_failed_ingest_and_stays_off_if_it_was(
+        settings, sessions) -> None:
+    land(settings)
+    settings.ingest_chunk_size = 7
+
+    def interrupted(done: int, listed: int) -> None:  # raised inside the run, after a chunk
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ingest(settings, sessions, now=END, progress=interrupted)
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        ingest(settings, sessions, now=END)  # the rest of the interrupted run
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert counts(sessions) == (30, FAULT_REASONS)
 
 
 def test_ingest_workers_import_neither_the_database_nor_prefect() -> None:
