@@ -323,7 +323,7 @@ def run_child(mode: str, landing: Path, home: Path, db_url: str | None) -> dict:
 
 
 def measure(n: int, stems: list[Path], src: Path, root: Path, server_url: str | None,
-            repeat: int, workers: int, sizes: tuple[int, int]) -> dict:
+            repeat: int, workers: int, as_deployed: bool = False) -> dict:
     """Best of ``repeat`` for ours and for each raw step: disk write-back makes single runs of
     either side vary by up to 2x on a small machine."""
     from tests.postgres import throwaway_database
@@ -347,7 +347,7 @@ def measure(n: int, stems: list[Path], src: Path, root: Path, server_url: str | 
             columns, rows = our_rows(home, db_url)
             rows_runs.append(baseline_pg_copy(columns, rows, db_url) if db_url
                              else baseline_sqlite(columns, rows, root / f"raw-{tag}-{i}.db"))
-    if server_url is None and n == sizes[0]:  # the smallest run, where start-up weighs most
+    if as_deployed:
         deployed = min((run_child("--as-deployed", landing, root / f"deployed-{tag}-{i}", None)
                         for i in range(repeat)), key=lambda r: r["seconds"])
         print(f"figure {tag}_oceanml_as_deployed_s {deployed['seconds']:.2f} s")
@@ -436,8 +436,9 @@ def main() -> None:
         for server_url in [None] + ([pg_url] if pg_url else []):
             print_step_costs(stems, root / "all", root, server_url)
             peaks = [measure(n, stems, root / "all", root, server_url,
-                             1 if args.quick else args.repeat, workers, (small, large)
-                             )["peak_kib"]
+                             1 if args.quick else args.repeat, workers,
+                             # start-up weighs most in the smallest run
+                             as_deployed=server_url is None and n == small)["peak_kib"]
                      for n in (small, large)]
             tag = "pg" if server_url else "sqlite"
             print(f"ratio {tag}_peak_rss_{large / 1000:g}k_vs_{small / 1000:g}k "

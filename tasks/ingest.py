@@ -68,7 +68,7 @@ def collector_paused() -> Iterator[None]:
     workers need, and more in a flow run, whose heap is Prefect's too. The rows hold no
     cycles; reference counting frees them as before. What does make cycles (a chunk's
     session, its cursors: about 90 objects per chunk) is swept after each chunk by
-    :func:`ingest`, so memory stays flat however long the run. Left off if it was off."""
+    :func:`ingest`, so they do not pile up with the run. Left off if it was off."""
     if not gc.isenabled():
         yield
         return

@@ -65,7 +65,7 @@ class Prepared:
     content_hash: str | None = None
     row: dict[str, Any] | None = None
     image_key: str | None = None  # the image's key in the lake, written once it was valid
-    rejection: Rejection | None = None
+    rejection: Rejection | None = None  # Rejection.kept(): no traceback, no cycle
 
 
 def _fingerprint(info: dict[str, Any]) -> str:
@@ -186,7 +186,7 @@ def prepare_pair(candidate: Candidate, landing: Location, settings: Settings,
                                          PurePosixPath(candidate.image_key).suffix.lower())
         prepared.row = checked.row
     except Rejection as rejection:
-        prepared.rejection = rejection
+        prepared.rejection = rejection.kept()
         return prepared
     put_if_absent(lake, prepared.image_key, image)
     return prepared
@@ -201,7 +201,7 @@ def prepare_table(candidate: Candidate, landing: Location, settings: Settings,
         _check_size(candidate, key, settings.max_table_bytes, "table")
         rows = read_table(read_bytes(landing, key), PurePosixPath(key).suffix.lower())
     except Rejection as rejection:
-        return [Prepared(candidate, key, rejection=rejection)]
+        return [Prepared(candidate, key, rejection=rejection.kept())]
     except UnicodeDecodeError as exc:
         return [Prepared(candidate, key, rejection=Rejection("table_not_utf8", str(exc)))]
     except Exception as exc:  # pyarrow and csv raise many types for a broken file
@@ -216,7 +216,7 @@ def prepare_table(candidate: Candidate, landing: Location, settings: Settings,
             item.content_hash = sha256_hex(b"row\0", _canonical(doc))
             item.row = observation_row(obs)
         except Rejection as rejection:
-            item.rejection = rejection
+            item.rejection = rejection.kept()
         prepared.append(item)
     return prepared
 

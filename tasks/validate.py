@@ -26,6 +26,15 @@ class Rejection(Exception):
         self.reason = reason
         self.detail = detail
 
+    def kept(self) -> Rejection:
+        """This rejection as a record to keep: its reason and detail, without the traceback and
+        the exception it came from. Those hold the frames that raised it, and through them
+        whatever holds the record: a cycle only the garbage collector frees, which kept every
+        candidate of an ingest alive while the collector was paused."""
+        self.__traceback__ = None
+        self.__cause__ = self.__context__ = None
+        return self
+
 
 def _reading(lo: float, hi: float) -> Any:
     return Field(None, ge=lo, le=hi, allow_inf_nan=False)

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 PARENT = """
@@ -27,7 +29,11 @@ def child(context):
 seen = {"spawn, as started": child(multiprocessing.get_context("spawn"))}
 if sys.argv[2] == "loader":  # models.datamodule.worker_context spares its workers itself
     from models.datamodule import worker_context
-    seen["loader worker"] = child(worker_context())
+    seen["first child"] = child(worker_context())
+elif sys.argv[2] == "preparer":  # so does the ingest's pool, when it makes it
+    from tasks.preparer import Preparer
+    with Preparer(None, None, None, None, workers=2, pool_from=0) as preparer:
+        preparer.submit([])
 else:
     spare_children_the_engine()
 seen["spawn, spared"] = child(multiprocessing.get_context("spawn"))
@@ -36,16 +42,19 @@ print(json.dumps(seen))
 """
 
 
-def children(main: str, *, loader: bool = False) -> dict:
-    out = subprocess.run([sys.executable, "-c", PARENT, main, "loader" if loader else "-"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120, check=True)
+def children(main: str, site: str = "-") -> dict:
+    out = subprocess.run([sys.executable, "-c", PARENT, main, site],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.splitlines()[-1])
 
 
-def test_children_of_the_engine_main_start_without_importing_prefect() -> None:
-    seen = children("prefect.engine", loader=True)
+@pytest.mark.parametrize("site", ["loader", "preparer"])
+def test_children_of_the_engine_main_start_without_importing_prefect(site: str) -> None:
+    seen = children("prefect.engine", site)
     assert seen["spawn, as started"] == {"main": True, "prefect": True}  # the cost is real
-    assert seen["loader worker"] == {"main": False, "prefect": False}
+    if site == "loader":
+        assert seen["first child"] == {"main": False, "prefect": False}
     assert seen["spawn, spared"] == {"main": False, "prefect": False}  # and every child after
     assert seen["main's spec"] is None
 
