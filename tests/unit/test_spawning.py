@@ -1,8 +1,10 @@
 """Children of a deployment's flow run start without importing Prefect (core.spawning).
 
 The parent is a real process whose ``__main__`` is what ``python -m prefect.engine`` leaves
-(its spec and file are the engine's), and its children are real spawned and fork-server
-processes; each reports whether Prefect was imported in it before its target ran."""
+(its spec and file are the engine's), and its children are real spawned processes; each
+reports whether it re-ran that main and imported Prefect before its target ran. A fork
+server's children get the same preparation data from the parent (``multiprocessing.spawn``),
+so one spawned child after each site shows what any child would do."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def child(context):
 seen = {"spawn, as started": child(multiprocessing.get_context("spawn"))}
 if sys.argv[2] == "loader":  # models.datamodule.worker_context spares its workers itself
     from models.datamodule import worker_context
-    seen["first child"] = child(worker_context())
+    worker_context()  # (its fork server is left unstarted: it would import torch again)
 elif sys.argv[2] == "preparer":  # so does the ingest's pool, when it makes it
     from tasks.preparer import Preparer
     with Preparer(None, None, None, None, workers=2, pool_from=0) as preparer:
@@ -53,9 +55,7 @@ def children(main: str, site: str = "-") -> dict:
 def test_children_of_the_engine_main_start_without_importing_prefect(site: str) -> None:
     seen = children("prefect.engine", site)
     assert seen["spawn, as started"] == {"main": True, "prefect": True}  # the cost is real
-    if site == "loader":
-        assert seen["first child"] == {"main": False, "prefect": False}
-    assert seen["spawn, spared"] == {"main": False, "prefect": False}  # and every child after
+    assert seen["spawn, spared"] == {"main": False, "prefect": False}  # after that site ran
     assert seen["main's spec"] is None
 
 
