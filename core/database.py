@@ -141,14 +141,15 @@ def upsert(session: Session, table: Table, rows: list[dict[str, Any]], update: l
     if dialect.name != "postgresql":
         raise NotImplementedError(f"upsert: no ON CONFLICT for {dialect.name}")
     quote = dialect.identifier_preparer.quote
-    target, incoming = quote(table.name), quote(f"{table.name}_incoming")
+    staging = f"{table.name}_incoming"
+    target, incoming = quote(table.name), quote(staging)
     with _cursor(session) as cursor:
         # emptied at each commit; the DELETE is for an earlier call in this transaction (a
         # TRUNCATE here cost a third of the server's time of the whole upsert)
         cursor.execute(f"CREATE TEMPORARY TABLE IF NOT EXISTS {incoming} (LIKE {target}) "
                        "ON COMMIT DELETE ROWS")
         cursor.execute(f"DELETE FROM {incoming}")
-        names = ", ".join(copy_rows(session, table, rows, into=f"{table.name}_incoming"))
+        names = ", ".join(copy_rows(session, table, rows, into=staging))
         key = ", ".join(quote(c.name) for c in table.primary_key.columns)
         cursor.execute(f"INSERT INTO {target} ({names}) SELECT {names} FROM {incoming} "
                        f"ON CONFLICT ({key}) DO UPDATE SET "

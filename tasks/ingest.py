@@ -62,9 +62,9 @@ AHEAD = 2  # chunks submitted to the workers beyond the one being stored
 @contextlib.contextmanager
 def collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector paused while a run's rows pass through this process.
-    Every row the workers send back is a few new dicts that live until their
-    chunk is stored, so the collector ran a hundred times per 5 000 observations and traced
-    them all each time: a quarter of this process's CPU (0.13 of 0.55 s), on the cores the
+    Every row the workers send back is a few new dicts that live until their chunk is
+    stored, so the collector ran a hundred times per 5 000 observations and traced them all
+    each time: a quarter of this process's CPU (0.13 of 0.55 s), on the cores the
     workers need, and more in a flow run, whose heap is Prefect's too. The rows hold no
     cycles; reference counting frees them as before. What does make cycles (a chunk's
     session, its cursors: about 90 objects per chunk) is swept after each chunk by
